@@ -1,0 +1,243 @@
+"""INT8 quantization of an exported ONNX model with onnxruntime, and the checks that it kept quality.
+
+Scheme (default `weight_only`): every MatMul weight becomes 8-bit, block-wise (one scale per
+`block_size` input channels of each output channel), via onnxruntime's MatMulNBits; activations stay
+float. Small causal LMs are hurt by activation quantization — a few hidden channels carry outliers
+that one per-tensor int8 range cannot represent — which is why the alternatives `dynamic` (per-tensor
+QDQ of weights and activations) and `dynamic_per_channel` lose most of their top-1 agreement with the
+float model (see README, "Compression"). They are kept as schemes for measurement only.
+
+Tied embeddings: the output projection and the input embedding are one matrix. The int8 file stores
+it once: the embedding lookup becomes a GatherBlockQuantized over the output projection's int8 blocks.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+Scheme = Literal["weight_only", "dynamic", "dynamic_per_channel"]
+
+
+@dataclass(frozen=True)
+class QuantizeOptions:
+    scheme: Scheme = "weight_only"
+    block_size: int = 32
+    symmetric: bool = True
+    accuracy_level: int = 0  # MatMulNBits compute: 0 = float (default), 4 = int8 activations (faster, less exact)
+    keep_float: tuple[str, ...] = ()  # MatMul node-name substrings to leave in float (e.g. "lm_head")
+
+
+def _initializers(model: Any) -> dict[str, Any]:
+    return {i.name: i for i in model.graph.initializer}
+
+
+def _materialize_tied_head(model: Any) -> None:
+    """The float export may feed lm_head through Transpose(embedding); make it a constant again."""
+    from onnx import numpy_helper
+
+    inits = _initializers(model)
+    producers = {o: n for n in model.graph.node for o in n.output}
+    for node in model.graph.node:
+        if node.op_type != "MatMul" or node.input[1] in inits:
+            continue
+        src = producers.get(node.input[1])
+        if src is not None and src.op_type == "Transpose" and src.input[0] in inits:
+            weight = numpy_helper.to_array(inits[src.input[0]]).T.copy()
+            name = f"{src.input[0]}.T"
+            model.graph.initializer.append(numpy_helper.from_array(weight, name))
+            node.input[1] = name
+
+
+def _is_tied(model: Any) -> bool:
+    """Does the float graph's output projection hold exactly the embedding table (transposed)?"""
+    from onnx import numpy_helper
+
+    inits = _initializers(model)
+    gathers = [n for n in model.graph.node if n.op_type == "Gather" and n.input[0] in inits and n.input[1] == "input_ids"]
+    heads = [n for n in model.graph.node if n.op_type == "MatMul" and n.output[0] == "logits" and n.input[1] in inits]
+    if len(gathers) != 1 or len(heads) != 1:
+        return False
+    table = numpy_helper.to_array(inits[gathers[0].input[0]])
+    head = numpy_helper.to_array(inits[heads[0].input[1]])
+    return head.shape == table.T.shape and bool(np.array_equal(head, table.T))
+
+
+def _share_tied_embedding(model: Any, *, block_size: int, symmetric: bool) -> bool:
+    """Point the embedding Gather at the lm_head's int8 blocks (the caller checked they are one matrix)."""
+    from onnx import helper, numpy_helper
+
+    inits = _initializers(model)
+    gathers = [n for n in model.graph.node if n.op_type == "Gather" and n.input[0] in inits and n.input[1] == "input_ids"]
+    heads = [n for n in model.graph.node if n.op_type == "MatMulNBits" and n.output[0] == "logits"]
+    if len(gathers) != 1 or len(heads) != 1:
+        return False
+    gather, head = gathers[0], heads[0]
+    table = numpy_helper.to_array(inits[gather.input[0]])
+    vocab, hidden = table.shape
+    packed = numpy_helper.to_array(inits[head.input[1]])
+    if packed.shape != (vocab, hidden // block_size, block_size) or hidden % block_size:
+        return False
+    scales = numpy_helper.to_array(inits[head.input[2]]).reshape(vocab, hidden // block_size)
+    if symmetric:
+        zero = np.full((vocab, hidden // block_size), 128, dtype=np.uint8)
+    else:
+        zero = numpy_helper.to_array(inits[head.input[3]]).reshape(vocab, hidden // block_size)
+    shape_name = f"{gather.name}_data_shape"
+    model.graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.array([vocab, hidden], dtype=np.int64), shape_name),
+            numpy_helper.from_array(zero, f"{gather.name}_zero_points"),
+        ]
+    )
+    # scales are small (1/block_size of the table): reshaped at run time like the data
+    scale_shape = f"{gather.name}_scales_shape"
+    model.graph.initializer.append(
+        numpy_helper.from_array(np.array([vocab, hidden // block_size], dtype=np.int64), scale_shape)
+    )
+    nodes = [
+        helper.make_node("Reshape", [head.input[1], shape_name], [f"{gather.name}_data"], name=f"{gather.name}_data"),
+        helper.make_node("Reshape", [head.input[2], scale_shape], [f"{gather.name}_scales"], name=f"{gather.name}_sc"),
+        helper.make_node(
+            "GatherBlockQuantized",
+            [f"{gather.name}_data", gather.input[1], f"{gather.name}_scales", f"{gather.name}_zero_points"],
+            list(gather.output),
+            name=f"{gather.name}_Q8",
+            domain="com.microsoft",
+            gather_axis=0,
+            quantize_axis=1,
+            block_size=block_size,
+            bits=8,
+        ),
+    ]
+    index = list(model.graph.node).index(gather)
+    model.graph.node.remove(gather)
+    for offset, node in enumerate(nodes):
+        model.graph.node.insert(index + offset, node)
+    model.graph.initializer.remove(inits[gather.input[0]])
+    return True
+
+
+def _onnx_order(model: Any) -> None:
+    """Drop nodes nobody reads (the float head's Transpose), then re-sort (new Reshapes precede users)."""
+    while True:
+        used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+        dead = [n for n in model.graph.node if not any(o in used for o in n.output)]
+        if not dead:
+            break
+        for n in dead:
+            model.graph.node.remove(n)
+    produced = {i.name for i in model.graph.input} | {i.name for i in model.graph.initializer} | {""}
+    pending, ordered = list(model.graph.node), []
+    while pending:
+        ready = [n for n in pending if all(i in produced for i in n.input)]
+        if not ready:
+            raise ValueError("ONNX graph has a cycle or a dangling input; re-export the float model.")
+        for n in ready:
+            ordered.append(n)
+            produced.update(n.output)
+            pending.remove(n)
+    del model.graph.node[:]
+    model.graph.node.extend(ordered)
+
+
+def quantize_onnx(float_path: Path, target: Path, *, options: QuantizeOptions) -> dict[str, Any]:
+    """Write the INT8 model for `float_path` to `target`; return what was done (for the metrics)."""
+    import onnx
+
+    if options.scheme != "weight_only":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(
+            str(float_path),
+            str(target),
+            op_types_to_quantize=["MatMul"],
+            per_channel=options.scheme == "dynamic_per_channel",
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=_excluded(onnx.load(str(float_path)), options.keep_float),
+        )
+        return {"scheme": options.scheme, "tied_embedding_shared": False}
+
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    model = onnx.load(str(float_path))
+    _materialize_tied_head(model)
+    quantizer = MatMulNBitsQuantizer(
+        model,
+        bits=8,
+        block_size=options.block_size,
+        is_symmetric=options.symmetric,
+        accuracy_level=options.accuracy_level or None,
+        nodes_to_exclude=_excluded(model, options.keep_float),
+        op_types_to_quantize=("MatMul",),
+    )
+    tied = _is_tied(model)
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)  # logs every node
+    quantizer.process()
+    model = quantizer.model.model
+    shared = tied and _share_tied_embedding(model, block_size=options.block_size, symmetric=options.symmetric)
+    _onnx_order(model)
+    # drop initializers nothing reads any more (the float copies of quantized weights)
+    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+    keep = [i for i in model.graph.initializer if i.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(target))
+    return {"scheme": "weight_only", "tied_embedding_shared": shared}
+
+
+def _excluded(model: Any, patterns: tuple[str, ...]) -> list[str]:
+    return [n.name for n in model.graph.node if n.op_type == "MatMul" and any(p in n.name for p in patterns)]
+
+
+# ------------------------------------------------------------------------------------- quality
+def _session(path: Path) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 0
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def teacher_forced_logits(session: Any, ids: list[int]) -> np.ndarray:
+    """All-position logits of one sequence from an exported causal LM (empty past)."""
+    inputs = {i.name: i for i in session.get_inputs()}
+    feeds: dict[str, np.ndarray] = {
+        "input_ids": np.asarray([ids], dtype=np.int64),
+        "attention_mask": np.ones((1, len(ids)), dtype=np.int64),
+        "position_ids": np.arange(len(ids), dtype=np.int64)[None, :],
+    }
+    for name, meta in inputs.items():
+        if name.startswith("past_key_values."):
+            feeds[name] = np.zeros((1, int(meta.shape[1]), 0, int(meta.shape[3])), dtype=np.float32)
+    return session.run(["logits"], feeds)[0][0]
+
+
+def top1_agreement(float_path: Path, int8_path: Path, sequences: list[list[int]]) -> float:
+    """Share of positions where the INT8 model's most likely next token equals the float model's."""
+    if not sequences:
+        raise ValueError("no sequences to compare: the test split gave no conversations")
+    a, b = _session(float_path), _session(int8_path)
+    same = total = 0
+    for ids in sequences:
+        fa = teacher_forced_logits(a, ids).argmax(-1)
+        fb = teacher_forced_logits(b, ids).argmax(-1)
+        same += int((fa == fb).sum())
+        total += len(ids)
+    return same / total
+
+
+def classifier_logits(path: Path, encodings: list[dict[str, list[int]]]) -> np.ndarray:
+    session = _session(path)
+    rows = []
+    for enc in encodings:
+        feeds = {k: np.asarray([enc[k]], dtype=np.int64) for k in ("input_ids", "attention_mask")}
+        rows.append(session.run(["logits"], feeds)[0][0])
+    return np.stack(rows)

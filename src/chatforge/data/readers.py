@@ -1,0 +1,440 @@
+"""One reader per source format: raw conversations (not yet validated) or rejects, in file order.
+
+A reader only understands its file layout. It yields `RawConversation`s with the role names and
+contents exactly as found (role mapping, empty/non-string content, same-role runs and turn counts
+are judged once, for every format alike, in `chatforge.data.ingest`), and `RawReject`s for records
+it cannot even take apart (a line that is not JSON, a Cornell line without its fields, ...).
+
+Conversation ids: ids the data carries (conversations JSON, CrossWOZ keys, feedback ids, a CSV
+conversation column, Cornell's movie + first line id) are kept as they are; data without ids gets
+its line number or position, prefixed with the file's relative path when the source is a folder
+(`id_prefix`), so ids stay unique within a source.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import io
+import json
+import re
+import zipfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import yaml
+
+from chatforge.params import SourceFormat, SourceOptions
+
+RAW_PREFIX_CHARS = 300
+
+
+class RawConversation(NamedTuple):
+    local_id: str
+    location: str  # file:line or file#id, for reject rows
+    roles: list[Any]  # role names as found; positional formats give user/assistant directly
+    contents: list[Any]
+    intent: Any = None  # the conversation's declared intent, if any
+    lang: Any = None  # the conversation's declared language, if any
+    turn_intents: list[str | None] | None = None  # per message (CrossWOZ acts, CSV intent column)
+    raw: Any = None  # the record as read, shown (prefix) in a reject row
+    check_encoding: bool = False  # decoded leniently: strings may hold undecodable bytes as surrogates
+    explicit_id: bool = True  # the id comes from the data (duplicates are then rejected)
+
+
+class RawReject(NamedTuple):
+    location: str
+    reason: str
+    raw: str
+
+
+Item = RawConversation | RawReject
+
+
+def raw_prefix(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    return text[:RAW_PREFIX_CHARS]
+
+
+def encoding_hint(encoding: str) -> str:
+    return f"not valid {encoding}; set options.encoding for this source (e.g. gbk, big5, iso-8859-1)"
+
+
+# ------------------------------------------------------------------------------------ decoding
+def decode_document(data: bytes, encoding: str) -> tuple[str, bool]:
+    """Whole-file text; (text, lenient). Lenient text keeps undecodable bytes as lone surrogates so
+    the good records of a partly mis-encoded file can still be read and the bad ones rejected."""
+    try:
+        text = data.decode(encoding)
+        lenient = False
+    except UnicodeDecodeError:
+        text = data.decode(encoding, errors="surrogateescape")
+        lenient = True
+    return text.removeprefix("\ufeff"), lenient
+
+
+def first_bad_line(data: bytes, encoding: str) -> int:
+    try:
+        data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        return data.count(b"\n", 0, exc.start) + 1
+    return 0
+
+
+def iter_lines(data: bytes, encoding: str, label: str) -> Iterator[tuple[int, str] | RawReject]:
+    """(line number, text) per line, 1-based; a line that does not decode strictly is a reject."""
+    try:
+        text = data.decode(encoding).removeprefix("\ufeff")
+    except UnicodeDecodeError:
+        text = None
+    if text is not None:
+        # split on \n only: str.splitlines would also break on U+2028, \x1c, ... inside a record
+        for number, line in enumerate(text.split("\n"), 1):
+            yield number, line.removesuffix("\r")
+        return
+    for number, chunk in enumerate(data.split(b"\n"), 1):
+        try:
+            line = chunk.decode(encoding)
+        except UnicodeDecodeError:
+            yield RawReject(f"{label}:{number}", "bad_encoding", encoding_hint(encoding) + ": " + raw_prefix(chunk.decode(encoding, errors="replace")))
+            continue
+        yield number, (line.removeprefix("\ufeff") if number == 1 else line).removesuffix("\r")
+
+
+# --------------------------------------------------------------------------- JSON-based formats
+def _message_fields(messages: Any, role_key: str, content_key: str) -> tuple[list[Any], list[Any]] | None:
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        return None
+    return [m.get(role_key) for m in messages], [m.get(content_key) for m in messages]
+
+
+def _text_parts(content: Any) -> Any:
+    """OpenAI content given as [{"type": "text", "text": ...}, ...] becomes one string; other shapes pass through."""
+    if isinstance(content, list) and content and all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
+        return "".join(p["text"] for p in content)
+    return content
+
+
+def read_conversations_json(path: Path, *, options: SourceOptions, label: str, id_prefix: str) -> Iterator[Item]:
+    """The seed format: {"conversations": [{"id", "messages": [{"role", "content"}], "intent"?, "lang"?}]}."""
+    data = path.read_bytes()
+    text, lenient = decode_document(data, options.encoding or "utf-8")
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        yield RawReject(f"{label}:{exc.lineno}", "malformed_json", f"{exc.msg}: " + raw_prefix(text[max(0, exc.pos - 40) : exc.pos + 60]))
+        return
+    conversations = doc.get("conversations") if isinstance(doc, dict) else doc
+    if not isinstance(conversations, list):
+        yield RawReject(label, "missing_field", 'expected {"conversations": [...]}: ' + raw_prefix(text))
+        return
+    for index, conv in enumerate(conversations):
+        if not isinstance(conv, dict):
+            yield RawReject(f"{label}#{index}", "missing_field", "conversation is not an object: " + raw_prefix(conv))
+            continue
+        cid = conv.get("id")
+        explicit = isinstance(cid, (str, int)) and not isinstance(cid, bool) and str(cid) != ""
+        local_id = str(cid) if explicit else f"{id_prefix}{index}"
+        fields = _message_fields(conv.get("messages"), "role", "content")
+        if fields is None:
+            yield RawReject(f"{label}#{local_id}", "missing_field", '"messages" must be a list of {"role", "content"} objects: ' + raw_prefix(conv))
+            continue
+        yield RawConversation(local_id, f"{label}#{local_id}", fields[0], fields[1], conv.get("intent"), conv.get("lang"),
+                              None, conv, lenient, explicit)
+
+
+def _jsonl_records(path: Path, options: SourceOptions, label: str) -> Iterator[tuple[int, dict[str, Any]] | RawReject]:
+    for item in iter_lines(path.read_bytes(), options.encoding or "utf-8", label):
+        if isinstance(item, RawReject):
+            yield item
+            continue
+        number, line = item
+        if not line.strip():
+            continue  # blank lines separate nothing in JSONL; not a record
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield RawReject(f"{label}:{number}", "malformed_json", f"{exc.msg}: " + raw_prefix(line))
+            continue
+        if not isinstance(obj, dict):
+            yield RawReject(f"{label}:{number}", "missing_field", "line is not a JSON object: " + raw_prefix(line))
+            continue
+        yield number, obj
+
+
+def _chat_record(obj: dict[str, Any], number: int, *, label: str, id_prefix: str, required_id: bool) -> Item:
+    """OpenAI {"messages": [{"role","content"}]} or ShareGPT {"conversations": [{"from","value"}]}."""
+    if "messages" in obj:
+        fields = _message_fields(obj["messages"], "role", "content")
+        if fields is not None:
+            fields = (fields[0], [_text_parts(c) for c in fields[1]])
+    elif "conversations" in obj:
+        fields = _message_fields(obj["conversations"], "from", "value")
+        if fields is not None and isinstance(obj.get("system"), str) and obj["system"].strip():
+            fields = (["system", *fields[0]], [obj["system"], *fields[1]])
+    else:
+        fields = None
+    cid = obj.get("id")
+    explicit = isinstance(cid, (str, int)) and not isinstance(cid, bool) and str(cid) != ""
+    if fields is None or (required_id and not explicit):
+        what = '"id" and ' if required_id and not explicit else ""
+        return RawReject(f"{label}:{number}", "missing_field",
+                         f'need {what}"messages" (list of {{"role","content"}}) or "conversations" (list of {{"from","value"}}): ' + raw_prefix(obj))
+    local_id = str(cid) if explicit else f"{id_prefix}{number}"
+    return RawConversation(local_id, f"{label}:{number}", fields[0], fields[1], obj.get("intent"), obj.get("lang"),
+                           None, obj, False, explicit)
+
+
+def read_messages_jsonl(path: Path, *, options: SourceOptions, label: str, id_prefix: str) -> Iterator[Item]:
+    for rec in _jsonl_records(path, options, label):
+        yield rec if isinstance(rec, RawReject) else _chat_record(rec[1], rec[0], label=label, id_prefix=id_prefix, required_id=False)
+
+
+def read_feedback(path: Path, *, options: SourceOptions, label: str, id_prefix: str) -> Iterator[Item]:
+    """`chatforge feedback export` lines: {"id", "messages", "intent", "lang", "rating", "created_at"}."""
+    for rec in _jsonl_records(path, options, label):
+        yield rec if isinstance(rec, RawReject) else _chat_record(rec[1], rec[0], label=label, id_prefix=id_prefix, required_id=True)
+
+
+def _crosswoz_turn_intent(acts: Any) -> str | None:
+    """The domain of the turn's first non-General act (餐馆, 景点, 酒店, 地铁, 出租, ...); greetings and thanks name none."""
+    if not isinstance(acts, list):
+        return None
+    for act in acts:
+        if isinstance(act, list) and len(act) >= 2 and act[0] != "General" and isinstance(act[1], str) and act[1]:
+            return act[1]
+    return None
+
+
+def _crosswoz_documents(path: Path, encoding: str, label: str) -> Iterator[tuple[str, bytes]]:
+    if path.suffix == ".zip":
+        with zipfile.ZipFile(path) as archive:
+            for member in sorted(n for n in archive.namelist() if n.endswith(".json") and not n.startswith("__MACOSX")):
+                yield f"{label}!{member}", archive.read(member)
+    else:
+        yield label, path.read_bytes()
+
+
+def read_crosswoz(path: Path, *, options: SourceOptions, label: str, id_prefix: str) -> Iterator[Item]:
+    """{dialogue_id: {"messages": [{"role": "usr"|"sys", "content", "dialog_act": [[type, domain, slot, value]]}]}}.
+
+    Intent: each user turn gets the domain of its first non-General dialogue act (餐馆, 景点, 酒店,
+    地铁, 出租); a turn without one (a follow-up, thanks) keeps the latest domain of the dialogue so
+    far. The conversation's intent is its first user-turn domain (the task the user opens with),
+    which assistant turns and leading domain-less turns (a bare greeting) carry.
+    """
+    for doc_label, data in _crosswoz_documents(path, options.encoding or "utf-8", label):
+        text, lenient = decode_document(data, options.encoding or "utf-8")
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            yield RawReject(f"{doc_label}:{exc.lineno}", "malformed_json", f"{exc.msg}: " + raw_prefix(text[max(0, exc.pos - 40) : exc.pos + 60]))
+            continue
+        if not isinstance(doc, dict):
+            yield RawReject(doc_label, "missing_field", "expected an object keyed by dialogue id: " + raw_prefix(text))
+            continue
+        for dialogue_id, dialogue in doc.items():
+            messages = dialogue.get("messages") if isinstance(dialogue, dict) else None
+            fields = _message_fields(messages, "role", "content")
+            if fields is None:
+                yield RawReject(f"{doc_label}#{dialogue_id}", "missing_field", '"messages" must be a list of objects: ' + raw_prefix(dialogue))
+                continue
+            turn_intents, topic = [], None
+            for m in messages:
+                # a turn without a domain act (a follow-up question, thanks) stays on the current topic
+                topic = _crosswoz_turn_intent(m.get("dialog_act")) or topic
+                turn_intents.append(topic)
+            yield RawConversation(str(dialogue_id), f"{doc_label}#{dialogue_id}", fields[0], fields[1], None, None,
+                                  turn_intents, dialogue, lenient, True)
+
+
+# ---------------------------------------------------------------------------- line-based formats
+_EOU = re.compile(r"\s*__eou__\s*")
+
+
+def read_dailydialog(path: Path, *, options: SourceOptions, label: str, id_prefix: str) -> Iterator[Item]:
+    """`utt __eou__ utt __eou__ [TAB topic TAB acts TAB emotions]`; speakers alternate, first is the user."""
+    for item in iter_lines(path.read_bytes(), options.encoding or "utf-8", label):
+        if isinstance(item, RawReject):
+            yield item
+            continue
+        number, line = item
+        if not line.strip():
+            continue
+        text, *labels = line.split("\t")
+        utterances = _EOU.split(text.strip())
+        if utterances and utterances[-1] == "":
+            utterances.pop()  # the closing __eou__ ends the last utterance, it does not start a new one
+        utterances = [u.strip() for u in utterances]
+        topic = labels[0].strip() if labels else ""
+        intent = (options.topic_names.get(topic) or f"topic_{topic}") if topic else None
+        roles = ["user" if i % 2 == 0 else "assistant" for i in range(len(utterances))]
+        yield RawConversation(f"{id_prefix}{number}", f"{label}:{number}", roles, utterances, intent, None,
+                              None, line, False, False)
+
+
+_SEP = "+++$+++"
+_LINE_ID = re.compile(r"^L\d+$")
+
+
+def read_cornell(path: Path, *, options: SourceOptions, label: str, id_prefix: str) -> Iterator[Item]:
+    """Cornell Movie-Dialogs: movie_lines.txt (lineID, characterID, movieID, name, text) and
+    movie_conversations.txt (char1, char2, movieID, "['L194', 'L195', ...]"), fields split by ` +++$+++ `.
+
+    The character who speaks first is the user, the other one the assistant; a character speaking
+    twice in a row is a same-role run like in any other format.
+    """
+    encoding = options.encoding or "iso-8859-1"
+    lines_label, convs_label = f"{label}/movie_lines.txt", f"{label}/movie_conversations.txt"
+    utterances: dict[str, tuple[str, str]] = {}
+    for item in iter_lines((path / "movie_lines.txt").read_bytes(), encoding, lines_label):
+        if isinstance(item, RawReject):
+            yield item
+            continue
+        number, line = item
+        if not line.strip():
+            continue
+        parts = [p.strip() for p in line.split(_SEP, 4)]
+        if len(parts) != 5 or not _LINE_ID.match(parts[0]):
+            yield RawReject(f"{lines_label}:{number}", "malformed_line", f"expected 5 fields separated by ' {_SEP} ': " + raw_prefix(line))
+            continue
+        utterances[parts[0]] = (parts[1], parts[4])
+    for item in iter_lines((path / "movie_conversations.txt").read_bytes(), encoding, convs_label):
+        if isinstance(item, RawReject):
+            yield item
+            continue
+        number, line = item
+        if not line.strip():
+            continue
+        parts = [p.strip() for p in line.split(_SEP, 3)]
+        line_ids = None
+        if len(parts) == 4:
+            try:
+                line_ids = ast.literal_eval(parts[3])  # a Python list literal; literal_eval runs no code
+            except (ValueError, SyntaxError):
+                line_ids = None
+        if not isinstance(line_ids, list) or not line_ids or not all(isinstance(i, str) for i in line_ids):
+            yield RawReject(f"{convs_label}:{number}", "malformed_line", "expected char1, char2, movie and a list like ['L1', 'L2']: " + raw_prefix(line))
+            continue
+        missing = [i for i in line_ids if i not in utterances]
+        if missing:
+            yield RawReject(f"{convs_label}:{number}", "dangling_reference", f"line ids {missing[:5]} not in movie_lines.txt: " + raw_prefix(line))
+            continue
+        first_speaker = utterances[line_ids[0]][0]
+        roles = ["user" if utterances[i][0] == first_speaker else "assistant" for i in line_ids]
+        contents = [utterances[i][1] for i in line_ids]
+        local_id = f"{parts[2]}_{line_ids[0]}"
+        yield RawConversation(local_id, f"{convs_label}:{number}", roles, contents, None, None, None, line, False, True)
+
+
+# --------------------------------------------------------------------------------- tabular/YAML
+def _read_table(path: Path, *, options: SourceOptions, label: str, id_prefix: str, delimiter: str) -> Iterator[Item]:
+    """One row per exchange (utterance -> response); rows sharing `conversation_column` form one conversation."""
+    text, lenient = decode_document(path.read_bytes(), options.encoding or "utf-8")
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    header = next(reader, None)
+    if header is None:
+        return
+    header = [h.strip() for h in header]
+    wanted = {"utterance_column": options.utterance_column, "response_column": options.response_column}
+    if options.conversation_column:
+        wanted["conversation_column"] = options.conversation_column
+    absent = {k: v for k, v in wanted.items() if v not in header}
+    if absent:
+        raise TableLayoutError(label, absent, header)
+    u, r = header.index(options.utterance_column), header.index(options.response_column)
+    i = header.index(options.intent_column) if options.intent_column in header else None
+    c = header.index(options.conversation_column) if options.conversation_column else None
+    groups: dict[str, list[Any]] = {}
+    for row in reader:
+        number = reader.line_num
+        if not any(cell.strip() for cell in row):
+            continue
+        needed = max(x for x in (u, r, i, c) if x is not None)
+        if len(row) <= needed:
+            yield RawReject(f"{label}:{number}", "malformed_line", f"row has {len(row)} fields, the header {len(header)}: " + raw_prefix(delimiter.join(row)))
+            continue
+        intent = row[i].strip() or None if i is not None else None
+        if c is None:
+            yield RawConversation(f"{id_prefix}{number}", f"{label}:{number}", ["user", "assistant"], [row[u], row[r]],
+                                  None, None, [intent, None], row, lenient, False)
+            continue
+        key = row[c].strip()
+        if not key:
+            yield RawReject(f"{label}:{number}", "missing_field", f"empty {options.conversation_column!r}: " + raw_prefix(delimiter.join(row)))
+            continue
+        group = groups.setdefault(key, [number, [], [], [], []])
+        group[1] += ["user", "assistant"]
+        group[2] += [row[u], row[r]]
+        group[3] += [intent, None]
+        group[4].append(row)
+    for key, (number, roles, contents, intents, rows) in groups.items():
+        yield RawConversation(key, f"{label}:{number}", roles, contents, None, None, intents, rows, lenient, True)
+
+
+class TableLayoutError(ValueError):
+    """A CSV/TSV header without the configured columns: a params problem, not a bad row."""
+
+    def __init__(self, label: str, absent: dict[str, str], header: list[str]) -> None:
+        keys = ", ".join(f"options.{k} = {v!r}" for k, v in absent.items())
+        super().__init__(f"{label}: header has no column for {keys}; its columns are {header}. Set those options to the right column names.")
+
+
+def read_csv(path: Path, *, options: SourceOptions, label: str, id_prefix: str) -> Iterator[Item]:
+    yield from _read_table(path, options=options, label=label, id_prefix=id_prefix, delimiter=",")
+
+
+def read_tsv(path: Path, *, options: SourceOptions, label: str, id_prefix: str) -> Iterator[Item]:
+    yield from _read_table(path, options=options, label=label, id_prefix=id_prefix, delimiter="\t")
+
+
+def read_chatterbot_yaml(path: Path, *, options: SourceOptions, label: str, id_prefix: str) -> Iterator[Item]:
+    """chatterbot-corpus: {categories: [name, ...], conversations: [[user, assistant, user, ...], ...]}.
+
+    Read with YAML's BaseLoader so every scalar stays the text it was ("yes", "4", "1.0" are not
+    turned into True/4/1.0). The first category is the intent.
+    """
+    data = path.read_bytes()
+    bad_line = first_bad_line(data, options.encoding or "utf-8")
+    if bad_line:
+        # YAML refuses undecodable characters outright, so the file cannot be read in part
+        yield RawReject(f"{label}:{bad_line}", "bad_encoding", encoding_hint(options.encoding or "utf-8"))
+        return
+    text = data.decode(options.encoding or "utf-8").removeprefix("\ufeff")
+    try:
+        doc = yaml.load(text, Loader=yaml.BaseLoader)  # noqa: S506 - BaseLoader builds only str/list/dict
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        yield RawReject(f"{label}:{mark.line + 1}" if mark else label, "malformed_yaml", raw_prefix(str(exc)))
+        return
+    conversations = doc.get("conversations") if isinstance(doc, dict) else None
+    if not isinstance(conversations, list):
+        yield RawReject(label, "missing_field", 'expected a mapping with "conversations": [[...], ...]: ' + raw_prefix(text))
+        return
+    categories = doc.get("categories")
+    intent = categories[0] if isinstance(categories, list) and categories else categories if isinstance(categories, str) else None
+    for index, conv in enumerate(conversations):
+        if not isinstance(conv, list):
+            yield RawReject(f"{label}#{index}", "missing_field", "a conversation must be a list of utterances: " + raw_prefix(conv))
+            continue
+        roles = ["user" if k % 2 == 0 else "assistant" for k in range(len(conv))]
+        yield RawConversation(f"{id_prefix}{index}", f"{label}#{index}", roles, conv, intent, None, None, conv, False, False)
+
+
+Reader = Callable[..., Iterator[Item]]
+
+# format -> (reader, file patterns searched when the source path is a folder)
+READERS: dict[SourceFormat, tuple[Reader, tuple[str, ...]]] = {
+    "conversations_json": (read_conversations_json, ("*.json",)),
+    "messages_jsonl": (read_messages_jsonl, ("*.jsonl",)),
+    "cornell": (read_cornell, ()),  # the folder itself is the unit
+    "dailydialog": (read_dailydialog, ("*.txt",)),
+    "crosswoz": (read_crosswoz, ("*.json", "*.zip")),
+    "csv": (read_csv, ("*.csv",)),
+    "tsv": (read_tsv, ("*.tsv",)),
+    "chatterbot_yaml": (read_chatterbot_yaml, ("*.yml", "*.yaml")),
+    "feedback": (read_feedback, ("*.jsonl",)),
+}
+
+__all__ = ["READERS", "RawConversation", "RawReject", "TableLayoutError", "encoding_hint", "iter_lines", "raw_prefix"]

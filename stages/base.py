@@ -1,0 +1,55 @@
+"""Resolve `model.base` into a plain local transformers folder (+ chatforge.json).
+
+`dvc repro base`. A pip-shipped name, a local folder, a hub id, or `scratch` (a fresh config with a
+BPE tokenizer trained on the train split: the split is a dependency for every base so that the
+stage graph does not change shape with a param; for the other bases it is read only for its hash).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from chatforge.io import atomic_path, setup_logging, sha256_file, write_json
+from chatforge.params import ParamsError, load_section
+
+
+def main(
+    train_split: Annotated[Path, typer.Argument(help="Train split parquet (the scratch tokenizer's corpus).")],
+    out_dir: Annotated[Path, typer.Argument(help="Model folder to write (models/base).")],
+    metrics_path: Annotated[Path, typer.Argument(help="Metrics JSON (reports/base.json).")],
+) -> None:
+    from chatforge.modeling.base import BaseModelError, check_base, describe, resolve_base, sections_sha256
+
+    try:
+        params = load_section("model")
+        kind = check_base(params)
+    except (ParamsError, BaseModelError) as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(code=2) from None
+    log = setup_logging("base")
+
+    import polars as pl
+
+    from chatforge.modeling.manifest import Manifest, write_manifest
+
+    corpus = pl.read_parquet(train_split, columns=["content"])["content"].to_list() if kind == "scratch" else None
+    log.info("resolving model.base = %s (%s, family %s)", params.base, kind, params.family)
+    base = resolve_base(params, corpus=corpus)
+    info = describe(base.model)
+    with atomic_path(out_dir) as tmp:
+        base.model.save_pretrained(tmp)
+        base.tokenizer.save_pretrained(tmp)
+        write_manifest(tmp, Manifest(
+            family=params.family, variant="base", parent=base.parent, base=params.base,
+            data_sha256=sha256_file(train_split) if kind == "scratch" else None,
+            params_sha256=sections_sha256(params), details={**base.details, **info},
+        ))
+    write_json({"source": kind, **{k: v for k, v in info.items() if v is not None}}, metrics_path)
+    log.info("wrote %s (%s, %d parameters)", out_dir, info["model_type"], info["parameters"])
+
+
+if __name__ == "__main__":
+    typer.run(main)

@@ -1,0 +1,58 @@
+"""Split the cleaned turns into train/val/test by a stable hash of the conversation id.
+
+Stratified by intent in expectation, val/test hold original rows only, and adding data never moves
+an existing conversation (see chatforge.data.split). Run it with `dvc repro split`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from chatforge.params import ParamsError, SplitParams, load_section
+
+
+def main(
+    clean: Annotated[Path, typer.Argument(help="Cleaned turns parquet (the clean stage's output).")],
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write train/val/test.parquet into.")],
+    metrics: Annotated[Path, typer.Argument(help="Metrics JSON to write.")],
+) -> None:
+    try:
+        params = load_section("split")
+    except ParamsError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(code=2) from None
+    assert isinstance(params, SplitParams)
+
+    import polars as pl
+
+    from chatforge.data.split import SplitError, intents_missing, split_turns
+    from chatforge.io import atomic_path, setup_logging, write_json, write_parquet
+
+    log = setup_logging("split")
+    if not clean.exists():
+        log.error("%s not found: run `dvc repro clean` first.", clean)
+        raise typer.Exit(code=1)
+    turns = pl.read_parquet(clean)
+    try:
+        result = split_turns(
+            turns, val_fraction=params.val_fraction, test_fraction=params.test_fraction, salt=params.salt
+        )
+    except SplitError as exc:
+        log.error("%s", exc)
+        raise typer.Exit(code=1) from None
+    for split in ("val", "test"):
+        if missing := intents_missing(result.metrics, split):
+            log.warning("intents with no %s conversation (evaluate cannot score them): %s", split, ", ".join(missing))
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        for name, frame in result.splits.items():
+            write_parquet(frame, tmp / f"{name}.parquet")
+    write_json(result.metrics, metrics)
+    log.info("conversations per split: %s", result.metrics["conversations"])
+
+
+if __name__ == "__main__":
+    typer.run(main)

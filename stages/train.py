@@ -1,0 +1,68 @@
+"""Fine-tune the base model on the train data: a chat model (causal_lm) or an intent classifier.
+
+`dvc repro train`. Checkpoints every train.checkpoint_every_steps go to CHECKPOINTS/<fingerprint>/
+(outside DVC's outputs); a killed run resumes from the newest one on the next `dvc repro`. The
+model folder is published atomically only when training ends. train.num_processes > 1 re-runs
+this script under `accelerate launch`.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from chatforge.io import atomic_path, setup_logging, write_json
+from chatforge.params import ParamsError, load_section
+
+
+def main(
+    base_dir: Annotated[Path, typer.Argument(help="Base model folder (models/base).")],
+    train_data: Annotated[Path, typer.Argument(help="Train turns parquet.")],
+    val_data: Annotated[Path, typer.Argument(help="Val turns parquet.")],
+    out_dir: Annotated[Path, typer.Argument(help="Model folder to publish (models/teacher).")],
+    metrics_path: Annotated[Path, typer.Argument(help="Metrics JSON (reports/train.json).")],
+    live_dir: Annotated[Path, typer.Argument(help="dvclive curves folder (reports/train).")],
+    checkpoints: Annotated[Path, typer.Argument(help="Persistent checkpoint root (checkpoints/train).")],
+) -> None:
+    import polars as pl
+
+    from chatforge.modeling.classifier import read_responses
+    from chatforge.modeling.train import TrainError, check_inputs, clear_checkpoints, fingerprint, relaunch_command, train
+
+    try:
+        mp, tp = load_section("model"), load_section("train")
+        train_turns, val_turns = pl.read_parquet(train_data), pl.read_parquet(val_data)
+        check_inputs(mp, tp, base_dir=base_dir, train_turns=train_turns, val_turns=val_turns)
+        responses = read_responses(tp.responses_path) if tp.responses_path else None
+    except (ParamsError, TrainError) as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(code=2) from None
+    if (cmd := relaunch_command(tp.num_processes, sys.argv)) is not None:
+        raise typer.Exit(code=subprocess.call(cmd))
+    log = setup_logging("train")
+
+    from chatforge.modeling.manifest import Manifest, write_manifest
+
+    data_sha, params_sha, run = fingerprint(data_files=[train_data, val_data], base_dir=base_dir, sections=[mp, tp])
+    outcome = train(model_params=mp, train_params=tp, base_dir=base_dir, train_turns=train_turns, val_turns=val_turns,
+                    checkpoint_dir=checkpoints / run, live_dir=live_dir, responses=responses)
+    if outcome.metrics["process_index"] != 0:
+        return  # one process publishes
+    with atomic_path(out_dir) as tmp:
+        outcome.model.save_pretrained(tmp)
+        outcome.tokenizer.save_pretrained(tmp)
+        if outcome.responses is not None:
+            write_json(outcome.responses, tmp / "responses.json")
+        write_manifest(tmp, Manifest(family=mp.family, variant="teacher", parent=str(base_dir), base=mp.base,
+                                     data_sha256=data_sha, params_sha256=params_sha, details=outcome.details))
+    write_json({k: v for k, v in outcome.metrics.items() if k != "process_index"}, metrics_path)
+    clear_checkpoints(checkpoints / run)
+    log.info("published %s after %d steps", out_dir, outcome.metrics["steps"])
+
+
+if __name__ == "__main__":
+    typer.run(main)

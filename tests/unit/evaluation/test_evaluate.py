@@ -1,0 +1,153 @@
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+import torch
+
+from chatforge.data.schema import conform
+from chatforge.evaluation import evaluate as ev
+from chatforge.modeling.data import Conversation
+from chatforge.modeling.generate import load_generator
+from chatforge.params import EvaluateParams
+from chatforge.serving.tiny import build_tiny_causal_lm, build_tiny_classifier
+
+torch.set_num_threads(1)
+
+
+def turns(rows):
+    return conform(pl.DataFrame(rows, schema=["conversation_id", "turn", "role", "content", "lang", "intent", "method"], orient="row"))
+
+
+TEST = turns([
+    ("a", 0, "user", "查询北京天气", "zh", "weather", "original"),
+    ("a", 1, "assistant", "今日北京晴，15-25℃", "zh", "weather", "original"),
+    ("b", 0, "user", "where is my order?", "en", "order_status", "original"),
+    ("b", 1, "assistant", "", "en", "order_status", "original"),
+    ("b", 2, "user", "order 12345", "en", "order_status", "original"),
+    ("b", 3, "assistant", "It ships tomorrow.", "en", "order_status", "original"),
+    ("c", 0, "user", "hi", "en", "greeting", "back_translation"),
+    ("c", 1, "assistant", "hello", "en", "greeting", "back_translation"),
+])
+
+
+def test_samples_take_original_rows_and_skip_empty_references():
+    convs, counts = ev.test_conversations(TEST)
+    assert [c.conversation_id for c in convs] == ["a", "b"]
+    assert counts == {"test_rows_not_original": 2}
+    samples, sc = ev.build_samples(convs, max_per_lang=5, seed=0)
+    assert sorted((s.conversation_id, s.reference) for s in samples) == [("a", "今日北京晴，15-25℃"), ("b", "It ships tomorrow.")]
+    b = next(s for s in samples if s.conversation_id == "b")
+    assert [m["content"] for m in b.prompt] == ["where is my order?", "", "order 12345"]
+    assert sc == {"references_empty_skipped": 1, "samples_zh": 1, "samples_en": 1}
+
+
+def test_empty_test_split_is_a_clear_error():
+    with pytest.raises(ev.EvaluationError, match="test split is empty.*test_fraction"):
+        ev.test_conversations(TEST.head(0))
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory) -> Path:
+    return build_tiny_causal_lm(tmp_path_factory.mktemp("lm") / "teacher")
+
+
+def test_perplexity_of_uniform_model_equals_vocab_size(tiny_lm):
+    gen = load_generator(tiny_lm, backend="torch")
+    with torch.no_grad():
+        gen.model.get_output_embeddings().weight.zero_()  # logits all 0 -> uniform distribution
+    convs, _ = ev.test_conversations(TEST)
+    out = ev.assistant_perplexity(gen, convs, max_seq_len=512)
+    v = gen.model.config.vocab_size
+    assert out["perplexity"] == pytest.approx(v, rel=1e-5)
+    assert out["perplexity_zh"] == pytest.approx(v, rel=1e-5)
+    assert out["perplexity_en"] == pytest.approx(v, rel=1e-5)
+
+
+def test_sequence_logprobs_match_full_forward(tiny_lm):
+    gen = load_generator(tiny_lm, backend="torch")
+    ids = gen.prompt_ids([{"role": "user", "content": "hello"}])
+    lp = ev.sequence_logprobs(gen, ids)
+    assert lp.shape == (len(ids) - 1,)
+    assert (lp <= 0).all() and math.isfinite(float(lp.sum()))
+
+
+def test_evaluate_variant_causal_lm_reports_quality_size_speed(tiny_lm):
+    convs, _ = ev.test_conversations(TEST)
+    samples, _ = ev.build_samples(convs, max_per_lang=5, seed=0)
+    params = EvaluateParams(max_new_tokens=4, latency_runs=2, latency_new_tokens=4)
+    out, extra = ev.evaluate_variant("teacher", tiny_lm, convs, samples, params, threshold=0.7)
+    for key in ("bleu_zh", "bleu_en", "chrf", "perplexity_zh", "perplexity_en", "wrong_lang_zh", "answer_chars",
+                "params", "size_mb", "latency_p50_ms", "latency_p95_ms", "tokens_per_s"):
+        assert key in out, key
+    model_params = sum(p.numel() for p in load_generator(tiny_lm, backend="torch").model.parameters())
+    assert out["params"] == model_params
+    assert out["latency_p95_ms"] >= out["latency_p50_ms"] > 0
+    assert len(extra["answers"]) == len(samples)
+
+
+def test_evaluate_classifier_scores_intents(tmp_path):
+    responses = {k: {"zh": f"{k}-zh", "en": f"{k}-en"} for k in ("greeting", "order_status", "weather")}
+    folder = build_tiny_classifier(tmp_path / "clf", responses=responses)
+    convs, _ = ev.test_conversations(TEST)
+    params = EvaluateParams(latency_runs=2)
+    out, extra = ev.evaluate_variant("teacher", folder, convs, [], params, threshold=0.0)
+    assert 0.0 <= out["accuracy"] <= 1.0 and out["fallback_rate"] == 0.0  # threshold 0 answers everything
+    assert sum(map(sum, extra["confusion"]["matrix"])) == 2
+    out_hi, _ = ev.evaluate_variant("teacher", folder, convs, [], params, threshold=0.999)
+    assert out_hi["fallback_rate"] == 1.0  # an untrained 3-way classifier is never 99.9% sure
+
+
+def test_missing_variants_are_reported_not_fatal(tiny_lm, tmp_path):
+    present, missing = ev.check_variants({"teacher": tiny_lm, "student": tmp_path / "nope"}, ["teacher", "student", "int8"])
+    assert list(present) == ["teacher"] and missing == ["student", "int8"]
+
+
+def test_gates_on_known_numbers():
+    variants = {
+        "teacher": {"bleu": 20.0, "perplexity": 9.0},
+        "student": {"bleu": 17.0},
+        "pruned": {"bleu": 16.0},
+        "int8": {"bleu": 15.5},
+    }
+    reports = {"train": {"train_val_gap": 0.15}, "quantize": {"size_ratio": 0.26, "source": "pruned"}}
+    gates = ev.compute_gates(variants, reports, EvaluateParams())
+    assert gates["train_val_gap"]["status"] == "fail"
+    assert gates["teacher_perplexity_band"]["status"] == "pass"
+    assert gates["distill_retention"]["value"] == pytest.approx(0.85) and gates["distill_retention"]["status"] == "fail"
+    assert gates["int8_size_reduction"]["value"] == pytest.approx(0.74) and gates["int8_size_reduction"]["status"] == "pass"
+    assert gates["int8_bleu_drop"]["value"] == pytest.approx(0.5) and gates["int8_bleu_drop"]["status"] == "pass"
+    gates = ev.compute_gates({"teacher": {"perplexity": 30.0}}, {}, EvaluateParams())
+    assert gates["teacher_perplexity_band"]["status"] == "warn"
+    assert gates["distill_retention"]["status"] == "missing"
+
+
+def _run_stage(tmp_path: Path, repo_root: Path, args: list[str]) -> subprocess.CompletedProcess:
+    (tmp_path / "params.yaml").write_text((repo_root / "params.yaml").read_text(encoding="utf-8"), encoding="utf-8")
+    return subprocess.run(
+        [sys.executable, str(repo_root / "stages" / "evaluate.py"), *args],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )
+
+
+def test_stage_evaluates_present_variants_and_names_missing(tmp_path, repo_root, tiny_lm):
+    TEST.write_parquet(tmp_path / "test.parquet")
+    proc = _run_stage(tmp_path, repo_root, [
+        "test.parquet", "metrics.json", "details.json",
+        "--variant", f"teacher={tiny_lm}", "--variant", "student=models/student",
+    ])
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert "teacher" in metrics and "student" not in metrics
+    assert metrics["summary"]["variants_missing"] == "base,student,pruned,int8"
+    assert "variant student" in proc.stderr and "missing" in proc.stderr
+
+
+def test_stage_empty_test_split_fails_clearly(tmp_path, repo_root, tiny_lm):
+    TEST.head(0).write_parquet(tmp_path / "test.parquet")
+    proc = _run_stage(tmp_path, repo_root, ["test.parquet", "m.json", "d.json", "--variant", f"teacher={tiny_lm}"])
+    assert proc.returncode == 1
+    assert "test split is empty" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,0 +1,64 @@
+import math
+
+import pytest
+
+from chatforge.evaluation import metrics
+
+
+def test_bleu_english_hand_computed():
+    # n-gram precisions 5/6, 3/5, 2/4, 1/3; equal lengths so no brevity penalty
+    expected = 100 * (5 / 6 * 3 / 5 * 2 / 4 * 1 / 3) ** 0.25
+    got = metrics.bleu(["the cat sat on the mat"], ["the cat sat on a mat"], lang="en")
+    assert got == pytest.approx(expected, abs=1e-6)
+
+
+def test_bleu_chinese_uses_character_tokens():
+    # every n-gram matches (precision 1); hypothesis 5 chars vs reference 6 -> BP = exp(1 - 6/5)
+    got = metrics.bleu(["今天北京晴"], ["今天北京晴天"], lang="zh")
+    assert got == pytest.approx(100 * math.exp(1 - 6 / 5), abs=1e-6)
+
+
+def test_bleu_rejects_mismatched_lengths():
+    with pytest.raises(ValueError, match="2 hypotheses"):
+        metrics.bleu(["a", "b"], ["a"], lang="en")
+
+
+def test_chrf_identical_is_100_and_empty_is_nan():
+    assert metrics.chrf(["查询北京天气"], ["查询北京天气"]) == pytest.approx(100.0)
+    assert math.isnan(metrics.chrf([], []))
+
+
+def test_perplexity_is_exp_mean_nll():
+    assert metrics.perplexity(4 * math.log(10), 4) == pytest.approx(10.0)
+    assert math.isnan(metrics.perplexity(0.0, 0))
+
+
+def test_macro_f1_on_small_confusion_matrix():
+    y_true = ["a", "a", "a", "b", "b", "c"]
+    y_pred = ["a", "a", "b", "b", "c", "c"]
+    s = metrics.classification_scores(y_true, y_pred, labels=["a", "b", "c"])
+    assert s.accuracy == pytest.approx(4 / 6)
+    assert s.per_label_f1 == pytest.approx({"a": 0.8, "b": 0.5, "c": 2 / 3})
+    assert s.macro_f1 == pytest.approx((0.8 + 0.5 + 2 / 3) / 3)
+    assert s.confusion == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
+
+
+def test_classification_unknown_label_is_an_error():
+    with pytest.raises(ValueError, match=r"\['z'\]"):
+        metrics.classification_scores(["a"], ["z"], labels=["a", "b"])
+
+
+def test_fallback_stats():
+    out = metrics.fallback_stats([0.9, 0.5, 0.8, 0.65], [True, True, False, False], threshold=0.7)
+    assert out == {"fallback_rate": 0.5, "answered_accuracy": 0.5}
+
+
+def test_latency_percentiles_in_ms():
+    out = metrics.latency_stats([0.001 * i for i in range(1, 101)])
+    assert out["latency_p50_ms"] == pytest.approx(50.5)
+    assert out["latency_p95_ms"] == pytest.approx(95.05)
+
+
+def test_retention_for_scores_and_perplexity():
+    assert metrics.retention(27.0, 30.0) == pytest.approx(0.9)
+    assert metrics.retention(12.0, 10.0, higher_is_better=False) == pytest.approx(10 / 12)
