@@ -42,7 +42,13 @@ def main(
             report.plot_variants(reports["evaluate"]).savefig(tmp / "variants.png", dpi=110)
             figures["variants"] = "variants.png"
     rel = Path(os.path.relpath(figures_dir, report_path.parent))
-    text = report.render(reports, details=details, figures={k: (rel / v).as_posix() for k, v in figures.items()}, lock_path=lock_path)
+    text = report.render(
+        reports,
+        details=details,
+        figures={k: (rel / v).as_posix() for k, v in figures.items()},
+        lock_path=lock_path,
+        timings=report.load_timings(reports_dir / "timings"),
+    )
     write_text(text, report_path)
     log.info("wrote %s (%d figures)", report_path, len(figures))
 

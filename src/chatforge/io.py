@@ -6,6 +6,7 @@ leaves a half-written file that a later stage (or DVC) could read as complete.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import json
@@ -14,6 +15,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,8 +27,19 @@ T = TypeVar("T")
 log = logging.getLogger("chatforge")
 
 
+TIMINGS_DIR = Path("reports/timings")  # per-stage wall times for the report; not DVC outputs (git-ignored)
+
+
 def setup_logging(stage: str, level: int = logging.INFO) -> logging.Logger:
-    """Configure the root logger once for a stage script or CLI command."""
+    """Configure the root logger once for a stage script, and record the stage's wall time.
+
+    The time is written at exit to reports/timings/<stage>.json when run from a project root
+    (a folder with dvc.yaml); the report stage lists them. It is kept out of the metrics files so
+    that equal inputs still give equal metrics.
+    """
+    started = time.time()
+    if Path("dvc.yaml").exists():
+        atexit.register(_write_timing, stage, started)
     logging.basicConfig(
         level=level,
         format=f"%(asctime)s {stage} %(levelname)s %(message)s",
@@ -54,6 +67,11 @@ def atomic_path(target: Path | str) -> Iterator[Path]:
             os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp.parent, ignore_errors=True)
+
+
+def _write_timing(stage: str, started: float) -> None:
+    with contextlib.suppress(OSError):
+        write_json({"stage": stage, "wall_seconds": round(time.time() - started, 2)}, TIMINGS_DIR / f"{stage}.json")
 
 
 def write_parquet(frame: pl.DataFrame, target: Path | str) -> None:

@@ -101,12 +101,25 @@ def api_key(tmp_path: Path) -> tuple[Path, str]:
     return path, plain
 
 
-def build_app(params: dict[str, Any], keys: Path):
+def _build_app(params: dict[str, Any], keys: Path):
     from chatforge.params import ServeParams
     from chatforge.serving.app import create_app
     from chatforge.serving.config import ServeConfig
 
     return create_app(ServeConfig(params=ServeParams.model_validate(params), api_keys_file=keys))
+
+
+@pytest.fixture
+def make_client(api_key: tuple[Path, str]):
+    """make_client(params) -> a TestClient on a fresh app, the test key in its headers."""
+    from fastapi.testclient import TestClient
+
+    def make(params: dict[str, Any]) -> TestClient:
+        client = TestClient(_build_app(params, api_key[0]))
+        client.headers["Authorization"] = f"Bearer {api_key[1]}"
+        return client
+
+    return make
 
 
 @dataclass
@@ -121,7 +134,7 @@ def live_server(base_params: dict[str, Any], api_key: tuple[Path, str]) -> Itera
     """The real app under uvicorn on a free loopback port, in a background thread."""
     import uvicorn
 
-    app = build_app(base_params, api_key[0])
+    app = _build_app(base_params, api_key[0])
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
     thread = threading.Thread(target=server.run, daemon=True)

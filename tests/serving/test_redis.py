@@ -3,21 +3,12 @@
 from __future__ import annotations
 
 import redis
-from fastapi.testclient import TestClient
-
-from conftest import build_app
 
 HELLO = {"model": "chatforge", "messages": [{"role": "user", "content": "where is my order?"}]}
 
 
-def _client(params, key) -> TestClient:
-    client = TestClient(build_app(params, key[0]))
-    client.headers["Authorization"] = f"Bearer {key[1]}"
-    return client
-
-
-def test_repeated_request_is_a_redis_hit(redis_server, base_params, api_key):
-    client = _client(base_params | {"redis_url": redis_server.url}, api_key)
+def test_repeated_request_is_a_redis_hit(redis_server, base_params, make_client):
+    client = make_client(base_params | {"redis_url": redis_server.url})
     first = client.post("/v1/chat/completions", json=HELLO).json()
     keys = redis.Redis.from_url(redis_server.url).keys("chatforge:answer:*")
     assert len(keys) == 1
@@ -26,11 +17,11 @@ def test_repeated_request_is_a_redis_hit(redis_server, base_params, api_key):
     assert (first["chatforge"]["cached"], second["chatforge"]["cached"]) == (False, True)
     assert first["choices"] == second["choices"]
     # a second instance sharing the Redis answers from the cache too
-    other = _client(base_params | {"redis_url": redis_server.url}, api_key)
+    other = make_client(base_params | {"redis_url": redis_server.url})
     assert other.post("/v1/chat/completions", json=HELLO).json()["chatforge"]["cached"] is True
 
 
-def test_blocked_answers_are_never_cached(redis_server, base_params, api_key, tiny_models, tmp_path):
+def test_blocked_answers_are_never_cached(redis_server, base_params, make_client, tiny_models, tmp_path):
     # every canned answer of the classifier contains one of these, so every output is blocked
     lexicon = tmp_path / "blocked.txt"
     lexicon.write_text("shipped\nsunny\n发货\n晴\n", encoding="utf-8")
@@ -39,7 +30,7 @@ def test_blocked_answers_are_never_cached(redis_server, base_params, api_key, ti
         "variants": [{"name": "clf", "model": str(tiny_models["clf"])}],
         "filter": {"lexicons": [str(lexicon)], "mode": "block"},
     }
-    client = _client(params, api_key)
+    client = make_client(params)
     for _ in range(2):
         body = client.post("/v1/chat/completions", json=HELLO).json()
         assert body["choices"][0]["finish_reason"] == "content_filter"
@@ -49,8 +40,8 @@ def test_blocked_answers_are_never_cached(redis_server, base_params, api_key, ti
     assert redis.Redis.from_url(redis_server.url).dbsize() == 0
 
 
-def test_service_keeps_answering_after_redis_is_killed(redis_server, base_params, api_key):
-    client = _client(base_params | {"redis_url": redis_server.url}, api_key)
+def test_service_keeps_answering_after_redis_is_killed(redis_server, base_params, make_client):
+    client = make_client(base_params | {"redis_url": redis_server.url})
     assert client.post("/v1/chat/completions", json=HELLO).status_code == 200
     redis_server.kill()
     for _ in range(3):

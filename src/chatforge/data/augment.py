@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import random
 import re
 from collections import Counter
@@ -180,10 +181,15 @@ def _eligible(conv: _Conversation, bad: dict, roles: list[str], *, allow: tuple[
 
 
 def _back_translate(order, convs, bad, cfg, translator, metrics, accept, budget) -> None:
-    for start in progress(range(0, len(order), _BT_CHUNK), total=-(-len(order) // _BT_CHUNK), desc="back-translation"):
-        if not budget.fits(1):
-            break
-        chunk = [convs[c] for c in order[start : start + _BT_CHUNK]]
+    rows_per_conv = max(1.0, sum(len(c.rows) for c in convs.values()) / max(len(convs), 1))
+    start = 0
+    while start < len(order) and budget.fits(1):
+        # translate about as many conversations as the remaining budget can take (at least a few, since
+        # some fail the filters): a small ratio then costs little, and raising it later reuses the cache
+        size = min(_BT_CHUNK, max(4, math.ceil((budget.limit - budget.used) / rows_per_conv)))
+        chunk = [convs[c] for c in order[start : start + size]]
+        start += size
+        log.info("back-translation: %d/%d conversations considered", min(start, len(order)), len(order))
         todo = [(c, r) for c in chunk for r in _eligible(c, bad, cfg.roles) if r["lang"] in cfg.pivot]
         results: dict[tuple[str, int], str] = {}
         for lang, pivot in sorted(cfg.pivot.items()):
@@ -192,7 +198,12 @@ def _back_translate(order, convs, bad, cfg, translator, metrics, accept, budget)
                 continue
             sources = [r["content"] for _, r in items]
             there = translator.translate(sources, src=lang, tgt=pivot)
-            back = translator.translate(there, src=pivot, tgt=lang)
+            # an empty pivot is already a failure: no need to translate it back
+            usable = [i for i, t in enumerate(there) if t.strip()]
+            back_usable = translator.translate([there[i] for i in usable], src=pivot, tgt=lang) if usable else []
+            back = [""] * len(there)
+            for i, text in zip(usable, back_usable, strict=True):
+                back[i] = text
             for (c, r), mid, out in zip(items, there, back, strict=True):
                 reason = _bt_problem(r["content"], mid, out, lang=lang, pivot=pivot, cfg=cfg)
                 if reason:

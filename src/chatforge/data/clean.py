@@ -56,7 +56,7 @@ import functools
 import html
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import polars as pl
@@ -125,6 +125,15 @@ def _resolve_chains(mapping: dict[str, str], path: Path) -> dict[str, str]:
     return resolved
 
 
+# --------------------------------------------------------------------------------------- helpers
+def _on_rows(content: pl.Series, rows: pl.Series, rule: Callable[[pl.Series], pl.Series]) -> pl.Series:
+    """`rule` applied to the rows at `rows` only; every rule pre-selects the rows it could change with
+    one cheap scan, because most turns need no work and a full pass per rule dominates the run time."""
+    if not len(rows):
+        return content
+    return content.clone().scatter(rows, rule(content.gather(rows)))  # clone: scatter works in place
+
+
 # ----------------------------------------------------------------------------------- rule 1: html
 _BLOCK_TAGS = "p|div|li|ul|ol|dl|dt|dd|tr|table|thead|tbody|tfoot|h[1-6]|blockquote|pre|hr|section|article|header|footer|main|aside|nav|figure|form"
 # Only known element names count as tags: "<PHONE>" placeholders and "a<b" in prose must survive.
@@ -141,13 +150,16 @@ HTML_ENTITY = r"&(?:#[0-9]{1,7}|#[xX][0-9A-Fa-f]{1,6}|[A-Za-z][A-Za-z0-9]{1,31})
 
 
 def strip_html(content: pl.Series) -> pl.Series:
-    out = (
-        content.str.replace_all(HTML_COMMENT, "")
-        .str.replace_all(HTML_SCRIPT, "")
-        .str.replace_all(HTML_BREAK, "\n")
-        .str.replace_all(HTML_TAG, "")
-    )
-    return decode_entities(out)
+    def rule(part: pl.Series) -> pl.Series:
+        out = (
+            part.str.replace_all(HTML_COMMENT, "")
+            .str.replace_all(HTML_SCRIPT, "")
+            .str.replace_all(HTML_BREAK, "\n")
+            .str.replace_all(HTML_TAG, "")
+        )
+        return decode_entities(out)
+
+    return _on_rows(content, content.str.contains(r"[<&]").arg_true(), rule)
 
 
 def decode_entities(content: pl.Series) -> pl.Series:
@@ -166,14 +178,15 @@ def decode_entities(content: pl.Series) -> pl.Series:
 
 # ------------------------------------------------------------------- rules 2-3: control, symbols
 REPLACEMENT_CHAR = "\ufffd"
-CONTROL = r"[\x00-\x08\x0B\x0C\x0E-\x1F\x7F-\x9F\p{Cf}\p{Co}]"
-EMOJI = r"[\p{Extended_Pictographic}\p{Emoji_Modifier}\p{Regional_Indicator}\x{FE0E}\x{FE0F}\x{20E3}\x{E0020}-\x{E007F}]"
-EMOJI_KEPT = r"[\p{Emoji_Presentation}\p{Emoji_Modifier}\p{Regional_Indicator}\x{FE0F}\x{20E3}]"
+_CONTROL = r"\x00-\x08\x0B\x0C\x0E-\x1F\x7F-\x9F\p{Cf}\p{Co}"
+_EMOJI = r"\p{Extended_Pictographic}\p{Emoji_Modifier}\p{Regional_Indicator}\x{FE0E}\x{FE0F}\x{20E3}\x{E0020}-\x{E007F}"
 # box drawing, blocks, geometric shapes, misc symbols, dingbats, misc symbols+arrows, ※, 〓
 _SYMBOL_BLOCKS = r"\x{2500}-\x{27BF}\x{2B00}-\x{2BFF}\x{203B}\x{3013}"
-SYMBOLS = rf"[{_SYMBOL_BLOCKS}]"
-SYMBOLS_BESIDE_EMOJI = rf"[[{_SYMBOL_BLOCKS}]--\p{{Emoji_Presentation}}]"
 DECORATION = r"[~#*=～＃＊＝]{2,}"
+# one alternation, one pass: each removed character class is a single Unicode-aware DFA state set
+REMOVE = rf"[{_CONTROL}{_EMOJI}{_SYMBOL_BLOCKS}]+|{DECORATION}"
+# keep_emoji: controls and the symbol blocks minus what is displayed as emoji by default (😊, not ★)
+REMOVE_KEEP_EMOJI = rf"[{_CONTROL}[[{_SYMBOL_BLOCKS}]--\p{{Emoji_Presentation}}]]+|{DECORATION}"
 
 
 def remove_replacement_chars(content: pl.Series) -> pl.Series:
@@ -181,13 +194,8 @@ def remove_replacement_chars(content: pl.Series) -> pl.Series:
 
 
 def remove_control_symbols(content: pl.Series, *, keep_emoji: bool = False) -> pl.Series:
-    out = content.str.replace_all(CONTROL, "")
-    if keep_emoji:
-        # emoji ZWJ sequences lose their joiner (a format char) above; the pieces stay visible
-        out = out.str.replace_all(SYMBOLS_BESIDE_EMOJI, "")
-    else:
-        out = out.str.replace_all(EMOJI, "").str.replace_all(SYMBOLS, "")
-    return out.str.replace_all(DECORATION, "")
+    # with keep_emoji, ZWJ sequences lose their joiner (a format character); the pieces stay visible
+    return content.str.replace_all(REMOVE_KEEP_EMOJI if keep_emoji else REMOVE, "")
 
 
 # ---------------------------------------------------------------------------------- rule 4: nfkc
@@ -198,8 +206,23 @@ _PLACEHOLDERS = [chr(0xFDD0 + i) for i in range(len(ZH_PUNCTUATION_KEPT))]
 NONCHARACTERS = r"[\x{FDD0}-\x{FDEF}]"
 
 
+# ASCII, C1, CJK ideographs and common CJK punctuation are NFKC-stable (quick-check Yes, combining
+# class 0): a row made only of them is already normalised and is skipped.
+_NFKC_STABLE = r"\x00-\x9F\x{3001}\x{3002}\x{3008}-\x{3011}\x{4E00}-\x{9FFF}\x{2014}\x{2018}\x{2019}\x{201C}\x{201D}"
+_NFKC_UNSTABLE_ZH = rf"[^{_NFKC_STABLE}{ZH_PUNCTUATION_KEPT}]"
+
+
 def normalize_width(content: pl.Series, lang: pl.Series) -> pl.Series:
-    frame = pl.DataFrame({"c": content.str.replace_all(NONCHARACTERS, ""), "zh": lang == "zh"})
+    zh = lang == "zh"
+    need = content.str.contains(_NFKC_UNSTABLE_ZH) | (~zh & content.str.contains_any(list(ZH_PUNCTUATION_KEPT)))
+    rows = need.arg_true()
+    if not len(rows):
+        return content
+    return content.clone().scatter(rows, _nfkc(content.gather(rows), zh.gather(rows)))
+
+
+def _nfkc(content: pl.Series, zh: pl.Series) -> pl.Series:
+    frame = pl.DataFrame({"c": content.str.replace_all(NONCHARACTERS, ""), "zh": zh})
     c, zh = pl.col("c"), pl.col("zh")
     protect = c.str.replace_many(list(ZH_PUNCTUATION_KEPT), _PLACEHOLDERS)
     restore = c.str.replace_many(_PLACEHOLDERS, list(ZH_PUNCTUATION_KEPT))
@@ -237,12 +260,15 @@ def to_simplified(content: pl.Series, lang: pl.Series) -> pl.Series:
 
 # ---------------------------------------------------------------------------- rule 6: whitespace
 def collapse_whitespace(content: pl.Series) -> pl.Series:
-    return (
-        content.str.replace_all(r"\r\n?", "\n")
-        .str.replace_all(r"[^\S\n]+", " ")
-        .str.replace_all(r" ?\n[\s]*", "\n")
-        .str.strip_chars()
-    )
+    def rule(part: pl.Series) -> pl.Series:
+        return (
+            part.str.replace_all(r"\r\n?", "\n")
+            .str.replace_all(r"[^\S\n]+", " ")
+            .str.replace_all(r" ?\n[\s]*", "\n")
+            .str.strip_chars()
+        )
+
+    return _on_rows(content, content.str.contains(r"^\s|\s$|\s\s|[^\S ]").arg_true(), rule)
 
 
 # ------------------------------------------------------------------------------ rule 7: synonyms
@@ -290,8 +316,15 @@ def normalize_synonyms(content: pl.Series, *, synonyms: Mapping[str, str]) -> pl
             tok.replace_strict(list(runs), list(runs.values()), default=tok).str.join("")
         )
         out.scatter(joined["row"], joined["tok"])
-    for pattern, canonical in words:
-        out = out.str.replace_all(pattern, canonical.replace("$", "$$"))
+    if words:
+        latin = [v for v in synonyms if v not in runs]
+
+        def rule(part: pl.Series) -> pl.Series:
+            for pattern, canonical in words:
+                part = part.str.replace_all(pattern, canonical.replace("$", "$$"))
+            return part
+
+        out = _on_rows(out, out.str.contains_any(latin).arg_true(), rule)
     return out
 
 
@@ -313,12 +346,17 @@ ID_CHECK = "10X98765432"
 CARD_SHAPE = r"^[3-6]\d*(?:[ -]\d+)*$"
 
 
+PHONE_CANDIDATE = r"\+[1-9]|\d{4}|\(0\d"  # every phone form above contains one of these
+
+
 def mask_emails(content: pl.Series) -> pl.Series:
-    return content.str.replace_all(EMAIL, "<EMAIL>")
+    return _on_rows(content, content.str.contains("@", literal=True).arg_true(),
+                    lambda part: part.str.replace_all(EMAIL, "<EMAIL>"))
 
 
 def mask_phones(content: pl.Series) -> pl.Series:
-    return content.str.replace_all(PHONE, "${1}<PHONE>${2}").str.replace_all(PHONE, "${1}<PHONE>${2}")
+    return _on_rows(content, content.str.contains(PHONE_CANDIDATE).arg_true(),
+                    lambda part: part.str.replace_all(PHONE, "${1}<PHONE>${2}").str.replace_all(PHONE, "${1}<PHONE>${2}"))
 
 
 def _digit(text: pl.Expr, i: int) -> pl.Expr:
@@ -335,11 +373,12 @@ def is_id_number(tok: pl.Expr) -> pl.Expr:
 def is_card_number(tok: pl.Expr) -> pl.Expr:
     """13-19 digits (optionally grouped), issuer digit 3-6, Luhn checksum."""
     digits = tok.str.replace_all(r"[ -]", "")
-    reverse = digits.str.reverse()
+    padded = digits.str.zfill(19)  # leading zeros leave the Luhn sum alone and fix every position
     terms = []
-    for i in range(19):
-        d = _digit(reverse, i)
-        terms.append(d if i % 2 == 0 else pl.when(d * 2 > 9).then(d * 2 - 9).otherwise(d * 2))
+    for j in range(19):
+        d = _digit(padded, j)
+        # every second digit from the right is doubled, and 2d > 9 counts as 2d - 9
+        terms.append(d * 2 - (d >= 5).cast(pl.Int32) * 9 if (18 - j) % 2 else d)
     luhn_ok = pl.sum_horizontal(terms) % 10 == 0
     return tok.str.contains(CARD_SHAPE) & digits.str.len_chars().is_between(13, 19) & luhn_ok
 
@@ -359,10 +398,14 @@ def mask_numbers(content: pl.Series, *, ids: bool = True, cards: bool = True) ->
     before = pl.when(same_row_before).then(tok.shift(1).str.slice(-1)).otherwise(pl.lit(""))
     after = pl.when(same_row_after).then(tok.shift(-1).str.slice(0, 1)).otherwise(pl.lit(""))
     alone = ~before.str.contains("[0-9A-Za-z]") & ~after.str.contains("[0-9A-Za-z]")
-    judged = tokens.with_columns(
-        is_id=pl.lit(ids) & alone & is_id_number(tok),
-        is_card=pl.lit(cards) & alone & is_card_number(tok),
-    ).with_columns(is_card=pl.col("is_card") & ~pl.col("is_id"))
+    tokens = tokens.with_row_index("i")
+    # checksums only for the few tokens that could be a number at all
+    plausible = tokens.filter(alone & tok.str.len_chars().is_between(13, 23) & tok.str.contains(r"^\d")).select(
+        "i", is_id=pl.lit(ids) & is_id_number(tok), is_card=pl.lit(cards) & is_card_number(tok)
+    )
+    is_id = pl.Series("is_id", [False] * tokens.height).scatter(plausible["i"], plausible["is_id"])
+    is_card = pl.Series("is_card", [False] * tokens.height).scatter(plausible["i"], plausible["is_card"] & ~plausible["is_id"])
+    judged = tokens.with_columns(is_id, is_card)
     masked = (
         pl.when(pl.col("is_id")).then(pl.lit("<ID>")).when(pl.col("is_card")).then(pl.lit("<CARD>")).otherwise(tok)
     )
@@ -388,7 +431,7 @@ def duplicate_ids(turns: pl.DataFrame, *, near: bool) -> pl.Series:
     """Ids of conversations equal (exactly, or after folding) to one with a smaller id."""
     text = pl.col("content")
     if near:
-        text = text.str.to_lowercase().str.replace_all(FOLD, "")
+        text = text.str.replace_all(FOLD, "").str.to_lowercase()
     signatures = _signature(turns.sort(["conversation_id", "turn"]), text)
     return signatures.filter(~pl.col("signature").is_first_distinct())["conversation_id"]
 

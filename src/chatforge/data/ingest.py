@@ -19,10 +19,13 @@ turn intent, else `options.intent`).
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import operator
 import re
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -234,6 +237,19 @@ def _text_or_none(value: Any) -> str | None:
     return text or None
 
 
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Reading builds millions of small lists and dicts but no reference cycles; the cyclic collector
+    would rescan the whole growing heap over and over (json.loads of a big file runs ~2.5x slower)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def source_files(path: Path, fmt: str) -> list[Path]:
     """The files a source reads: the path itself, or the matching files under a folder, sorted."""
     patterns = READERS[fmt][1]  # type: ignore[index]
@@ -272,23 +288,24 @@ def read_source(
     collector.stats.files = len(files)
     limit = source.options.limit
     read = 0
-    for file in files:
-        label = source.path if file == path else f"{source.path.rstrip('/')}/{file.relative_to(path).as_posix()}"
-        id_prefix = "" if file == path else f"{file.relative_to(path).with_suffix('').as_posix()}:"
-        items = reader(file, options=source.options, label=label, id_prefix=id_prefix)
-        try:
-            for item in progress(items, desc=f"ingest {source.source_name}", every=50_000):
-                if limit is not None and read >= limit:
-                    break
-                read += 1
-                if isinstance(item, RawReject):
-                    collector.reject(item.location, item.reason, item.raw)
-                else:
-                    collector.add(item)
-        except TableLayoutError as exc:
-            raise IngestError(f"{where}: {exc} (ingest.sources[{index}].options)") from None
-        except OSError as exc:
-            raise IngestError(f"{where}: cannot read {label}: {exc}") from None
+    with _gc_paused():
+        for file in files:
+            label = source.path if file == path else f"{source.path.rstrip('/')}/{file.relative_to(path).as_posix()}"
+            id_prefix = "" if file == path else f"{file.relative_to(path).with_suffix('').as_posix()}:"
+            items = reader(file, options=source.options, label=label, id_prefix=id_prefix)
+            try:
+                for item in progress(items, desc=f"ingest {source.source_name}", every=50_000):
+                    if limit is not None and read >= limit:
+                        break
+                    read += 1
+                    if isinstance(item, RawReject):
+                        collector.reject(item.location, item.reason, item.raw)
+                    else:
+                        collector.add(item)
+            except TableLayoutError as exc:
+                raise IngestError(f"{where}: {exc} (ingest.sources[{index}].options)") from None
+            except OSError as exc:
+                raise IngestError(f"{where}: cannot read {label}: {exc}") from None
     turns = collector.frame().pipe(conform).pipe(sort_turns)
     rejects = pl.DataFrame(collector.rejects, schema=REJECTS_SCHEMA)
     log.info("%s: %d conversations, %d turns, %d rejects", source.source_name, collector.stats.conversations, collector.stats.turns, collector.stats.rejects)

@@ -221,8 +221,8 @@ def read_crosswoz(path: Path, *, options: SourceOptions, label: str, id_prefix: 
 
     Intent: each user turn gets the domain of its first non-General dialogue act (餐馆, 景点, 酒店,
     地铁, 出租); a turn without one (a follow-up, thanks) keeps the latest domain of the dialogue so
-    far. The conversation's intent is its first user-turn domain (the task the user opens with),
-    which assistant turns and leading domain-less turns (a bare greeting) carry.
+    far. The conversation's intent is the first domain named in a user turn's acts (the task the
+    user opens with); assistant turns and leading domain-less user turns (a bare greeting) carry it.
     """
     for doc_label, data in _crosswoz_documents(path, options.encoding or "utf-8", label):
         text, lenient = decode_document(data, options.encoding or "utf-8")
@@ -240,12 +240,15 @@ def read_crosswoz(path: Path, *, options: SourceOptions, label: str, id_prefix: 
             if fields is None:
                 yield RawReject(f"{doc_label}#{dialogue_id}", "missing_field", '"messages" must be a list of objects: ' + raw_prefix(dialogue))
                 continue
-            turn_intents, topic = [], None
+            turn_intents, topic, opening = [], None, None
             for m in messages:
+                domain = _crosswoz_turn_intent(m.get("dialog_act"))
+                if opening is None and m.get("role") in ("usr", "user"):
+                    opening = domain
                 # a turn without a domain act (a follow-up question, thanks) stays on the current topic
-                topic = _crosswoz_turn_intent(m.get("dialog_act")) or topic
+                topic = domain or topic
                 turn_intents.append(topic)
-            yield RawConversation(str(dialogue_id), f"{doc_label}#{dialogue_id}", fields[0], fields[1], None, None,
+            yield RawConversation(str(dialogue_id), f"{doc_label}#{dialogue_id}", fields[0], fields[1], opening, None,
                                   turn_intents, dialogue, lenient, True)
 
 

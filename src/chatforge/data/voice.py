@@ -147,7 +147,7 @@ _PASSIVE = [
     ("perfect", re.compile(rf"^(?P<o>{_NP}) (?:has|have) been (?P<v>[a-z]+) by (?P<s>{_NP}){_END}$")),
 ]
 _SENTENCE = re.compile(r"[^.!?]+[.!?]?\s*")
-_INITIAL = {w.capitalize() for w in (*_DETS, "he", "she", "it", "we", "they", "you")}
+_INITIAL = {w.capitalize() for w in (*_DETS, "he", "she", "it", "we", "they", "you", "him", "me", "us", "them")}
 # words that end a noun phrase: a phrase containing one was split in the wrong place
 _NOT_IN_NP = {"has", "have", "had", "was", "were", "will", "be", "been", "is", "are", "am", "by", "not", "did",
               "do", "does", "yesterday", "today", "tomorrow", "tonight", "now", "again", "already", "too", "also",

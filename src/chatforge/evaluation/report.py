@@ -229,15 +229,32 @@ def provenance(lock_path: Path) -> str:
     return table(["stage", "kind", "path", "md5"], rows)
 
 
-def wall_times(reports: Mapping[str, Mapping[str, Any]]) -> str:
-    rows = [[s, reports[s].get("wall_seconds")] for s in STAGES if s in reports and "wall_seconds" in reports[s]]
+def load_timings(folder: Path) -> dict[str, float]:
+    """Wall seconds per stage, as recorded by chatforge.io.setup_logging (reports/timings/)."""
+    out = {}
+    for stage in STAGES:
+        path = folder / f"{stage}.json"
+        if path.exists():
+            out[stage] = float(json.loads(path.read_text(encoding="utf-8"))["wall_seconds"])
+    return out
+
+
+def wall_times(timings: Mapping[str, float]) -> str:
+    rows = [[s, timings[s]] for s in STAGES if s in timings]
     if not rows:
         return "_stages did not record wall times._"
     total = sum(r[1] for r in rows if isinstance(r[1], (int, float)))
     return table(["stage", "wall seconds"], [*rows, ["**total**", total]])
 
 
-def render(reports: Mapping[str, Mapping[str, Any]], *, details: Mapping[str, Any], figures: Mapping[str, str], lock_path: Path) -> str:
+def render(
+    reports: Mapping[str, Mapping[str, Any]],
+    *,
+    details: Mapping[str, Any],
+    figures: Mapping[str, str],
+    lock_path: Path,
+    timings: Mapping[str, float] | None = None,
+) -> str:
     """The whole report.md; `figures` maps a figure key to its path relative to the report."""
     ev = reports.get("evaluate", {})
     out = ["# chatforge build report", ""]
@@ -266,7 +283,7 @@ def render(reports: Mapping[str, Mapping[str, Any]], *, details: Mapping[str, An
     out += [variant_table(ev), ""]
     out += ["## Gates", "", gates_table(ev["gates"]) if "gates" in ev else "_evaluate has not run._", ""]
     out += ["## Five test conversations", "", sample_section(details), ""]
-    out += ["## Stage wall times", "", wall_times(reports), ""]
+    out += ["## Stage wall times", "", wall_times(timings or {}), ""]
     out += ["## Environment", "", environment(), ""]
     out += ["## Provenance (dvc.lock)", "", provenance(lock_path), ""]
     return "\n".join(out)

@@ -82,7 +82,7 @@ class LRUCache:
 
 
 class RedisCache:
-    """Redis with SETEX; any Redis error degrades to a miss and is reported through `on_error`."""
+    """Redis with a TTL (SET ... EX); any Redis error degrades to a miss and is reported through `on_error`."""
 
     kind = "redis"
 
@@ -151,7 +151,7 @@ class RedisCache:
         if not self.available:
             return
         try:
-            self._redis.setex(key, self.ttl_s, json.dumps(value, ensure_ascii=False))
+            self._redis.set(key, json.dumps(value, ensure_ascii=False), ex=self.ttl_s)
         except self._errors as exc:
             self._failed("set", exc)
 

@@ -64,7 +64,9 @@ def written_files(root: Path) -> dict[str, bytes]:
 
 
 def test_committed_files_equal_a_fresh_generation(tmp_path):
-    run = subprocess.run([sys.executable, str(SCRIPT), "--out-dir", str(tmp_path)], capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, str(SCRIPT), "--out-dir", str(tmp_path)], capture_output=True, text=True, check=False
+    )
     assert run.returncode == 0, run.stderr
     fresh, committed = written_files(tmp_path), written_files(ROOT)
     assert sorted(fresh) == sorted(committed)
@@ -100,8 +102,12 @@ def test_corpus_shape(conversations):
 def test_corpus_is_messy(conversations):
     texts = [m["content"] for c in conversations for m in c["messages"]]
     user_texts = [m["content"] for c in conversations for m in c["messages"] if m["role"] == "user"]
-    for name, pattern in [("html", HTML), ("full-width", FULL_WIDTH_ALNUM), ("emoji", EMOJI),
-                          ("zero-width", ZERO_WIDTH)]:
+    for name, pattern in [
+        ("html", HTML),
+        ("full-width", FULL_WIDTH_ALNUM),
+        ("emoji", EMOJI),
+        ("zero-width", ZERO_WIDTH),
+    ]:
         assert sum(bool(pattern.search(t)) for t in texts) >= 50, name
     for name, pattern in [("phone", PHONE), ("email", EMAIL), ("id number", ID_NUMBER)]:
         assert sum(bool(pattern.search(t)) for t in user_texts) >= 10, name
@@ -133,8 +139,11 @@ def test_order_numbers_do_not_look_like_cards_or_phones(gen, conversations):
     assert not [o for o in orders if gen.luhn_valid(o) or PHONE.search(o)]
 
 
-def test_every_synonym_variant_is_used_and_the_lexicon_is_consistent(conversations):
+def test_every_synonym_variant_is_used_and_the_lexicon_is_consistent(gen, conversations):
     pairs = lexicon_pairs()
+    assert dict(pairs) == gen.LEXICON
+    injected = {v for variants in gen.SYNONYMS.values() for v in variants}
+    assert injected <= set(gen.LEXICON) | set(gen.LEXICON.values()), "an injected variant the lexicon misses"
     variants = [v for v, _ in pairs]
     canonicals = {c for _, c in pairs}
     assert len(variants) == len(set(variants)), "a variant with two canonical forms"
@@ -168,7 +177,9 @@ def test_gazetteers(conversations):
     corpus = "\n".join(m["content"] for c in conversations for m in c["messages"])
     for lang in ("zh", "en"):
         for kind in ("city", "product", "person", "date"):
-            entities = (LEXICONS / "gazetteers" / lang / f"{kind}.txt").read_text(encoding="utf-8").splitlines()
+            entities = (
+                (LEXICONS / "gazetteers" / lang / f"{kind}.txt").read_text(encoding="utf-8").splitlines()
+            )
             assert entities and all(e and e == e.strip() for e in entities), (lang, kind)
             assert len(set(entities)) == len(entities), (lang, kind)
             assert any(e in corpus for e in entities), (lang, kind)

@@ -16,8 +16,11 @@ SECTIONS = ["## Data", "### Ingest", "### Clean", "### Balance", "### Augmentati
 def write_inputs(root: Path) -> None:
     reports = root / "reports"
     (reports / "plots").mkdir(parents=True)
-    (reports / "ingest.json").write_text(json.dumps({"conversations": 10, "rejects": {"malformed_json": 1}, "wall_seconds": 1.5}))
-    (reports / "clean.json").write_text(json.dumps({"rows_changed": {"html": 3}, "wall_seconds": 2.0}))
+    (reports / "ingest.json").write_text(json.dumps({"conversations": 10, "rejects": {"malformed_json": 1}}))
+    (reports / "clean.json").write_text(json.dumps({"rows_changed": {"html": 3}}))
+    (reports / "timings").mkdir()
+    (reports / "timings" / "ingest.json").write_text(json.dumps({"stage": "ingest", "wall_seconds": 1.5}))
+    (reports / "timings" / "clean.json").write_text(json.dumps({"stage": "clean", "wall_seconds": 2.0}))
     (reports / "balance.json").write_text(json.dumps({"imbalance_before": 0.8, "imbalance_after": 0.15}))
     (reports / "plots" / "balance.csv").write_text("intent,stage,conversations\nweather,before,10\nweather,after,8\nrefund,before,2\nrefund,after,7\n")
     curves = reports / "train" / "plots" / "metrics"

@@ -1,0 +1,244 @@
+"""The baseline bench/data_stages.py measures chatforge.data.clean against: the same clean rules
+written the straightforward way, one row at a time in pure Python (re + unicodedata + html.unescape),
+conversations grouped in dicts, duplicates found with a dict of signatures.
+
+It reuses the rule patterns of chatforge.data.clean (the text of the regexes, not its code), so both
+implement one specification. Python's `re` has no Unicode property classes (\\p{Han},
+\\p{Extended_Pictographic}, ...), so `BaselineCleaner.__init__` turns each property class into an
+explicit list of code-point ranges once, by asking polars which of the 1.1M code points match it; that
+set-up is timed separately and the per-row work never touches polars.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import unicodedata
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from chatforge.data import clean as spec
+from chatforge.params import CleanParams
+
+Row = dict[str, Any]
+
+
+def _ranges_of(rust_class: str) -> str:
+    """A Python character class equal to a Rust-regex class, from probing every code point once."""
+    import polars as pl
+
+    points = [c for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF]
+    hits = pl.Series([chr(c) for c in points]).str.contains(f"^{rust_class}$").to_list()
+    parts, start, prev = [], None, None
+    for cp, hit in zip(points, hits, strict=True):
+        if hit and start is not None and cp == prev + 1:
+            prev = cp
+            continue
+        if start is not None:
+            parts.append(f"\\U{start:08x}" if start == prev else f"\\U{start:08x}-\\U{prev:08x}")
+            start = prev = None
+        if hit:
+            start = prev = cp
+    if start is not None:
+        parts.append(f"\\U{start:08x}" if start == prev else f"\\U{start:08x}-\\U{prev:08x}")
+    return "[" + "".join(parts) + "]"
+
+
+def _python(rust_pattern: str) -> str:
+    # Rust `$` is end of text; Python's `$` would also match before a final newline
+    return rust_pattern.replace("($|", r"(\Z|").replace("${1}", r"\1").replace("${2}", r"\2")
+
+
+class BaselineCleaner:
+    def __init__(self, params: CleanParams, synonyms: Mapping[str, str]) -> None:
+        self.params = params
+        self.comment = re.compile(spec.HTML_COMMENT)
+        self.script = re.compile(spec.HTML_SCRIPT)
+        self.breaks = re.compile(spec.HTML_BREAK)
+        self.tags = re.compile(spec.HTML_TAG)
+        self.entity = re.compile(spec.HTML_ENTITY)
+        self.control = re.compile(_ranges_of(spec.CONTROL))
+        self.emoji = re.compile(_ranges_of(spec.EMOJI))
+        self.symbols = re.compile(_ranges_of(spec.SYMBOLS))
+        self.symbols_beside_emoji = re.compile(_ranges_of(spec.SYMBOLS_BESIDE_EMOJI))
+        self.decoration = re.compile(spec.DECORATION)
+        self.nonchar = re.compile("[\ufdd0-\ufdef]")
+        self.protect = str.maketrans(dict(zip(spec.ZH_PUNCTUATION_KEPT, spec._PLACEHOLDERS, strict=True)))
+        self.restore = str.maketrans(dict(zip(spec._PLACEHOLDERS, spec.ZH_PUNCTUATION_KEPT, strict=True)))
+        self.spaces = re.compile(r"[^\S\n]+")
+        self.lines = re.compile(r" ?\n\s*")
+        han = _ranges_of(r"\p{Han}")
+        self.han_runs = re.compile(f"{han}+|{han.replace('[', '[^', 1)}+")
+        self.han_only = re.compile(f"{han}+")
+        self.runs = {v: c for v, c in synonyms.items() if self.han_only.fullmatch(v)}
+        by_canonical: dict[str, list[str]] = {}
+        for v, c in synonyms.items():
+            if v not in self.runs:
+                by_canonical.setdefault(c, []).append(v)
+        self.words = [
+            (re.compile("|".join(spec._word_pattern(v) for v in sorted(vs, key=lambda v: (-len(v), v)))), c)
+            for c, vs in sorted(by_canonical.items())
+        ]
+        self.email = re.compile(spec.EMAIL)
+        self.phone = re.compile(_python(spec.PHONE))
+        self.number_candidate = re.compile(spec.NUMBER_CANDIDATE)
+        self.number_tokens = re.compile(spec.NUMBER_TOKENS)
+        self.id_shape = re.compile(spec.ID_SHAPE.strip("^$"))
+        self.card_shape = re.compile(spec.CARD_SHAPE.strip("^$"))
+        self.alnum = re.compile("[0-9A-Za-z]")
+        self.fold = re.compile(_ranges_of(spec.FOLD[:-1]) + "+")
+        self.t2s = None
+        if params.traditional_to_simplified:
+            from opencc import OpenCC
+
+            self.t2s = OpenCC("t2s")
+
+    # ----------------------------------------------------------------------------------- rules
+    def strip_html(self, text: str) -> str:
+        text = self.comment.sub("", text)
+        text = self.script.sub("", text)
+        text = self.breaks.sub("\n", text)
+        text = self.tags.sub("", text)
+        return self.entity.sub(lambda m: html.unescape(m.group(0)), text)
+
+    def remove_control_symbols(self, text: str) -> str:
+        text = self.control.sub("", text)
+        if self.params.keep_emoji:
+            text = self.symbols_beside_emoji.sub("", text)
+        else:
+            text = self.symbols.sub("", self.emoji.sub("", text))
+        return self.decoration.sub("", text)
+
+    def nfkc(self, text: str, lang: str) -> str:
+        text = self.nonchar.sub("", text)
+        if lang == "zh":
+            return unicodedata.normalize("NFKC", text.translate(self.protect)).translate(self.restore)
+        return unicodedata.normalize("NFKC", text)
+
+    def whitespace(self, text: str) -> str:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+        return self.lines.sub("\n", self.spaces.sub(" ", text)).strip()
+
+    def synonyms(self, text: str) -> str:
+        if self.runs:
+            text = "".join(self.runs.get(tok, tok) for tok in self.han_runs.findall(text))
+        for pattern, canonical in self.words:
+            text = pattern.sub(canonical.replace("\\", "\\\\"), text)
+        return text
+
+    def _is_id(self, tok: str) -> bool:
+        if not self.id_shape.fullmatch(tok):
+            return False
+        total = sum(int(c) * w for c, w in zip(tok[:17], spec.ID_WEIGHTS, strict=True))
+        return tok[17].upper() == spec.ID_CHECK[total % 11]
+
+    def _is_card(self, tok: str) -> bool:
+        digits = tok.replace(" ", "").replace("-", "")
+        if not self.card_shape.fullmatch(tok) or not 13 <= len(digits) <= 19:
+            return False
+        total = 0
+        for i, ch in enumerate(reversed(digits)):
+            d = int(ch) * (2 if i % 2 else 1)
+            total += d - 9 if d > 9 else d
+        return total % 10 == 0
+
+    def mask_numbers(self, text: str, ids: bool, cards: bool) -> tuple[str, bool, bool]:
+        if not self.number_candidate.search(text):
+            return text, False, False
+        tokens = self.number_tokens.findall(text)
+        any_id = any_card = False
+        for i, tok in enumerate(tokens):
+            before = tokens[i - 1][-1] if i else ""
+            after = tokens[i + 1][0] if i + 1 < len(tokens) else ""
+            if self.alnum.match(before) or self.alnum.match(after):
+                continue
+            if ids and self._is_id(tok):
+                tokens[i], any_id = "<ID>", True
+            elif cards and self._is_card(tok):
+                tokens[i], any_card = "<CARD>", True
+        return "".join(tokens), any_id, any_card
+
+    # --------------------------------------------------------------------------------- the loop
+    def clean(self, rows: Iterable[Row]) -> tuple[list[Row], dict[str, int]]:
+        p = self.params
+        counts = dict.fromkeys(spec.COUNT_KEYS, 0)
+        kinds = set(p.pii_kinds) if p.mask_pii else set()
+        conversations: dict[str, list[Row]] = {}
+        for row in rows:
+            counts["rows_in"] += 1
+            text, lang = row["content"] or "", row["lang"] or ""
+
+            def step(key: str, new: str) -> str:
+                if new != text:
+                    counts[key] += 1
+                return new
+
+            if p.strip_html:
+                text = step("changed_html", self.strip_html(text))
+            if p.remove_control:
+                counts["replacement_chars_removed"] += text.count("\ufffd")
+                text = step("changed_replacement_char", text.replace("\ufffd", ""))
+                text = step("changed_control_symbols", self.remove_control_symbols(text))
+            if p.nfkc:
+                text = step("changed_nfkc", self.nfkc(text, lang))
+            if self.t2s is not None and lang == "zh":
+                text = step("changed_t2s", self.t2s.convert(text))
+            text = step("changed_whitespace", self.whitespace(text))
+            if self.runs or self.words:
+                text = step("changed_synonyms", self.synonyms(text))
+            if "email" in kinds:
+                text = step("masked_email", self.email.sub("<EMAIL>", text))
+            if kinds & {"id_number", "card"}:
+                text, any_id, any_card = self.mask_numbers(text, "id_number" in kinds, "card" in kinds)
+                counts["masked_id_number"] += any_id
+                counts["masked_card"] += any_card
+            if "phone" in kinds:
+                text = step("masked_phone", self.phone.sub(r"\1<PHONE>\2", self.phone.sub(r"\1<PHONE>\2", text)))
+            conversations.setdefault(row["conversation_id"], []).append({**row, "content": text})
+
+        counts["conversations_in"] = len(conversations)
+        kept: list[Row] = []
+        exact: set[tuple[tuple[str, str], ...]] = set()
+        near: set[tuple[tuple[str, str], ...]] = set()
+        for cid in sorted(conversations):
+            turns = sorted(conversations[cid], key=lambda r: r["turn"])
+            lengths = [len(t["content"]) for t in turns]
+            if 0 in lengths:
+                counts["dropped_empty"] += 1
+                continue
+            if any(n < p.min_chars or n > p.max_chars for n in lengths):
+                counts["dropped_length"] += 1
+                continue
+            signature = tuple((t["role"], t["content"]) for t in turns)
+            if p.dedup_exact:
+                if signature in exact:
+                    counts["dropped_exact_duplicate"] += 1
+                    continue
+                exact.add(signature)
+            if p.dedup_near:
+                folded = tuple((role, self.fold.sub("", content.lower())) for role, content in signature)
+                if folded in near:
+                    counts["dropped_near_duplicate"] += 1
+                    continue
+                near.add(folded)
+            kept.extend(turns)
+        counts["rows_out"], counts["conversations_out"] = len(kept), len(conversations) - sum(
+            counts[k] for k in ("dropped_empty", "dropped_length", "dropped_exact_duplicate", "dropped_near_duplicate")
+        )
+        return kept, counts
+
+
+def read_conversations_json(path: Path | str, *, source: str = "demo") -> list[Row]:
+    """The baseline's ingest: json.load and one dict per message (no validation beyond the shape)."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    rows: list[Row] = []
+    for conv in data["conversations"]:
+        for turn, message in enumerate(conv["messages"]):
+            rows.append({
+                "conversation_id": f"{source}:{conv['id']}", "turn": turn, "role": message["role"],
+                "content": message["content"], "lang": conv.get("lang"), "intent": conv.get("intent"),
+                "source": source, "origin_id": None, "method": "original",
+            })
+    return rows
