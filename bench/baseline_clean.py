@@ -59,11 +59,8 @@ class BaselineCleaner:
         self.breaks = re.compile(spec.HTML_BREAK)
         self.tags = re.compile(spec.HTML_TAG)
         self.entity = re.compile(spec.HTML_ENTITY)
-        self.control = re.compile(_ranges_of(spec.CONTROL))
-        self.emoji = re.compile(_ranges_of(spec.EMOJI))
-        self.symbols = re.compile(_ranges_of(spec.SYMBOLS))
-        self.symbols_beside_emoji = re.compile(_ranges_of(spec.SYMBOLS_BESIDE_EMOJI))
-        self.decoration = re.compile(spec.DECORATION)
+        removed = spec.REMOVE_KEEP_EMOJI_CLASS if params.keep_emoji else spec.REMOVE_CLASS
+        self.remove = re.compile(f"{_ranges_of(removed)}+|{spec.DECORATION}")
         self.nonchar = re.compile("[\ufdd0-\ufdef]")
         self.protect = str.maketrans(dict(zip(spec.ZH_PUNCTUATION_KEPT, spec._PLACEHOLDERS, strict=True)))
         self.restore = str.maketrans(dict(zip(spec._PLACEHOLDERS, spec.ZH_PUNCTUATION_KEPT, strict=True)))
@@ -104,12 +101,7 @@ class BaselineCleaner:
         return self.entity.sub(lambda m: html.unescape(m.group(0)), text)
 
     def remove_control_symbols(self, text: str) -> str:
-        text = self.control.sub("", text)
-        if self.params.keep_emoji:
-            text = self.symbols_beside_emoji.sub("", text)
-        else:
-            text = self.symbols.sub("", self.emoji.sub("", text))
-        return self.decoration.sub("", text)
+        return self.remove.sub("", text)
 
     def nfkc(self, text: str, lang: str) -> str:
         text = self.nonchar.sub("", text)
@@ -166,36 +158,35 @@ class BaselineCleaner:
         counts = dict.fromkeys(spec.COUNT_KEYS, 0)
         kinds = set(p.pii_kinds) if p.mask_pii else set()
         conversations: dict[str, list[Row]] = {}
+
+        def step(key: str, new: str, old: str) -> str:
+            counts[key] += new != old
+            return new
+
         for row in rows:
             counts["rows_in"] += 1
             text, lang = row["content"] or "", row["lang"] or ""
-
-            def step(key: str, new: str) -> str:
-                if new != text:
-                    counts[key] += 1
-                return new
-
             if p.strip_html:
-                text = step("changed_html", self.strip_html(text))
+                text = step("changed_html", self.strip_html(text), text)
             if p.remove_control:
                 counts["replacement_chars_removed"] += text.count("\ufffd")
-                text = step("changed_replacement_char", text.replace("\ufffd", ""))
-                text = step("changed_control_symbols", self.remove_control_symbols(text))
+                text = step("changed_replacement_char", text.replace("\ufffd", ""), text)
+                text = step("changed_control_symbols", self.remove_control_symbols(text), text)
             if p.nfkc:
-                text = step("changed_nfkc", self.nfkc(text, lang))
+                text = step("changed_nfkc", self.nfkc(text, lang), text)
             if self.t2s is not None and lang == "zh":
-                text = step("changed_t2s", self.t2s.convert(text))
-            text = step("changed_whitespace", self.whitespace(text))
+                text = step("changed_t2s", self.t2s.convert(text), text)
+            text = step("changed_whitespace", self.whitespace(text), text)
             if self.runs or self.words:
-                text = step("changed_synonyms", self.synonyms(text))
+                text = step("changed_synonyms", self.synonyms(text), text)
             if "email" in kinds:
-                text = step("masked_email", self.email.sub("<EMAIL>", text))
+                text = step("masked_email", self.email.sub("<EMAIL>", text), text)
             if kinds & {"id_number", "card"}:
                 text, any_id, any_card = self.mask_numbers(text, "id_number" in kinds, "card" in kinds)
                 counts["masked_id_number"] += any_id
                 counts["masked_card"] += any_card
             if "phone" in kinds:
-                text = step("masked_phone", self.phone.sub(r"\1<PHONE>\2", self.phone.sub(r"\1<PHONE>\2", text)))
+                text = step("masked_phone", self.phone.sub(r"\1<PHONE>\2", self.phone.sub(r"\1<PHONE>\2", text)), text)
             conversations.setdefault(row["conversation_id"], []).append({**row, "content": text})
 
         counts["conversations_in"] = len(conversations)

@@ -14,7 +14,9 @@ import typer
 
 def main(
     turns_path: Annotated[Path, typer.Argument(help="Output turns parquet.")],
-    rejects_path: Annotated[Path, typer.Argument(help="Output rejects JSONL (source, location, reason, raw).")],
+    rejects_path: Annotated[
+        Path, typer.Argument(help="Output rejects JSONL (source, location, reason, raw).")
+    ],
     metrics_path: Annotated[Path, typer.Argument(help="Output metrics JSON.")],
 ) -> None:
     from chatforge.params import IngestParams, ParamsError, load_section
@@ -40,7 +42,13 @@ def main(
     write_jsonl(result.rejects.iter_rows(named=True), rejects_path)
     metrics = result.metrics()
     write_json(metrics, metrics_path)
-    log.info("%d conversations, %d turns, %d rejects -> %s", metrics["conversations"], metrics["turns"], metrics["rejects"], turns_path)
+    log.info(
+        "%d conversations, %d turns, %d rejects -> %s",
+        metrics["conversations"],
+        metrics["turns"],
+        metrics["rejects"],
+        turns_path,
+    )
 
 
 if __name__ == "__main__":

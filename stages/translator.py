@@ -38,7 +38,9 @@ def main(
     from chatforge.modeling.translate import DecodeOptions, load_translator
 
     log = setup_logging("translator")
-    torch.set_num_threads(min(2, torch.get_num_threads()))  # a shared build machine: leave cores free
+    # one thread: the same bytes on every machine (reduction order depends on the thread count), and
+    # on a busy build machine extra threads mostly spin; the model is small enough for one core
+    torch.set_num_threads(1)
     try:
         data = tt.read_parallel(pairs, max_pairs=params.max_pairs)
         train, heldout = tt.split_heldout(data.pairs, fraction=params.heldout_fraction,

@@ -126,3 +126,25 @@ def tiny_causal_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A read-only tiny intent classifier folder (copy it before changing anything inside)."""
     return write_tiny_classifier(tmp_path_factory.mktemp("tiny") / "classifier")
+
+
+def tiny_turns(conversations: int = 24, *, intents: tuple[str, ...] = ("weather", "flight", "greeting")):
+    """A small turns table (one user + one assistant message per conversation), zh and en, with intents."""
+    import polars as pl
+
+    from chatforge.data.schema import conform
+
+    pairs = {
+        "weather": [("查询北京天气", "今日北京晴，15-25℃"), ("what is the weather in Beijing", "It is sunny today, 15 to 25 degrees.")],
+        "flight": [("我想订一张去广州的机票", "好的，没问题"), ("book a flight to Shanghai please", "Your order has shipped and arrives tomorrow.")],
+        "greeting": [("hello, how can I help you?", "谢谢，再见"), ("明天上海会下雨吗", "It is sunny today, 15 to 25 degrees.")],
+    }
+    rows = []
+    for i in range(conversations):
+        intent = intents[i % len(intents)]
+        user, answer = pairs.get(intent, pairs["weather"])[i // len(intents) % 2]
+        lang = "zh" if any("\u4e00" <= c <= "\u9fff" for c in user) else "en"
+        for turn, (role, content) in enumerate((("user", user), ("assistant", answer))):
+            rows.append({"conversation_id": f"c{i:04d}", "turn": turn, "role": role, "content": content, "lang": lang,
+                         "intent": intent, "source": "test", "origin_id": None, "method": "original"})
+    return conform(pl.DataFrame(rows))

@@ -122,6 +122,7 @@ def serve(
     redis_url: Annotated[str | None, typer.Option(envvar="CHATFORGE_REDIS_URL", help="Overrides serve.redis_url ('' = off).")] = None,
     database_url: DatabaseOpt = None,
     no_auth: Annotated[bool, typer.Option("--no-auth", help="Accept requests without an API key (local only).")] = False,
+    threads: Annotated[int | None, typer.Option(envvar="CHATFORGE_THREADS", min=1, help="torch CPU threads per worker.")] = None,
 ) -> None:
     """Serve the built model(s) behind an OpenAI-compatible API, the web chat page at /."""
     import os
@@ -135,7 +136,7 @@ def serve(
     setup_logging("serve")
     try:
         config = load_serve_config(params, api_keys_file=keys, require_auth=not no_auth, redis_url=redis_url,
-                                   database_url=database_url)
+                                   database_url=database_url, threads=threads)
     except (ParamsError, ValueError) as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(code=2) from None

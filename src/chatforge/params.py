@@ -202,7 +202,7 @@ class TranslatorParams(Section):
     pretrained: str | None = None
     kind: Literal["auto", "seq2seq", "causal_lm"] = "auto"  # auto reads config.is_encoder_decoder
     trust_remote_code: bool = False  # only for a pretrained model whose code you have read
-    vocab_size: int = Field(default=6000, ge=300, le=64_000)  # shared zh+en BPE vocabulary
+    vocab_size: int = Field(default=4000, ge=300, le=64_000)  # shared zh+en BPE vocabulary
     d_model: int = Field(default=128, ge=16, le=1024)
     layers: int = Field(default=2, ge=1, le=12)  # encoder and decoder layers each
     heads: int = Field(default=4, ge=1, le=16)
@@ -210,7 +210,7 @@ class TranslatorParams(Section):
     dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
     max_len_tokens: int = Field(default=64, ge=8, le=512)  # longer sentences are truncated
     batch_size: int = Field(default=32, ge=1, le=1024)
-    max_steps: int = Field(default=1500, ge=1)
+    max_steps: int = Field(default=1000, ge=1)
     lr: float = Field(default=1e-3, gt=0.0, le=1.0)
     warmup_steps: int = Field(default=100, ge=0)
     label_smoothing: float = Field(default=0.1, ge=0.0, lt=1.0)
@@ -367,7 +367,22 @@ class TrainParams(Section):
 
 # ==== section: distill (issue 5) — replace this placeholder block with the real model ====
 class DistillParams(Section):
-    model_config = ConfigDict(extra="allow", frozen=True)  # placeholder until the stage lands
+    # student depth: teacher layers kept (evenly spaced, first and last included); null = half the teacher's
+    student_layers: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=2.0, gt=0.0, le=20.0)  # softening of both distributions in the KL term
+    alpha: float = Field(default=0.5, ge=0.0, le=1.0)  # weight of the soft (KL) loss; 1 - alpha on hard labels
+    steps: int = Field(default=300, ge=1)  # optimizer steps
+    batch_size: int = Field(default=8, ge=1)
+    lr: float = Field(default=5e-5, gt=0.0, le=1.0)
+    max_seq_len: int = Field(default=256, ge=8)
+    seed: int = 13
+    eval_max_conversations: int = Field(default=100, ge=1)  # val conversations scored for teacher and student
+    bleu_samples: int = Field(default=16, ge=0)  # causal_lm: greedy replies scored with BLEU (0: off)
+    max_new_tokens: int = Field(default=32, ge=1)  # for BLEU replies and latency
+    latency_requests: int = Field(default=8, ge=1)
+    retention_metric: Literal["auto", "perplexity", "bleu", "accuracy", "macro_f1"] = "auto"
+    min_retention: float = Field(default=0.9, gt=0.0, le=1.0)  # student quality / teacher quality
+    enforce: bool = False  # true: the stage fails when retention < min_retention
 
 
 # ==== end section: distill ====
@@ -375,7 +390,22 @@ class DistillParams(Section):
 
 # ==== section: prune (issue 5) — replace this placeholder block with the real model ====
 class PruneParams(Section):
-    model_config = ConfigDict(extra="allow", frozen=True)  # placeholder until the stage lands
+    source: Literal["teacher", "student"] = "student"  # which model folder is pruned
+    ratio: float = Field(default=0.25, gt=0.0, lt=1.0)  # share of MLP channels and attention heads removed
+    heads: bool = True  # also remove attention heads (query heads within each KV group under GQA)
+    criterion: Literal["magnitude", "taylor"] = "magnitude"  # tp GroupMagnitudeImportance | GroupTaylorImportance
+    round_to: int = Field(default=8, ge=1)  # MLP widths kept a multiple of this (fast kernels)
+    magnitude_threshold: float | None = Field(default=0.01, ge=0.0)  # zero |w| < this in linear layers; null: off
+    keep_layers: list[int] = Field(default_factory=list)  # layers excluded from magnitude zeroing (see README)
+    recovery_steps: int = Field(default=100, ge=0)  # fine-tune steps after pruning (0: none)
+    batch_size: int = Field(default=8, ge=1)
+    lr: float = Field(default=2e-5, gt=0.0, le=1.0)
+    max_seq_len: int = Field(default=256, ge=8)
+    seed: int = 13
+    eval_max_conversations: int = Field(default=100, ge=1)
+    bleu_samples: int = Field(default=16, ge=0)
+    max_new_tokens: int = Field(default=32, ge=1)
+    latency_requests: int = Field(default=8, ge=1)
 
 
 # ==== end section: prune ====
@@ -383,7 +413,25 @@ class PruneParams(Section):
 
 # ==== section: quantize (issue 5) — replace this placeholder block with the real model ====
 class QuantizeParams(Section):
-    model_config = ConfigDict(extra="allow", frozen=True)  # placeholder until the stage lands
+    source: Literal["teacher", "student", "pruned"] = "pruned"  # which model folder is exported
+    scheme: Literal["weight_only", "dynamic", "dynamic_per_channel"] = "weight_only"  # see README, Compression
+    block_size: int = Field(default=32, ge=16, le=256)  # weight_only: input channels per scale (power of 2)
+    symmetric: bool = True  # weight_only: no zero points (smaller file)
+    accuracy_level: Literal[0, 4] = 0  # weight_only compute: 0 float activations, 4 int8 activations (faster)
+    keep_float: list[str] = Field(default_factory=list)  # MatMul node-name substrings left in float, e.g. [lm_head]
+    eval_max_conversations: int = Field(default=50, ge=1)  # test conversations for agreement / BLEU
+    max_new_tokens: int = Field(default=32, ge=1)  # greedy decoding for equality rate and BLEU
+    max_seq_len: int = Field(default=256, ge=8)
+    min_top1_agreement: float = Field(default=0.95, ge=0.0, le=1.0)  # gate: int8 vs float next-token argmax
+    max_size_ratio: float = Field(default=0.3, gt=0.0, le=1.0)  # gate: int8 bytes / float bytes
+    enforce: bool = False  # true: the stage fails when a gate is missed
+
+    @field_validator("block_size")
+    @classmethod
+    def _power_of_two(cls, v: int) -> int:
+        if v & (v - 1):
+            raise ValueError(f"must be a power of 2 in [16, 256] (16, 32, 64, 128, 256), got {v}")
+        return v
 
 
 # ==== end section: quantize ====

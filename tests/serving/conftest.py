@@ -42,11 +42,26 @@ class RedisServer:
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     binary = shutil.which("redis-server")
     if binary is None:
-        pytest.fail("redis-server is not installed: run scripts/install-test-services.sh (apt-get install redis-server)")
+        pytest.fail(
+            "redis-server is not installed: run scripts/install-test-services.sh (apt-get install redis-server)"
+        )
     port = free_port()
     process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     import redis
 
@@ -87,7 +102,12 @@ def base_params(tiny_models: dict[str, Path], tmp_path: Path, repo_root: Path) -
         "personas": {"friendly": {"temperature": 1.0, "top_p": 0.95, "system_prompt": "Be friendly."}},
         "variants": [{"name": "lm", "model": str(tiny_models["lm"]), "backend": "torch"}],
         "database_url": f"sqlite:///{tmp_path / 'serve.db'}",
-        "filter": {"lexicons": [str(repo_root / "lexicons/sensitive/zh.txt"), str(repo_root / "lexicons/sensitive/en.txt")]},
+        "filter": {
+            "lexicons": [
+                str(repo_root / "lexicons/sensitive/zh.txt"),
+                str(repo_root / "lexicons/sensitive/en.txt"),
+            ]
+        },
         "limits": {"max_tokens": 16, "default_max_tokens": 8},
     }
 
@@ -136,7 +156,9 @@ def live_server(base_params: dict[str, Any], api_key: tuple[Path, str]) -> Itera
 
     app = _build_app(base_params, api_key[0])
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     for _ in range(200):

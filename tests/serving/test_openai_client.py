@@ -20,12 +20,18 @@ def test_completion_and_stream_through_the_openai_client(client):
     assert completion.usage.completion_tokens <= 8
 
     stream = client.chat.completions.create(
-        model="chatforge", messages=messages, max_tokens=8, stream=True, stream_options={"include_usage": True}
+        model="chatforge",
+        messages=messages,
+        max_tokens=8,
+        stream=True,
+        stream_options={"include_usage": True},
     )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == completion.choices[0].message.content
-    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == completion.choices[0].finish_reason
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == completion.choices[
+        0
+    ].finish_reason
     assert chunks[-1].usage.total_tokens == completion.usage.total_tokens
 
 
@@ -39,6 +45,9 @@ def test_models_list_and_errors_through_the_openai_client(client, live_server):
     with pytest.raises(openai.AuthenticationError):
         bad_key.models.list()
     friendly = client.chat.completions.create(
-        model="chatforge", messages=[{"role": "user", "content": "hi"}], max_tokens=4, extra_body={"persona": "friendly"}
+        model="chatforge",
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=4,
+        extra_body={"persona": "friendly"},
     )
     assert friendly.model_extra["chatforge"]["persona"] == "friendly"

@@ -11,7 +11,12 @@ def test_no_server_errors_on_any_operation(make_client, base_params):
     auth = {"Authorization": client.headers["Authorization"]}
     schema = schemathesis.openapi.from_asgi("/openapi.json", client.app, headers=auth)
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert {op.path for op in operations} >= {"/v1/chat/completions", "/v1/feedback", "/v1/models", "/healthz"}
+    assert {op.path for op in operations} >= {
+        "/v1/chat/completions",
+        "/v1/feedback",
+        "/v1/models",
+        "/healthz",
+    }
     called: list[int] = []
 
     for operation in operations:

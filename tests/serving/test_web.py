@@ -10,8 +10,13 @@ from sqlalchemy import select
 from chatforge.serving.store import Conversation, Feedback
 
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
 ]
 
 
@@ -19,7 +24,9 @@ CHROMIUM_ARGS = [
 def page():
     executable = shutil.which("chromium") or "/usr/bin/chromium"
     if not shutil.which(executable):
-        pytest.fail("chromium is not installed: run scripts/install-test-services.sh (apt-get install chromium)")
+        pytest.fail(
+            "chromium is not installed: run scripts/install-test-services.sh (apt-get install chromium)"
+        )
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:

@@ -241,3 +241,95 @@ def classifier_logits(path: Path, encodings: list[dict[str, list[int]]]) -> np.n
         feeds = {k: np.asarray([enc[k]], dtype=np.int64) for k in ("input_ids", "attention_mask")}
         rows.append(session.run(["logits"], feeds)[0][0])
     return np.stack(rows)
+
+
+# -------------------------------------------------------------------------------------- build
+def build_onnx_folder(source_dir: Path, folder: Path, test_turns: Any, *, params: Any) -> dict[str, Any]:
+    """Fill `folder` (being built) with model.onnx, model.int8.onnx, tokenizer, config and manifest;
+    return the metrics: sizes, INT8-vs-float agreement, greedy equality, BLEU / accuracy."""
+    import shutil
+
+    from chatforge.compress.onnx_export import export_causal_lm, export_classifier, load_for_export
+    from chatforge.modeling.data import conversations
+    from chatforge.modeling.manifest import Manifest, read_manifest, write_manifest
+
+    model, family = load_for_export(source_dir, key="quantize.source")
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(folder)
+    model.config.save_pretrained(folder)
+    for extra in ("responses.json", "generation_config.json"):
+        if (source_dir / extra).exists():
+            shutil.copy(source_dir / extra, folder / extra)
+    float_path, int8_path = folder / "model.onnx", folder / "model.int8.onnx"
+    (export_causal_lm if family == "causal_lm" else export_classifier)(model, float_path, key="quantize.source")
+    options = QuantizeOptions(scheme=params.scheme, block_size=params.block_size, symmetric=params.symmetric,
+                              accuracy_level=params.accuracy_level, keep_float=tuple(params.keep_float))
+    done = quantize_onnx(float_path, int8_path, options=options)
+    float_bytes, int8_bytes = float_path.stat().st_size, int8_path.stat().st_size
+    metrics: dict[str, Any] = {
+        "family": family, **done, "block_size": params.block_size, "accuracy_level": params.accuracy_level,
+        "float_mb": float_bytes / 1e6, "int8_mb": int8_bytes / 1e6, "size_ratio": int8_bytes / float_bytes,
+        "size_reduction": 1 - int8_bytes / float_bytes,
+    }
+    convs = conversations(test_turns)[: params.eval_max_conversations]
+    if family == "causal_lm":
+        metrics.update(_causal_parity(model, tokenizer, folder, convs, params=params))
+        metrics["gate_ok"] = bool(metrics["top1_agreement"] >= params.min_top1_agreement and metrics["size_ratio"] <= params.max_size_ratio)
+    else:
+        metrics.update(_classifier_parity(model, tokenizer, float_path, int8_path, convs))
+        metrics["gate_ok"] = bool(metrics["size_ratio"] <= params.max_size_ratio)
+    parent = read_manifest(source_dir)
+    write_manifest(folder, Manifest(family=family, variant="int8", parent=str(source_dir), base=parent.base,
+                                    data_sha256=parent.data_sha256, params_sha256=parent.params_sha256,
+                                    details={**parent.details, "quantize": done}))
+    return metrics
+
+
+def _causal_parity(model: Any, tokenizer: Any, folder: Path, convs: list[Any], *, params: Any) -> dict[str, Any]:
+    from chatforge.modeling.data import tokenize_conversations
+    from chatforge.modeling.generate import GenerationConfig, TorchGenerator, load_generator
+    from chatforge.modeling.train import bleu_by_lang, bleu_prompts
+
+    examples, _ = tokenize_conversations(convs, tokenizer, max_seq_len=params.max_seq_len, overlong="truncate")
+    agreement = top1_agreement(folder / "model.onnx", folder / "model.int8.onnx", [e.input_ids for e in examples])
+    items = bleu_prompts(convs, samples=len(convs), seed=0)
+    config = GenerationConfig(max_new_tokens=params.max_new_tokens)
+    runners = {"torch": TorchGenerator(model, tokenizer, fingerprint="torch"),
+               "float": load_generator(folder, backend="onnx"), "int8": load_generator(folder, backend="onnx_int8")}
+    outputs: dict[str, list[Any]] = {name: [] for name in runners}
+    for prompt, _, _ in items:
+        for name, runner in runners.items():
+            outputs[name].append(runner.generate(prompt, config))
+    refs, langs = [r for _, r, _ in items], [lang for _, _, lang in items]
+    n = max(1, len(items))
+    out: dict[str, Any] = {
+        "top1_agreement": agreement,
+        "teacher_forced_sequences": len(examples),
+        "greedy_prompts": len(items),
+        "greedy_equal_rate_int8_vs_float": sum(a.token_ids == b.token_ids for a, b in zip(outputs["float"], outputs["int8"], strict=True)) / n,
+        "greedy_equal_rate_onnx_vs_torch": sum(a.token_ids == b.token_ids for a, b in zip(outputs["torch"], outputs["float"], strict=True)) / n,
+    }
+    if items:
+        out["bleu_float"] = bleu_by_lang([g.text.strip() for g in outputs["float"]], refs, langs).get("bleu", 0.0)
+        out["bleu_int8"] = bleu_by_lang([g.text.strip() for g in outputs["int8"]], refs, langs).get("bleu", 0.0)
+    return out
+
+
+def _classifier_parity(model: Any, tokenizer: Any, float_path: Path, int8_path: Path, convs: list[Any]) -> dict[str, Any]:
+    from chatforge.modeling.classifier import classifier_text
+
+    id2label = model.config.id2label
+    rows = [(classifier_text(c, "first_user"), c.intent) for c in convs if c.intent in set(id2label.values())]
+    if not rows:
+        return {"accuracy_float": float("nan"), "accuracy_int8": float("nan"), "accuracy_drop": float("nan"), "top1_agreement": float("nan")}
+    encodings = [dict(tokenizer(text)) for text, _ in rows]
+    pred_float = classifier_logits(float_path, encodings).argmax(-1)
+    pred_int8 = classifier_logits(int8_path, encodings).argmax(-1)
+    truth = [label for _, label in rows]
+    acc_float = float(np.mean([id2label[int(p)] == t for p, t in zip(pred_float, truth, strict=True)]))
+    acc_int8 = float(np.mean([id2label[int(p)] == t for p, t in zip(pred_int8, truth, strict=True)]))
+    return {"accuracy_float": acc_float, "accuracy_int8": acc_int8, "accuracy_drop": acc_float - acc_int8,
+            "top1_agreement": float(np.mean(pred_float == pred_int8)), "test_conversations": len(rows)}

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import polars as pl
 
 from chatforge.data.entities import EntityMatcher, plan_swaps, replace_matches
+from chatforge.data.lang import decide_lang, script_counts
 from chatforge.data.schema import conform, sort_turns
 from chatforge.data.voice import rewrite_voice
 from chatforge.io import progress
@@ -33,8 +34,6 @@ log = logging.getLogger(__name__)
 
 METHODS = ("back_translation", "entity_swap", "voice_swap")
 _SUFFIX = {"back_translation": "bt", "entity_swap": "es", "voice_swap": "vs"}
-_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
-_LATIN_WORD = re.compile(r"[A-Za-z]+")
 _SPACE_PUNCT = re.compile(r"[\s\W_]+", re.UNICODE)
 BT_FILTERS = ("empty", "identical", "wrong_language", "length_ratio")
 TURN_PROBLEMS = ("empty", "too_long", "symbols_only", "mixed_language")
@@ -49,16 +48,15 @@ class AugmentResult:
 
 
 def detect_lang(text: str) -> str | None:
-    """'zh', 'en', 'mixed' or None (no letters): two CJK characters count about as one English word."""
-    cjk = len(_CJK.findall(text))
-    words = len(_LATIN_WORD.findall(text))
+    """'zh', 'en', 'mixed' or None (no letters); for the mix, two CJK characters weigh about one English word."""
+    cjk, words = script_counts(text)
     if cjk == 0 and words == 0:
         return None
-    if cjk and words:
+    if cjk >= 2 and words >= 2:
         a, b = cjk / 2, float(words)
         if min(a, b) / max(a, b) >= 0.3:
             return "mixed"
-    return "zh" if cjk / 2 >= words else "en"
+    return decide_lang(cjk, words)  # the corpus-wide rule: one brand name in a Chinese sentence stays Chinese
 
 
 def turn_problem(text: str | None, *, max_chars: int) -> str | None:

@@ -184,9 +184,11 @@ _EMOJI = r"\p{Extended_Pictographic}\p{Emoji_Modifier}\p{Regional_Indicator}\x{F
 _SYMBOL_BLOCKS = r"\x{2500}-\x{27BF}\x{2B00}-\x{2BFF}\x{203B}\x{3013}"
 DECORATION = r"[~#*=～＃＊＝]{2,}"
 # one alternation, one pass: each removed character class is a single Unicode-aware DFA state set
-REMOVE = rf"[{_CONTROL}{_EMOJI}{_SYMBOL_BLOCKS}]+|{DECORATION}"
+REMOVE_CLASS = rf"[{_CONTROL}{_EMOJI}{_SYMBOL_BLOCKS}]"
 # keep_emoji: controls and the symbol blocks minus what is displayed as emoji by default (😊, not ★)
-REMOVE_KEEP_EMOJI = rf"[{_CONTROL}[[{_SYMBOL_BLOCKS}]--\p{{Emoji_Presentation}}]]+|{DECORATION}"
+REMOVE_KEEP_EMOJI_CLASS = rf"[{_CONTROL}[[{_SYMBOL_BLOCKS}]--\p{{Emoji_Presentation}}]]"
+REMOVE = rf"{REMOVE_CLASS}+|{DECORATION}"
+REMOVE_KEEP_EMOJI = rf"{REMOVE_KEEP_EMOJI_CLASS}+|{DECORATION}"
 
 
 def remove_replacement_chars(content: pl.Series) -> pl.Series:
@@ -254,8 +256,7 @@ def opencc_t2s_table() -> tuple[list[str], list[str]]:
 
 def to_simplified(content: pl.Series, lang: pl.Series) -> pl.Series:
     keys, values = opencc_t2s_table()
-    converted = content.str.replace_many(keys, values, leftmost=True)
-    return pl.select(pl.when(lang == "zh").then(converted).otherwise(content)).to_series().alias(content.name)
+    return _on_rows(content, (lang == "zh").arg_true(), lambda part: part.str.replace_many(keys, values, leftmost=True))
 
 
 # ---------------------------------------------------------------------------- rule 6: whitespace
@@ -359,28 +360,30 @@ def mask_phones(content: pl.Series) -> pl.Series:
                     lambda part: part.str.replace_all(PHONE, "${1}<PHONE>${2}").str.replace_all(PHONE, "${1}<PHONE>${2}"))
 
 
-def _digit(text: pl.Expr, i: int) -> pl.Expr:
-    return text.str.slice(i, 1).cast(pl.Int32, strict=False).fill_null(0)
+def _digit(number: pl.Expr, position: int) -> pl.Expr:
+    """The decimal digit `position` places from the right of an unsigned integer column."""
+    return (number // 10**position) % 10
 
 
-def is_id_number(tok: pl.Expr) -> pl.Expr:
+def is_id_number(tok: pl.Series) -> pl.Series:
     """Shape (region, birth date, sequence) and the ISO 7064 MOD 11-2 check character."""
-    total = pl.sum_horizontal(_digit(tok, i) * w for i, w in enumerate(ID_WEIGHTS)) % 11
+    # integer maths on the first 17 digits beats 17 string slices; each column is materialised once
+    frame = pl.DataFrame({"tok": tok}).with_columns(body=pl.col("tok").str.slice(0, 17).cast(pl.UInt64, strict=False))
+    total = pl.sum_horizontal(_digit(pl.col("body"), 16 - i) * w for i, w in enumerate(ID_WEIGHTS)) % 11
     expected = total.replace_strict(list(range(11)), list(ID_CHECK), return_dtype=pl.String)
-    return tok.str.contains(ID_SHAPE) & (tok.str.slice(17, 1).str.to_uppercase() == expected)
+    ok = pl.col("tok").str.contains(ID_SHAPE) & (pl.col("tok").str.slice(17, 1).str.to_uppercase() == expected)
+    return frame.select(ok.fill_null(False)).to_series().alias("is_id")
 
 
-def is_card_number(tok: pl.Expr) -> pl.Expr:
+def is_card_number(tok: pl.Series) -> pl.Series:
     """13-19 digits (optionally grouped), issuer digit 3-6, Luhn checksum."""
     digits = tok.str.replace_all(r"[ -]", "")
-    padded = digits.str.zfill(19)  # leading zeros leave the Luhn sum alone and fix every position
-    terms = []
-    for j in range(19):
-        d = _digit(padded, j)
-        # every second digit from the right is doubled, and 2d > 9 counts as 2d - 9
-        terms.append(d * 2 - (d >= 5).cast(pl.Int32) * 9 if (18 - j) % 2 else d)
-    luhn_ok = pl.sum_horizontal(terms) % 10 == 0
-    return tok.str.contains(CARD_SHAPE) & digits.str.len_chars().is_between(13, 19) & luhn_ok
+    frame = pl.DataFrame({"tok": tok, "n": digits.str.len_chars(), "number": digits.str.slice(0, 19).cast(pl.UInt64, strict=False)})
+    frame = frame.with_columns(_digit(pl.col("number"), k).alias(f"d{k}") for k in range(19))
+    # every second digit from the right is doubled, and 2d > 9 counts as 2d - 9
+    terms = [pl.col(f"d{k}") * 2 - (pl.col(f"d{k}") >= 5).cast(pl.UInt64) * 9 if k % 2 else pl.col(f"d{k}") for k in range(19)]
+    ok = pl.col("tok").str.contains(CARD_SHAPE) & pl.col("n").is_between(13, 19) & (pl.sum_horizontal(terms) % 10 == 0)
+    return frame.select(ok.fill_null(False)).to_series().alias("is_card")
 
 
 def mask_numbers(content: pl.Series, *, ids: bool = True, cards: bool = True) -> tuple[pl.Series, int, int]:
@@ -400,8 +403,9 @@ def mask_numbers(content: pl.Series, *, ids: bool = True, cards: bool = True) ->
     alone = ~before.str.contains("[0-9A-Za-z]") & ~after.str.contains("[0-9A-Za-z]")
     tokens = tokens.with_row_index("i")
     # checksums only for the few tokens that could be a number at all
-    plausible = tokens.filter(alone & tok.str.len_chars().is_between(13, 23) & tok.str.contains(r"^\d")).select(
-        "i", is_id=pl.lit(ids) & is_id_number(tok), is_card=pl.lit(cards) & is_card_number(tok)
+    plausible = tokens.filter(alone & tok.str.len_chars().is_between(13, 23) & tok.str.contains(r"^\d"))
+    plausible = plausible.select("i").with_columns(
+        is_id=is_id_number(plausible["tok"]) & ids, is_card=is_card_number(plausible["tok"]) & cards
     )
     is_id = pl.Series("is_id", [False] * tokens.height).scatter(plausible["i"], plausible["is_id"])
     is_card = pl.Series("is_card", [False] * tokens.height).scatter(plausible["i"], plausible["is_card"] & ~plausible["is_id"])
@@ -420,20 +424,18 @@ def mask_numbers(content: pl.Series, *, ids: bool = True, cards: bool = True) ->
 FOLD = r"[\p{P}\p{S}\p{Z}\p{C}\s]+"
 
 
-def _signature(turns: pl.DataFrame, text: pl.Expr) -> pl.DataFrame:
-    # \x1f / \x1e cannot occur in cleaned text (control characters are removed), so they separate safely
-    return turns.group_by("conversation_id", maintain_order=True).agg(
-        pl.concat_str([pl.col("role"), pl.lit("\x1f"), text]).str.join("\x1e").alias("signature")
-    )
-
-
 def duplicate_ids(turns: pl.DataFrame, *, near: bool) -> pl.Series:
     """Ids of conversations equal (exactly, or after folding) to one with a smaller id."""
     text = pl.col("content")
     if near:
         text = text.str.replace_all(FOLD, "").str.to_lowercase()
-    signatures = _signature(turns.sort(["conversation_id", "turn"]), text)
-    return signatures.filter(~pl.col("signature").is_first_distinct())["conversation_id"]
+    # a conversation's signature is its (roles, texts) lists in turn order; lists compare exactly
+    signatures = (
+        turns.sort(["conversation_id", "turn"])
+        .group_by("conversation_id", maintain_order=True)
+        .agg(pl.col("role"), text.alias("text"))
+    )
+    return signatures.filter(~pl.struct("role", "text").is_first_distinct())["conversation_id"]
 
 
 # ------------------------------------------------------------------------------------ the stage
@@ -486,6 +488,7 @@ def clean_turns(
             content, counts["masked_id_number"], counts["masked_card"] = mask_numbers(
                 content, ids="id_number" in kinds, cards="card" in kinds
             )
+            log.info("masked_id_number: %d rows, masked_card: %d rows", counts["masked_id_number"], counts["masked_card"])
         if "phone" in kinds:
             apply("masked_phone", mask_phones(content))
 
@@ -524,9 +527,9 @@ __all__ = [
     "mask_phones",
     "normalize_synonyms",
     "normalize_width",
-    "split_synonyms",
     "remove_control_symbols",
     "remove_replacement_chars",
+    "split_synonyms",
     "strip_html",
     "to_simplified",
 ]

@@ -33,7 +33,14 @@ from typing import Any, Literal
 import polars as pl
 
 from chatforge.data.lang import lang_expr
-from chatforge.data.readers import READERS, RawConversation, RawReject, TableLayoutError, encoding_hint, raw_prefix
+from chatforge.data.readers import (
+    READERS,
+    RawConversation,
+    RawReject,
+    TableLayoutError,
+    encoding_hint,
+    raw_prefix,
+)
 from chatforge.data.schema import REJECTS_SCHEMA, TURNS_SCHEMA, conform, sort_turns
 from chatforge.io import progress
 from chatforge.params import IngestParams, Source
@@ -58,8 +65,10 @@ REJECT_REASONS = (
 )
 
 DEFAULT_ROLE_MAP: dict[str, str] = {
-    **dict.fromkeys(("user", "human", "usr", "customer", "client", "question", "q"), "user"),
-    **dict.fromkeys(("assistant", "gpt", "bot", "sys", "agent", "ai", "model", "chatgpt", "answer", "a"), "assistant"),
+    **dict.fromkeys(("user", "human", "usr", "customer", "client", "question"), "user"),
+    **dict.fromkeys(
+        ("assistant", "gpt", "bot", "sys", "agent", "ai", "model", "chatgpt", "answer"), "assistant"
+    ),
     "system": "system",
 }
 
@@ -67,7 +76,7 @@ _SURROGATE = re.compile("[\udc80-\udcff]")
 
 
 class IngestError(ValueError):
-    """A source that cannot be read at all (missing path, wrong column names); says which params key to fix."""
+    """A source that cannot be read at all (missing path, wrong columns); names the params key to fix."""
 
 
 @dataclass
@@ -114,7 +123,14 @@ class _Collector:
         self.role_map = DEFAULT_ROLE_MAP | {k.strip().lower(): v for k, v in source.options.role_map.items()}
         self.same_role, self.separator, self.min_turns = same_role, merge_separator, min_turns
         self.forced_lang = None if source.options.lang == "auto" else source.options.lang
-        self.cols: dict[str, list[Any]] = {"conversation_id": [], "turn": [], "role": [], "content": [], "lang": [], "intent": []}
+        self.cols: dict[str, list[Any]] = {
+            "conversation_id": [],
+            "turn": [],
+            "role": [],
+            "content": [],
+            "lang": [],
+            "intent": [],
+        }
         self.rejects: list[dict[str, str]] = []
         self.seen: set[str] = set()
         self.stats = SourceStats()
@@ -141,9 +157,11 @@ class _Collector:
         ):
             merges = 0
             out_roles, out_contents = mapped, contents
-            out_intents = [None] * len(mapped) if conv.turn_intents is None else [
-                i if r == "user" else None for i, r in zip(conv.turn_intents, mapped, strict=True)
-            ]
+            out_intents = (
+                [None] * len(mapped)
+                if conv.turn_intents is None
+                else [i if r == "user" else None for i, r in zip(conv.turn_intents, mapped, strict=True)]
+            )
         else:
             checked = self._checked_messages(conv)
             if checked is None:
@@ -151,20 +169,38 @@ class _Collector:
             out_roles, out_contents, out_intents, merges = checked
         dialogue = len(out_roles) - (1 if out_roles and out_roles[0] == "system" else 0)
         if dialogue < self.min_turns or "user" not in out_roles or "assistant" not in out_roles:
-            return self.reject(conv.location, "too_few_turns",
-                               f"{dialogue} user/assistant messages after merging, need >= {self.min_turns} with both roles: " + raw_prefix(conv.raw))
+            return self.reject(
+                conv.location,
+                "too_few_turns",
+                f"{dialogue} user/assistant messages after merging, need >= {self.min_turns}, both roles: "
+                + raw_prefix(conv.raw),
+            )
         lang = conv.lang
         if lang is not None:
             lang = str(lang).strip().lower().replace("_", "-").split("-")[0] or None  # zh-CN, en_US -> zh, en
             if lang not in (None, "zh", "en"):
-                return self.reject(conv.location, "unsupported_lang", f"declared lang {conv.lang!r}; only zh and en are supported")
+                return self.reject(
+                    conv.location,
+                    "unsupported_lang",
+                    f"declared lang {conv.lang!r}; only zh and en are supported",
+                )
         lang = lang or self.forced_lang
-        intent = _text_or_none(conv.intent) or next((i for i in out_intents if i), None) or self.options.intent
+        intent = (
+            _text_or_none(conv.intent) or next((i for i in out_intents if i), None) or self.options.intent
+        )
         cid = f"{self.name}:{conv.local_id}"
         if conv.check_encoding and (_SURROGATE.search(cid) or (intent and _SURROGATE.search(intent))):
-            return self.reject(conv.location, "bad_encoding", "id or intent " + encoding_hint(self.options.encoding or "utf-8"))
+            return self.reject(
+                conv.location,
+                "bad_encoding",
+                "id or intent " + encoding_hint(self.options.encoding or "utf-8"),
+            )
         if cid in self.seen:
-            return self.reject(conv.location, "duplicate_id", f"conversation id {conv.local_id!r} appears earlier in this source")
+            return self.reject(
+                conv.location,
+                "duplicate_id",
+                f"conversation id {conv.local_id!r} appears earlier in this source",
+            )
         self.seen.add(cid)
         n = len(out_roles)
         cols = self.cols
@@ -174,7 +210,12 @@ class _Collector:
         cols["content"].extend(out_contents)
         cols["lang"].extend([lang] * n)
         if any(out_intents):
-            cols["intent"].extend([(i or intent) if r == "user" else intent for i, r in zip(out_intents, out_roles, strict=True)])
+            cols["intent"].extend(
+                [
+                    (i or intent) if r == "user" else intent
+                    for i, r in zip(out_intents, out_roles, strict=True)
+                ]
+            )
         else:
             cols["intent"].extend([intent] * n)
         self.stats.conversations += 1
@@ -182,7 +223,9 @@ class _Collector:
         self.stats.same_role_merged_messages += merges
         return None
 
-    def _checked_messages(self, conv: RawConversation) -> tuple[list[str], list[str], list[str | None], int] | None:
+    def _checked_messages(
+        self, conv: RawConversation
+    ) -> tuple[list[str], list[str], list[str | None], int] | None:
         """Message by message, naming the first problem; merges same-role runs. None when rejected."""
         role_map, out_roles, out_contents, out_intents = self.role_map, [], [], []
         turn_intents = conv.turn_intents
@@ -193,11 +236,23 @@ class _Collector:
                 role = role_map.get(role_name.strip().lower())
             if role is None:
                 known = ", ".join(sorted(self.role_map))
-                return self.reject(conv.location, "unknown_role", f"message {k} role {role_name!r} (known: {known}; add it to options.role_map)")
+                return self.reject(
+                    conv.location,
+                    "unknown_role",
+                    f"message {k} role {role_name!r} (known: {known}; add it to options.role_map)",
+                )
             if not isinstance(content, str):
-                return self.reject(conv.location, "non_string_content", f"message {k} content is {type(content).__name__}: " + raw_prefix(content))
+                return self.reject(
+                    conv.location,
+                    "non_string_content",
+                    f"message {k} content is {type(content).__name__}: " + raw_prefix(content),
+                )
             if not content.strip():
-                return self.reject(conv.location, "empty_content", f"message {k} ({role_name}) is empty: " + raw_prefix(conv.raw))
+                return self.reject(
+                    conv.location,
+                    "empty_content",
+                    f"message {k} ({role_name}) is empty: " + raw_prefix(conv.raw),
+                )
             if conv.check_encoding and _SURROGATE.search(content):
                 enc = self.options.encoding or "utf-8"
                 return self.reject(conv.location, "bad_encoding", f"message {k} {encoding_hint(enc)}")
@@ -205,13 +260,21 @@ class _Collector:
             if out_roles and out_roles[-1] == role:
                 if self.same_role == "drop_conversation":
                     self.stats.same_role_dropped_conversations += 1
-                    return self.reject(conv.location, "same_role_sequence", f"messages {k - 1} and {k} are both {role}: " + raw_prefix(conv.raw))
+                    return self.reject(
+                        conv.location,
+                        "same_role_sequence",
+                        f"messages {k - 1} and {k} are both {role}: " + raw_prefix(conv.raw),
+                    )
                 out_contents[-1] = out_contents[-1] + self.separator + content
                 out_intents[-1] = out_intents[-1] or turn_intent
                 merges += 1
                 continue
             if role == "system" and out_roles:
-                return self.reject(conv.location, "misplaced_system", f"message {k} is a system message after the start: " + raw_prefix(conv.raw))
+                return self.reject(
+                    conv.location,
+                    "misplaced_system",
+                    f"message {k} is a system message after the start: " + raw_prefix(conv.raw),
+                )
             out_roles.append(role)
             out_contents.append(content)
             out_intents.append(turn_intent)
@@ -222,11 +285,16 @@ class _Collector:
         if frame["lang"].null_count():
             # detect only where no language was declared; the caller sorts, so the order may change here
             undeclared = pl.col("lang").is_null()
-            frame = pl.concat([
-                frame.filter(~undeclared),
-                # lazy, so the counts inside lang_expr are computed once (common-subexpression elimination)
-                frame.lazy().filter(undeclared).with_columns(lang_expr("content", over="conversation_id")).collect(),
-            ])
+            frame = pl.concat(
+                [
+                    frame.filter(~undeclared),
+                    # lazy: the counts inside lang_expr run once (common-subexpression elimination)
+                    frame.lazy()
+                    .filter(undeclared)
+                    .with_columns(lang_expr("content", over="conversation_id"))
+                    .collect(),
+                ]
+            )
         return frame.with_columns(source=pl.lit(self.name), method=pl.lit("original"))
 
 
@@ -255,7 +323,9 @@ def source_files(path: Path, fmt: str) -> list[Path]:
     patterns = READERS[fmt][1]  # type: ignore[index]
     if not path.is_dir() or not patterns:
         return [path]
-    return sorted({p for pattern in patterns for p in path.rglob(pattern) if p.is_file() and not p.name.startswith(".")})
+    return sorted(
+        {p for pattern in patterns for p in path.rglob(pattern) if p.is_file() and not p.name.startswith(".")}
+    )
 
 
 def read_source(
@@ -273,24 +343,38 @@ def read_source(
     where = f"ingest.sources[{index}] (name {source.source_name!r}, format {source.format})"
     if not path.exists():
         if not source.optional:
-            raise IngestError(f"{where}: path {source.path!r} does not exist (looked in {path.resolve()}). "
-                              f"Fix ingest.sources[{index}].path in params.yaml, or set optional: true if it may be absent.")
+            raise IngestError(
+                f"{where}: path {source.path!r} does not exist (looked in {path.resolve()}). "
+                f"Fix ingest.sources[{index}].path in params.yaml, or set optional: true if it may be absent."
+            )
         log.warning("%s: optional source %s is absent; skipped", where, source.path)
         collector.stats.missing = 1
         return collector.frame().pipe(conform), pl.DataFrame(schema=REJECTS_SCHEMA), collector.stats
-    if source.format == "cornell" and not (path.is_dir() and (path / "movie_lines.txt").is_file() and (path / "movie_conversations.txt").is_file()):
-        raise IngestError(f"{where}: {source.path!r} must be a folder holding movie_lines.txt and movie_conversations.txt. "
-                          f"Fix ingest.sources[{index}].path.")
+    if source.format == "cornell" and not (
+        path.is_dir()
+        and (path / "movie_lines.txt").is_file()
+        and (path / "movie_conversations.txt").is_file()
+    ):
+        raise IngestError(
+            f"{where}: {source.path!r} must be a folder holding movie_lines.txt and movie_conversations.txt. "
+            f"Fix ingest.sources[{index}].path."
+        )
     reader = READERS[source.format][0]
     files = source_files(path, source.format)
     if not files:
-        log.warning("%s: folder %s holds no %s files", where, source.path, "/".join(READERS[source.format][1]))
+        log.warning(
+            "%s: folder %s holds no %s files", where, source.path, "/".join(READERS[source.format][1])
+        )
     collector.stats.files = len(files)
     limit = source.options.limit
     read = 0
     with _gc_paused():
         for file in files:
-            label = source.path if file == path else f"{source.path.rstrip('/')}/{file.relative_to(path).as_posix()}"
+            label = (
+                source.path
+                if file == path
+                else f"{source.path.rstrip('/')}/{file.relative_to(path).as_posix()}"
+            )
             id_prefix = "" if file == path else f"{file.relative_to(path).with_suffix('').as_posix()}:"
             items = reader(file, options=source.options, label=label, id_prefix=id_prefix)
             try:
@@ -308,17 +392,27 @@ def read_source(
                 raise IngestError(f"{where}: cannot read {label}: {exc}") from None
     turns = collector.frame().pipe(conform).pipe(sort_turns)
     rejects = pl.DataFrame(collector.rejects, schema=REJECTS_SCHEMA)
-    log.info("%s: %d conversations, %d turns, %d rejects", source.source_name, collector.stats.conversations, collector.stats.turns, collector.stats.rejects)
+    log.info(
+        "%s: %d conversations, %d turns, %d rejects",
+        source.source_name,
+        collector.stats.conversations,
+        collector.stats.turns,
+        collector.stats.rejects,
+    )
     return turns, rejects, collector.stats
 
 
 def ingest(params: IngestParams, *, base_dir: Path | str = ".") -> IngestResult:
-    """Every source of `params` -> one sorted turns table (ids `<source>:<id>`), rejects and per-source counts."""
+    """Every source -> one sorted turns table (ids `<source>:<id>`), rejects and per-source counts."""
     frames, reject_frames, stats = [], [], {}
     for index, source in enumerate(params.sources):
         turns, rejects, source_stats = read_source(
-            source, index=index, same_role=params.same_role, merge_separator=params.merge_separator,
-            min_turns=params.min_turns, base_dir=base_dir,
+            source,
+            index=index,
+            same_role=params.same_role,
+            merge_separator=params.merge_separator,
+            min_turns=params.min_turns,
+            base_dir=base_dir,
         )
         frames.append(turns)
         reject_frames.append(rejects)
@@ -327,4 +421,13 @@ def ingest(params: IngestParams, *, base_dir: Path | str = ".") -> IngestResult:
     return IngestResult(turns=turns, rejects=pl.concat(reject_frames, how="vertical"), stats=stats)
 
 
-__all__ = ["DEFAULT_ROLE_MAP", "REJECT_REASONS", "IngestError", "IngestResult", "SourceStats", "ingest", "read_source", "source_files"]
+__all__ = [
+    "DEFAULT_ROLE_MAP",
+    "REJECT_REASONS",
+    "IngestError",
+    "IngestResult",
+    "SourceStats",
+    "ingest",
+    "read_source",
+    "source_files",
+]

@@ -37,7 +37,9 @@ def script_counts(text: str) -> tuple[int, int]:
     return len(_HAN.findall(text)), len(_LATIN_WORD.findall(text))
 
 
-def decide_lang(han: int, latin_words: int, *, min_cjk_share: float = MIN_CJK_SHARE, default: Lang = "en") -> Lang:
+def decide_lang(
+    han: int, latin_words: int, *, min_cjk_share: float = MIN_CJK_SHARE, default: Lang = "en"
+) -> Lang:
     """The rule itself, on counts; `default` when the text has neither Han nor Latin letters."""
     if han + latin_words == 0:
         return default
@@ -46,7 +48,7 @@ def decide_lang(han: int, latin_words: int, *, min_cjk_share: float = MIN_CJK_SH
 
 
 def detect_lang(text: str, *, min_cjk_share: float = MIN_CJK_SHARE, default: Lang = "en") -> Lang:
-    """"zh" or "en" for one text (digits, punctuation and emoji do not vote)."""
+    """ "zh" or "en" for one text (digits, punctuation and emoji do not vote)."""
     han, words = script_counts(text)
     return decide_lang(han, words, min_cjk_share=min_cjk_share, default=default)
 
@@ -79,4 +81,13 @@ def lang_expr(
     )
 
 
-__all__ = ["HAN_PATTERN", "LATIN_WORD_PATTERN", "MIN_CJK_SHARE", "Lang", "decide_lang", "detect_lang", "lang_expr", "script_counts"]
+__all__ = [
+    "HAN_PATTERN",
+    "LATIN_WORD_PATTERN",
+    "MIN_CJK_SHARE",
+    "Lang",
+    "decide_lang",
+    "detect_lang",
+    "lang_expr",
+    "script_counts",
+]

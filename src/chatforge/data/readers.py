@@ -97,7 +97,11 @@ def iter_lines(data: bytes, encoding: str, label: str) -> Iterator[tuple[int, st
         try:
             line = chunk.decode(encoding)
         except UnicodeDecodeError:
-            yield RawReject(f"{label}:{number}", "bad_encoding", encoding_hint(encoding) + ": " + raw_prefix(chunk.decode(encoding, errors="replace")))
+            yield RawReject(
+                f"{label}:{number}",
+                "bad_encoding",
+                encoding_hint(encoding) + ": " + raw_prefix(chunk.decode(encoding, errors="replace")),
+            )
             continue
         yield number, (line.removeprefix("\ufeff") if number == 1 else line).removesuffix("\r")
 
@@ -110,20 +114,33 @@ def _message_fields(messages: Any, role_key: str, content_key: str) -> tuple[lis
 
 
 def _text_parts(content: Any) -> Any:
-    """OpenAI content given as [{"type": "text", "text": ...}, ...] becomes one string; other shapes pass through."""
-    if isinstance(content, list) and content and all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
+    """OpenAI content as [{"type": "text", "text": ...}, ...] becomes one string; other shapes pass as is."""
+    if (
+        isinstance(content, list)
+        and content
+        and all(
+            isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+            for p in content
+        )
+    ):
         return "".join(p["text"] for p in content)
     return content
 
 
-def read_conversations_json(path: Path, *, options: SourceOptions, label: str, id_prefix: str) -> Iterator[Item]:
+def read_conversations_json(
+    path: Path, *, options: SourceOptions, label: str, id_prefix: str
+) -> Iterator[Item]:
     """The seed format: {"conversations": [{"id", "messages": [{"role", "content"}], "intent"?, "lang"?}]}."""
     data = path.read_bytes()
     text, lenient = decode_document(data, options.encoding or "utf-8")
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
-        yield RawReject(f"{label}:{exc.lineno}", "malformed_json", f"{exc.msg}: " + raw_prefix(text[max(0, exc.pos - 40) : exc.pos + 60]))
+        yield RawReject(
+            f"{label}:{exc.lineno}",
+            "malformed_json",
+            f"{exc.msg}: " + raw_prefix(text[max(0, exc.pos - 40) : exc.pos + 60]),
+        )
         return
     conversations = doc.get("conversations") if isinstance(doc, dict) else doc
     if not isinstance(conversations, list):
@@ -131,20 +148,38 @@ def read_conversations_json(path: Path, *, options: SourceOptions, label: str, i
         return
     for index, conv in enumerate(conversations):
         if not isinstance(conv, dict):
-            yield RawReject(f"{label}#{index}", "missing_field", "conversation is not an object: " + raw_prefix(conv))
+            yield RawReject(
+                f"{label}#{index}", "missing_field", "conversation is not an object: " + raw_prefix(conv)
+            )
             continue
         cid = conv.get("id")
         explicit = isinstance(cid, (str, int)) and not isinstance(cid, bool) and str(cid) != ""
         local_id = str(cid) if explicit else f"{id_prefix}{index}"
         fields = _message_fields(conv.get("messages"), "role", "content")
         if fields is None:
-            yield RawReject(f"{label}#{local_id}", "missing_field", '"messages" must be a list of {"role", "content"} objects: ' + raw_prefix(conv))
+            yield RawReject(
+                f"{label}#{local_id}",
+                "missing_field",
+                '"messages" must be a list of {"role", "content"} objects: ' + raw_prefix(conv),
+            )
             continue
-        yield RawConversation(local_id, f"{label}#{local_id}", fields[0], fields[1], conv.get("intent"), conv.get("lang"),
-                              None, conv, lenient, explicit)
+        yield RawConversation(
+            local_id,
+            f"{label}#{local_id}",
+            fields[0],
+            fields[1],
+            conv.get("intent"),
+            conv.get("lang"),
+            None,
+            conv,
+            lenient,
+            explicit,
+        )
 
 
-def _jsonl_records(path: Path, options: SourceOptions, label: str) -> Iterator[tuple[int, dict[str, Any]] | RawReject]:
+def _jsonl_records(
+    path: Path, options: SourceOptions, label: str
+) -> Iterator[tuple[int, dict[str, Any]] | RawReject]:
     for item in iter_lines(path.read_bytes(), options.encoding or "utf-8", label):
         if isinstance(item, RawReject):
             yield item
@@ -158,7 +193,9 @@ def _jsonl_records(path: Path, options: SourceOptions, label: str) -> Iterator[t
             yield RawReject(f"{label}:{number}", "malformed_json", f"{exc.msg}: " + raw_prefix(line))
             continue
         if not isinstance(obj, dict):
-            yield RawReject(f"{label}:{number}", "missing_field", "line is not a JSON object: " + raw_prefix(line))
+            yield RawReject(
+                f"{label}:{number}", "missing_field", "line is not a JSON object: " + raw_prefix(line)
+            )
             continue
         yield number, obj
 
@@ -179,30 +216,58 @@ def _chat_record(obj: dict[str, Any], number: int, *, label: str, id_prefix: str
     explicit = isinstance(cid, (str, int)) and not isinstance(cid, bool) and str(cid) != ""
     if fields is None or (required_id and not explicit):
         what = '"id" and ' if required_id and not explicit else ""
-        return RawReject(f"{label}:{number}", "missing_field",
-                         f'need {what}"messages" (list of {{"role","content"}}) or "conversations" (list of {{"from","value"}}): ' + raw_prefix(obj))
+        return RawReject(
+            f"{label}:{number}",
+            "missing_field",
+            f'need {what}"messages" [{{"role","content"}}] or "conversations" [{{"from","value"}}]: '
+            + raw_prefix(obj),
+        )
     local_id = str(cid) if explicit else f"{id_prefix}{number}"
-    return RawConversation(local_id, f"{label}:{number}", fields[0], fields[1], obj.get("intent"), obj.get("lang"),
-                           None, obj, False, explicit)
+    return RawConversation(
+        local_id,
+        f"{label}:{number}",
+        fields[0],
+        fields[1],
+        obj.get("intent"),
+        obj.get("lang"),
+        None,
+        obj,
+        False,
+        explicit,
+    )
 
 
 def read_messages_jsonl(path: Path, *, options: SourceOptions, label: str, id_prefix: str) -> Iterator[Item]:
     for rec in _jsonl_records(path, options, label):
-        yield rec if isinstance(rec, RawReject) else _chat_record(rec[1], rec[0], label=label, id_prefix=id_prefix, required_id=False)
+        yield (
+            rec
+            if isinstance(rec, RawReject)
+            else _chat_record(rec[1], rec[0], label=label, id_prefix=id_prefix, required_id=False)
+        )
 
 
 def read_feedback(path: Path, *, options: SourceOptions, label: str, id_prefix: str) -> Iterator[Item]:
     """`chatforge feedback export` lines: {"id", "messages", "intent", "lang", "rating", "created_at"}."""
     for rec in _jsonl_records(path, options, label):
-        yield rec if isinstance(rec, RawReject) else _chat_record(rec[1], rec[0], label=label, id_prefix=id_prefix, required_id=True)
+        yield (
+            rec
+            if isinstance(rec, RawReject)
+            else _chat_record(rec[1], rec[0], label=label, id_prefix=id_prefix, required_id=True)
+        )
 
 
 def _crosswoz_turn_intent(acts: Any) -> str | None:
-    """The domain of the turn's first non-General act (餐馆, 景点, 酒店, 地铁, 出租, ...); greetings and thanks name none."""
+    """The domain of the turn's first non-General act (餐馆, 景点, 酒店, ...); greetings/thanks name none."""
     if not isinstance(acts, list):
         return None
     for act in acts:
-        if isinstance(act, list) and len(act) >= 2 and act[0] != "General" and isinstance(act[1], str) and act[1]:
+        if (
+            isinstance(act, list)
+            and len(act) >= 2
+            and act[0] != "General"
+            and isinstance(act[1], str)
+            and act[1]
+        ):
             return act[1]
     return None
 
@@ -210,14 +275,17 @@ def _crosswoz_turn_intent(acts: Any) -> str | None:
 def _crosswoz_documents(path: Path, encoding: str, label: str) -> Iterator[tuple[str, bytes]]:
     if path.suffix == ".zip":
         with zipfile.ZipFile(path) as archive:
-            for member in sorted(n for n in archive.namelist() if n.endswith(".json") and not n.startswith("__MACOSX")):
+            for member in sorted(
+                n for n in archive.namelist() if n.endswith(".json") and not n.startswith("__MACOSX")
+            ):
                 yield f"{label}!{member}", archive.read(member)
     else:
         yield label, path.read_bytes()
 
 
 def read_crosswoz(path: Path, *, options: SourceOptions, label: str, id_prefix: str) -> Iterator[Item]:
-    """{dialogue_id: {"messages": [{"role": "usr"|"sys", "content", "dialog_act": [[type, domain, slot, value]]}]}}.
+    """CrossWOZ: {dialogue_id: {"messages": [{"role": "usr"|"sys", "content", "dialog_act": [...]}]}},
+    each act being [intent_type, domain, slot, value].
 
     Intent: each user turn gets the domain of its first non-General dialogue act (餐馆, 景点, 酒店,
     地铁, 出租); a turn without one (a follow-up, thanks) keeps the latest domain of the dialogue so
@@ -229,16 +297,26 @@ def read_crosswoz(path: Path, *, options: SourceOptions, label: str, id_prefix: 
         try:
             doc = json.loads(text)
         except json.JSONDecodeError as exc:
-            yield RawReject(f"{doc_label}:{exc.lineno}", "malformed_json", f"{exc.msg}: " + raw_prefix(text[max(0, exc.pos - 40) : exc.pos + 60]))
+            yield RawReject(
+                f"{doc_label}:{exc.lineno}",
+                "malformed_json",
+                f"{exc.msg}: " + raw_prefix(text[max(0, exc.pos - 40) : exc.pos + 60]),
+            )
             continue
         if not isinstance(doc, dict):
-            yield RawReject(doc_label, "missing_field", "expected an object keyed by dialogue id: " + raw_prefix(text))
+            yield RawReject(
+                doc_label, "missing_field", "expected an object keyed by dialogue id: " + raw_prefix(text)
+            )
             continue
         for dialogue_id, dialogue in doc.items():
             messages = dialogue.get("messages") if isinstance(dialogue, dict) else None
             fields = _message_fields(messages, "role", "content")
             if fields is None:
-                yield RawReject(f"{doc_label}#{dialogue_id}", "missing_field", '"messages" must be a list of objects: ' + raw_prefix(dialogue))
+                yield RawReject(
+                    f"{doc_label}#{dialogue_id}",
+                    "missing_field",
+                    '"messages" must be a list of objects: ' + raw_prefix(dialogue),
+                )
                 continue
             turn_intents, topic, opening = [], None, None
             for m in messages:
@@ -248,8 +326,18 @@ def read_crosswoz(path: Path, *, options: SourceOptions, label: str, id_prefix: 
                 # a turn without a domain act (a follow-up question, thanks) stays on the current topic
                 topic = domain or topic
                 turn_intents.append(topic)
-            yield RawConversation(str(dialogue_id), f"{doc_label}#{dialogue_id}", fields[0], fields[1], opening, None,
-                                  turn_intents, dialogue, lenient, True)
+            yield RawConversation(
+                str(dialogue_id),
+                f"{doc_label}#{dialogue_id}",
+                fields[0],
+                fields[1],
+                opening,
+                None,
+                turn_intents,
+                dialogue,
+                lenient,
+                True,
+            )
 
 
 # ---------------------------------------------------------------------------- line-based formats
@@ -273,8 +361,18 @@ def read_dailydialog(path: Path, *, options: SourceOptions, label: str, id_prefi
         topic = labels[0].strip() if labels else ""
         intent = (options.topic_names.get(topic) or f"topic_{topic}") if topic else None
         roles = ["user" if i % 2 == 0 else "assistant" for i in range(len(utterances))]
-        yield RawConversation(f"{id_prefix}{number}", f"{label}:{number}", roles, utterances, intent, None,
-                              None, line, False, False)
+        yield RawConversation(
+            f"{id_prefix}{number}",
+            f"{label}:{number}",
+            roles,
+            utterances,
+            intent,
+            None,
+            None,
+            line,
+            False,
+            False,
+        )
 
 
 _SEP = "+++$+++"
@@ -300,7 +398,11 @@ def read_cornell(path: Path, *, options: SourceOptions, label: str, id_prefix: s
             continue
         parts = [p.strip() for p in line.split(_SEP, 4)]
         if len(parts) != 5 or not _LINE_ID.match(parts[0]):
-            yield RawReject(f"{lines_label}:{number}", "malformed_line", f"expected 5 fields separated by ' {_SEP} ': " + raw_prefix(line))
+            yield RawReject(
+                f"{lines_label}:{number}",
+                "malformed_line",
+                f"expected 5 fields separated by ' {_SEP} ': " + raw_prefix(line),
+            )
             continue
         utterances[parts[0]] = (parts[1], parts[4])
     for item in iter_lines((path / "movie_conversations.txt").read_bytes(), encoding, convs_label):
@@ -318,22 +420,34 @@ def read_cornell(path: Path, *, options: SourceOptions, label: str, id_prefix: s
             except (ValueError, SyntaxError):
                 line_ids = None
         if not isinstance(line_ids, list) or not line_ids or not all(isinstance(i, str) for i in line_ids):
-            yield RawReject(f"{convs_label}:{number}", "malformed_line", "expected char1, char2, movie and a list like ['L1', 'L2']: " + raw_prefix(line))
+            yield RawReject(
+                f"{convs_label}:{number}",
+                "malformed_line",
+                "expected char1, char2, movie and a list like ['L1', 'L2']: " + raw_prefix(line),
+            )
             continue
         missing = [i for i in line_ids if i not in utterances]
         if missing:
-            yield RawReject(f"{convs_label}:{number}", "dangling_reference", f"line ids {missing[:5]} not in movie_lines.txt: " + raw_prefix(line))
+            yield RawReject(
+                f"{convs_label}:{number}",
+                "dangling_reference",
+                f"line ids {missing[:5]} not in movie_lines.txt: " + raw_prefix(line),
+            )
             continue
         first_speaker = utterances[line_ids[0]][0]
         roles = ["user" if utterances[i][0] == first_speaker else "assistant" for i in line_ids]
         contents = [utterances[i][1] for i in line_ids]
         local_id = f"{parts[2]}_{line_ids[0]}"
-        yield RawConversation(local_id, f"{convs_label}:{number}", roles, contents, None, None, None, line, False, True)
+        yield RawConversation(
+            local_id, f"{convs_label}:{number}", roles, contents, None, None, None, line, False, True
+        )
 
 
 # --------------------------------------------------------------------------------- tabular/YAML
-def _read_table(path: Path, *, options: SourceOptions, label: str, id_prefix: str, delimiter: str) -> Iterator[Item]:
-    """One row per exchange (utterance -> response); rows sharing `conversation_column` form one conversation."""
+def _read_table(
+    path: Path, *, options: SourceOptions, label: str, id_prefix: str, delimiter: str
+) -> Iterator[Item]:
+    """One row per exchange (utterance -> response); rows sharing `conversation_column` form one dialogue."""
     text, lenient = decode_document(path.read_bytes(), options.encoding or "utf-8")
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     header = next(reader, None)
@@ -356,16 +470,34 @@ def _read_table(path: Path, *, options: SourceOptions, label: str, id_prefix: st
             continue
         needed = max(x for x in (u, r, i, c) if x is not None)
         if len(row) <= needed:
-            yield RawReject(f"{label}:{number}", "malformed_line", f"row has {len(row)} fields, the header {len(header)}: " + raw_prefix(delimiter.join(row)))
+            yield RawReject(
+                f"{label}:{number}",
+                "malformed_line",
+                f"row has {len(row)} fields, the header {len(header)}: " + raw_prefix(delimiter.join(row)),
+            )
             continue
         intent = row[i].strip() or None if i is not None else None
         if c is None:
-            yield RawConversation(f"{id_prefix}{number}", f"{label}:{number}", ["user", "assistant"], [row[u], row[r]],
-                                  None, None, [intent, None], row, lenient, False)
+            yield RawConversation(
+                f"{id_prefix}{number}",
+                f"{label}:{number}",
+                ["user", "assistant"],
+                [row[u], row[r]],
+                None,
+                None,
+                [intent, None],
+                row,
+                lenient,
+                False,
+            )
             continue
         key = row[c].strip()
         if not key:
-            yield RawReject(f"{label}:{number}", "missing_field", f"empty {options.conversation_column!r}: " + raw_prefix(delimiter.join(row)))
+            yield RawReject(
+                f"{label}:{number}",
+                "missing_field",
+                f"empty {options.conversation_column!r}: " + raw_prefix(delimiter.join(row)),
+            )
             continue
         group = groups.setdefault(key, [number, [], [], [], []])
         group[1] += ["user", "assistant"]
@@ -373,7 +505,9 @@ def _read_table(path: Path, *, options: SourceOptions, label: str, id_prefix: st
         group[3] += [intent, None]
         group[4].append(row)
     for key, (number, roles, contents, intents, rows) in groups.items():
-        yield RawConversation(key, f"{label}:{number}", roles, contents, None, None, intents, rows, lenient, True)
+        yield RawConversation(
+            key, f"{label}:{number}", roles, contents, None, None, intents, rows, lenient, True
+        )
 
 
 class TableLayoutError(ValueError):
@@ -381,7 +515,10 @@ class TableLayoutError(ValueError):
 
     def __init__(self, label: str, absent: dict[str, str], header: list[str]) -> None:
         keys = ", ".join(f"options.{k} = {v!r}" for k, v in absent.items())
-        super().__init__(f"{label}: header has no column for {keys}; its columns are {header}. Set those options to the right column names.")
+        super().__init__(
+            f"{label}: header has no column for {keys}; its columns are {header}. "
+            "Set those options to the right column names."
+        )
 
 
 def read_csv(path: Path, *, options: SourceOptions, label: str, id_prefix: str) -> Iterator[Item]:
@@ -406,23 +543,39 @@ def read_chatterbot_yaml(path: Path, *, options: SourceOptions, label: str, id_p
         return
     text = data.decode(options.encoding or "utf-8").removeprefix("\ufeff")
     try:
-        doc = yaml.load(text, Loader=yaml.BaseLoader)  # noqa: S506 - BaseLoader builds only str/list/dict
+        doc = yaml.load(text, Loader=yaml.BaseLoader)  # BaseLoader builds only str/list/dict
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         yield RawReject(f"{label}:{mark.line + 1}" if mark else label, "malformed_yaml", raw_prefix(str(exc)))
         return
     conversations = doc.get("conversations") if isinstance(doc, dict) else None
     if not isinstance(conversations, list):
-        yield RawReject(label, "missing_field", 'expected a mapping with "conversations": [[...], ...]: ' + raw_prefix(text))
+        yield RawReject(
+            label,
+            "missing_field",
+            'expected a mapping with "conversations": [[...], ...]: ' + raw_prefix(text),
+        )
         return
     categories = doc.get("categories")
-    intent = categories[0] if isinstance(categories, list) and categories else categories if isinstance(categories, str) else None
+    intent = (
+        categories[0]
+        if isinstance(categories, list) and categories
+        else categories
+        if isinstance(categories, str)
+        else None
+    )
     for index, conv in enumerate(conversations):
         if not isinstance(conv, list):
-            yield RawReject(f"{label}#{index}", "missing_field", "a conversation must be a list of utterances: " + raw_prefix(conv))
+            yield RawReject(
+                f"{label}#{index}",
+                "missing_field",
+                "a conversation must be a list of utterances: " + raw_prefix(conv),
+            )
             continue
         roles = ["user" if k % 2 == 0 else "assistant" for k in range(len(conv))]
-        yield RawConversation(f"{id_prefix}{index}", f"{label}#{index}", roles, conv, intent, None, None, conv, False, False)
+        yield RawConversation(
+            f"{id_prefix}{index}", f"{label}#{index}", roles, conv, intent, None, None, conv, False, False
+        )
 
 
 Reader = Callable[..., Iterator[Item]]
@@ -440,4 +593,12 @@ READERS: dict[SourceFormat, tuple[Reader, tuple[str, ...]]] = {
     "feedback": (read_feedback, ("*.jsonl",)),
 }
 
-__all__ = ["READERS", "RawConversation", "RawReject", "TableLayoutError", "encoding_hint", "iter_lines", "raw_prefix"]
+__all__ = [
+    "READERS",
+    "RawConversation",
+    "RawReject",
+    "TableLayoutError",
+    "encoding_hint",
+    "iter_lines",
+    "raw_prefix",
+]

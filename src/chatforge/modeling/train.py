@@ -340,11 +340,12 @@ def relaunch_command(num_processes: int, argv: list[str]) -> list[str] | None:
     with socket.socket() as s:  # a free port: parallel builds must not share a rendezvous
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    device = ["--multi_gpu"] if torch.cuda.is_available() else ["--cpu"]
+    # --multi_gpu selects accelerate's torchrun launcher on CPU too (`--cpu` would start one process and
+    # expect mpirun); each process then runs Accelerator(cpu=True), which joins a gloo group.
     return [
         sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes),
         "--num_machines", "1", "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no",
-        *device, *argv,
+        "--multi_gpu", *argv,
     ]
 
 

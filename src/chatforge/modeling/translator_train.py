@@ -142,6 +142,7 @@ def train_translator(pairs: pl.DataFrame, params: TranslatorParams) -> TrainedTr
     """Train the bidirectional model on `pairs` (zh, en) for params.max_steps steps, seeded."""
     import torch
     from transformers import get_cosine_schedule_with_warmup
+    from transformers.models.marian.modeling_marian import shift_tokens_right
 
     torch.manual_seed(params.seed)
     tokenizer = train_tokenizer(pairs["zh"].to_list() + pairs["en"].to_list(),
@@ -164,7 +165,9 @@ def train_translator(pairs: pl.DataFrame, params: TranslatorParams) -> TrainedTr
         batch, order = order[: params.batch_size], order[params.batch_size :]
         x = _pad([enc[i] for i in batch], 0)
         y = _pad([lab[i] for i in batch], -100)
-        logits = model(input_ids=x, attention_mask=(x != 0).long(), labels=y).logits
+        # decoder inputs passed directly (not labels=): the model would otherwise compute a second loss
+        decoder_in = shift_tokens_right(y, pad_token_id=0, decoder_start_token_id=0)
+        logits = model(input_ids=x, attention_mask=(x != 0).long(), decoder_input_ids=decoder_in).logits
         loss = loss_fn(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -87,16 +87,22 @@ def compare_variants(stats: Sequence[VariantStats], *, alpha: float = 0.05) -> l
     out = []
     for other in stats[1:]:
         z, p = two_proportion_z_test(other.positive, other.rated, base.positive, base.rated)
-        out.append(Comparison(base.variant, other.variant, z, p, bool(base.rated and other.rated and p < alpha)))
+        out.append(
+            Comparison(base.variant, other.variant, z, p, bool(base.rated and other.rated and p < alpha))
+        )
     return out
 
 
 def format_report(stats: Sequence[VariantStats], *, alpha: float = 0.05) -> str:
-    lines = [f"{'variant':<16} {'requests':>8} {'rated':>6} {'positive':>8} {'satisfaction':>12}  95% interval"]
+    lines = [
+        f"{'variant':<16} {'requests':>8} {'rated':>6} {'positive':>8} {'satisfaction':>12}  95% interval"
+    ]
     for s in stats:
         low, high = wilson_interval(s.positive, s.rated)
         rate = f"{s.satisfaction:.1%}" if s.satisfaction is not None else "-"
-        lines.append(f"{s.variant:<16} {s.requests:>8} {s.rated:>6} {s.positive:>8} {rate:>12}  [{low:.1%}, {high:.1%}]")
+        lines.append(
+            f"{s.variant:<16} {s.requests:>8} {s.rated:>6} {s.positive:>8} {rate:>12}  [{low:.1%}, {high:.1%}]"
+        )
     for c in compare_variants(stats, alpha=alpha):
         verdict = "SIGNIFICANT" if c.significant else "not significant"
         lines.append(

@@ -49,8 +49,14 @@ BASE_MODEL = "chatforge"  # the A/B-routed model name; a variant name pins that 
 # ------------------------------------------------------------------------------------- errors
 class APIError(Exception):
     def __init__(
-        self, status: int, message: str, *, type: str = "invalid_request_error", code: str | None = None,
-        param: str | None = None, headers: dict[str, str] | None = None,
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.code, self.param = status, message, type, code, param
@@ -111,7 +117,9 @@ class FeedbackRequest(BaseModel):
 # ------------------------------------------------------------------------------------ helpers
 def _chunks(text: str) -> list[str]:
     # one chunk per word (with its trailing space) or per CJK character, like token streaming looks
-    return re.findall(r"\s*[\u3400-\u9fff\uf900-\ufaff]|\s*[^\s\u3400-\u9fff\uf900-\ufaff]+|\s+$", text) or [text]
+    return re.findall(r"\s*[\u3400-\u9fff\uf900-\ufaff]|\s*[^\s\u3400-\u9fff\uf900-\ufaff]+|\s+$", text) or [
+        text
+    ]
 
 
 @dataclass
@@ -132,26 +140,46 @@ class Completion:
 
     def extra(self) -> dict[str, Any]:
         return {
-            "variant": self.variant, "persona": self.persona, "confidence": self.confidence,
-            "fallback": self.fallback, "cached": self.cached, "filter": self.filter_action,
+            "variant": self.variant,
+            "persona": self.persona,
+            "confidence": self.confidence,
+            "fallback": self.fallback,
+            "cached": self.cached,
+            "filter": self.filter_action,
         }
 
     def usage(self) -> dict[str, int]:
         return {
-            "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens + self.completion_tokens,
         }
 
     def body(self) -> dict[str, Any]:
         return {
-            "id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": self.text},
-                         "finish_reason": self.finish_reason, "logprobs": None}],
-            "usage": self.usage(), "chatforge": self.extra(),
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": self.text},
+                    "finish_reason": self.finish_reason,
+                    "logprobs": None,
+                }
+            ],
+            "usage": self.usage(),
+            "chatforge": self.extra(),
         }
 
     def sse(self, include_usage: bool) -> Iterator[str]:
-        head = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model}
+        head = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+        }
 
         def event(choices: list[dict[str, Any]], **more: Any) -> str:
             return f"data: {json.dumps(head | {'choices': choices} | more, ensure_ascii=False)}\n\n"
@@ -173,6 +201,11 @@ class ChatService:
         p = self.params = config.params
         self.config = config
         self.metrics = ServeMetrics()
+        if config.threads:
+            import torch
+
+            # with several workers per host, all-cores-per-process oversubscribes the CPU badly
+            torch.set_num_threads(config.threads)
         self.backends = backends or {v.name: open_backend(v.model, backend=v.backend) for v in p.variants}
         missing = [v.name for v in p.variants if v.name not in self.backends]
         if missing:
@@ -183,7 +216,10 @@ class ChatService:
         if p.redis_url:
             self.cache = RedisCache(p.redis_url, ttl_s=p.cache.ttl_s, on_error=self._cache_failed)
             if not self.cache.ping():
-                log.warning("redis at %s is not answering at start-up: serving without a cache until it is", p.redis_url)
+                log.warning(
+                    "redis at %s is not answering at start-up: serving without a cache until it is",
+                    p.redis_url,
+                )
         else:
             self.cache = LRUCache(max_entries=p.cache.max_entries, ttl_s=p.cache.ttl_s)
         self.sessions = open_store(p.database_url)
@@ -191,8 +227,12 @@ class ChatService:
         self.limiter = RateLimiter(per_minute=p.rate_limit.requests_per_minute, burst=p.rate_limit.burst)
         log.info(
             "serving variants %s; cache %s; store %s; filter %d terms (%s); auth %s",
-            ", ".join(f"{n} ({self.backends[n].family})" for n, _ in self.weights), self.cache.kind,
-            p.database_url.split("@")[-1], self.filter.size, p.filter.mode, "on" if config.require_auth else "OFF",
+            ", ".join(f"{n} ({self.backends[n].family})" for n, _ in self.weights),
+            self.cache.kind,
+            p.database_url.split("@")[-1],
+            self.filter.size,
+            p.filter.mode,
+            "on" if config.require_auth else "OFF",
         )
 
     def _cache_failed(self, op: str) -> None:
@@ -206,13 +246,21 @@ class ChatService:
         header = request.headers.get("authorization", "")
         scheme, _, key = header.partition(" ")
         if not header:
-            raise APIError(401, "missing API key: send the header 'Authorization: Bearer <key>' "
-                           "(create a key with `chatforge keys add NAME`)", code="missing_api_key")
+            raise APIError(
+                401,
+                "missing API key: send the header 'Authorization: Bearer <key>' "
+                "(create a key with `chatforge keys add NAME`)",
+                code="missing_api_key",
+            )
         if scheme.lower() != "bearer" or not key.strip():
-            raise APIError(401, "malformed Authorization header: expected 'Bearer <key>'", code="invalid_api_key")
+            raise APIError(
+                401, "malformed Authorization header: expected 'Bearer <key>'", code="invalid_api_key"
+            )
         record = self.keys.lookup(key.strip()) if self.keys else None
         if record is None:
-            raise APIError(401, "invalid API key: it is not in this server's keys file", code="invalid_api_key")
+            raise APIError(
+                401, "invalid API key: it is not in this server's keys file", code="invalid_api_key"
+            )
         wait_s = self.limiter.acquire(record.id)
         if wait_s > 0:
             rl = self.params.rate_limit
@@ -220,7 +268,8 @@ class ChatService:
                 429,
                 f"rate limit exceeded for this API key ({rl.requests_per_minute:g} requests per minute, "
                 f"burst {rl.burst}); retry in {wait_s:.1f} s",
-                type="rate_limit_error", code="rate_limit_exceeded",
+                type="rate_limit_error",
+                code="rate_limit_exceeded",
                 headers={"Retry-After": str(max(1, round(wait_s + 0.5)))},
             )
         return record.id
@@ -232,33 +281,57 @@ class ChatService:
         """(pinned variant or None for A/B, persona) from the model name and the persona field."""
         base, _, suffix = req.model.partition(":")
         if base != BASE_MODEL and base not in self.backends:
-            raise APIError(404, f"model {req.model!r} not found; available models: {', '.join(self.model_names())}",
-                           code="model_not_found", param="model")
+            raise APIError(
+                404,
+                f"model {req.model!r} not found; available models: {', '.join(self.model_names())}",
+                code="model_not_found",
+                param="model",
+            )
         if suffix and req.persona and suffix != req.persona:
-            raise APIError(400, f"persona given twice and differently: model suffix {suffix!r}, persona {req.persona!r}",
-                           param="persona")
+            raise APIError(
+                400,
+                f"persona given twice and differently: model suffix {suffix!r}, persona {req.persona!r}",
+                param="persona",
+            )
         persona = suffix or req.persona
         if persona is not None and persona not in self.params.personas:
             valid = ", ".join(self.params.personas) or "(none configured in serve.personas)"
-            raise APIError(400, f"unknown persona {persona!r}; valid personas: {valid}", code="unknown_persona",
-                           param="persona")
+            raise APIError(
+                400,
+                f"unknown persona {persona!r}; valid personas: {valid}",
+                code="unknown_persona",
+                param="persona",
+            )
         return (base if base != BASE_MODEL else None), persona
 
     def check_bounds(self, req: ChatCompletionRequest) -> int:
         lim = self.params.limits
         if len(req.messages) > lim.max_messages:
-            raise APIError(400, f"too many messages: {len(req.messages)} > {lim.max_messages} "
-                           "(serve.limits.max_messages); send a shorter history", param="messages")
+            raise APIError(
+                400,
+                f"too many messages: {len(req.messages)} > {lim.max_messages} "
+                "(serve.limits.max_messages); send a shorter history",
+                param="messages",
+            )
         chars = sum(len(m.text()) for m in req.messages)
         if chars > lim.max_chars:
-            raise APIError(400, f"messages too long: {chars} characters > {lim.max_chars} "
-                           "(serve.limits.max_chars)", param="messages")
+            raise APIError(
+                400,
+                f"messages too long: {chars} characters > {lim.max_chars} (serve.limits.max_chars)",
+                param="messages",
+            )
         if not any(m.role == "user" for m in req.messages):
-            raise APIError(400, "messages must contain at least one message with role 'user'", param="messages")
+            raise APIError(
+                400, "messages must contain at least one message with role 'user'", param="messages"
+            )
         asked = req.max_completion_tokens or req.max_tokens
         if asked is not None and asked > lim.max_tokens:
-            raise APIError(400, f"max_tokens = {asked} exceeds this server's limit of {lim.max_tokens} "
-                           "(serve.limits.max_tokens)", param="max_tokens")
+            raise APIError(
+                400,
+                f"max_tokens = {asked} exceeds this server's limit of {lim.max_tokens} "
+                "(serve.limits.max_tokens)",
+                param="max_tokens",
+            )
         stops = [req.stop] if isinstance(req.stop, str) else (req.stop or [])
         if len(stops) > 4 or any(not s for s in stops):
             raise APIError(400, "stop must be up to 4 non-empty strings", param="stop")
@@ -291,11 +364,18 @@ class ChatService:
         persona = p.personas.get(persona_name) if persona_name else None
         if persona and persona.system_prompt and messages[0]["role"] != "system":
             messages.insert(0, {"role": "system", "content": persona.system_prompt})
-        temperature = req.temperature if req.temperature is not None else (persona.temperature if persona else 0.0)
+        temperature = (
+            req.temperature if req.temperature is not None else (persona.temperature if persona else 0.0)
+        )
         top_p = req.top_p if req.top_p is not None else (persona.top_p if persona else 1.0)
         stops = tuple([req.stop] if isinstance(req.stop, str) else (req.stop or []))
-        gen = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                               stop_strings=stops, seed=req.seed)
+        gen = GenerationConfig(
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            stop_strings=stops,
+            seed=req.seed,
+        )
 
         answer: Answer | None = None
         cached = False
@@ -306,10 +386,18 @@ class ChatService:
         else:
             cacheable = temperature == 0.0 or p.cache.cache_sampled
             key = cache_key(
-                fingerprint=backend.fingerprint, messages=messages,
-                sampling={"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
-                          "stop": list(stops), "seed": req.seed, "lang": lang},
-                persona=persona_name, filter_version=self.filter.version,
+                fingerprint=backend.fingerprint,
+                messages=messages,
+                sampling={
+                    "max_new_tokens": max_new_tokens,
+                    "temperature": temperature,
+                    "top_p": top_p,
+                    "stop": list(stops),
+                    "seed": req.seed,
+                    "lang": lang,
+                },
+                persona=persona_name,
+                filter_version=self.filter.version,
             )
             if cacheable:
                 hit = self.cache.get(key)
@@ -339,25 +427,50 @@ class ChatService:
                 self.cache.set(key, answer.to_json())
 
         completion = Completion(
-            id=f"chatcmpl-{uuid.uuid4().hex}", created=int(time.time()), model=req.model, text=text,
-            finish_reason=finish, prompt_tokens=answer.prompt_tokens if answer else 0,
-            completion_tokens=answer.completion_tokens if answer else 0, variant=variant, persona=persona_name,
-            confidence=answer.confidence if answer else None, fallback=fallback, cached=cached,
-            filter_action="blocked" if "blocked" in (input_action, output_action)
-            else "masked" if "masked" in (input_action, output_action) else "none",
+            id=f"chatcmpl-{uuid.uuid4().hex}",
+            created=int(time.time()),
+            model=req.model,
+            text=text,
+            finish_reason=finish,
+            prompt_tokens=answer.prompt_tokens if answer else 0,
+            completion_tokens=answer.completion_tokens if answer else 0,
+            variant=variant,
+            persona=persona_name,
+            confidence=answer.confidence if answer else None,
+            fallback=fallback,
+            cached=cached,
+            filter_action="blocked"
+            if "blocked" in (input_action, output_action)
+            else "masked"
+            if "masked" in (input_action, output_action)
+            else "none",
         )
         self.metrics.variant_requests.labels(variant=variant).inc()
         self.metrics.tokens.labels(kind="prompt", variant=variant).inc(completion.prompt_tokens)
         self.metrics.tokens.labels(kind="completion", variant=variant).inc(completion.completion_tokens)
         try:
             record_conversation(
-                self.sessions, messages=[m for m in messages], answer=text, id=completion.id, user=req.user,
-                api_key_id=key_id, variant=variant, model_fingerprint=backend.fingerprint, persona=persona_name,
-                lang=lang, intent=answer.intent if answer else None,
-                latency_ms=(time.perf_counter() - started) * 1000, confidence=completion.confidence,
-                fallback=fallback, input_filter=input_action, output_filter=output_action,
-                filter_terms=",".join(sorted(terms)) or None, cached=cached, finish_reason=finish,
-                prompt_tokens=completion.prompt_tokens, completion_tokens=completion.completion_tokens,
+                self.sessions,
+                messages=[m for m in messages],
+                answer=text,
+                id=completion.id,
+                user=req.user,
+                api_key_id=key_id,
+                variant=variant,
+                model_fingerprint=backend.fingerprint,
+                persona=persona_name,
+                lang=lang,
+                intent=answer.intent if answer else None,
+                latency_ms=(time.perf_counter() - started) * 1000,
+                confidence=completion.confidence,
+                fallback=fallback,
+                input_filter=input_action,
+                output_filter=output_action,
+                filter_terms=",".join(sorted(terms)) or None,
+                cached=cached,
+                finish_reason=finish,
+                prompt_tokens=completion.prompt_tokens,
+                completion_tokens=completion.completion_tokens,
             )
         except Exception:  # the answer still goes out; the store failure is logged and counted
             log.exception("could not record conversation %s", completion.id)
@@ -370,19 +483,27 @@ def create_app(config: ServeConfig, *, backends: dict[str, ModelBackend] | None 
     service = ChatService(config, backends)
     # the schema is served below behind the API key like every route but /healthz (and the page shell)
     app = FastAPI(
-        title="chatforge", version="1", description="OpenAI-compatible chat service for models chatforge built.",
-        openapi_url=None, docs_url=None, redoc_url=None,
+        title="chatforge",
+        version="1",
+        description="OpenAI-compatible chat service for models chatforge built.",
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.service = service
     metrics = service.metrics
 
-    def error_response(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
+    def error_response(
+        status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> JSONResponse:
         metrics.errors.labels(type=body["error"]["type"]).inc()
         return JSONResponse(body, status_code=status, headers=headers)
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
-        return error_response(exc.status, _error_body(exc.message, exc.type, exc.code, exc.param), exc.headers)
+        return error_response(
+            exc.status, _error_body(exc.message, exc.type, exc.code, exc.param), exc.headers
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -399,21 +520,35 @@ def create_app(config: ServeConfig, *, backends: dict[str, ModelBackend] | None 
                 problems.append(f"{'.'.join(loc)}: unknown field")
             else:
                 problems.append(f"{'.'.join(loc) or 'body'}: {e.get('msg', 'invalid value')}")
-        return error_response(400, _error_body("invalid request: " + "; ".join(problems), "invalid_request_error",
-                                               "invalid_value", param))
+        return error_response(
+            400,
+            _error_body(
+                "invalid request: " + "; ".join(problems), "invalid_request_error", "invalid_value", param
+            ),
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        message = {404: "not found: GET /openapi.json lists the routes", 405: "method not allowed on this route"}.get(
-            exc.status_code, str(exc.detail))
-        return error_response(exc.status_code, _error_body(message, "invalid_request_error", str(exc.status_code)))
+        message = {
+            404: "not found: GET /openapi.json lists the routes",
+            405: "method not allowed on this route",
+        }.get(exc.status_code, str(exc.detail))
+        return error_response(
+            exc.status_code, _error_body(message, "invalid_request_error", str(exc.status_code))
+        )
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> JSONResponse:
         ref = uuid.uuid4().hex[:12]
         log.exception("unhandled error on %s %s (ref %s)", request.method, request.url.path, ref)
-        return error_response(500, _error_body(f"internal error (ref {ref}); the server log has the details",
-                                               "server_error", "internal_error"))
+        return error_response(
+            500,
+            _error_body(
+                f"internal error (ref {ref}); the server log has the details",
+                "server_error",
+                "internal_error",
+            ),
+        )
 
     @app.middleware("http")
     async def _observe(request: Request, call_next: Any) -> Response:
@@ -432,8 +567,12 @@ def create_app(config: ServeConfig, *, backends: dict[str, ModelBackend] | None 
     def healthz() -> dict[str, Any]:
         """Liveness and what this instance serves; the only route without an API key."""
         cache_up = service.cache.available if isinstance(service.cache, RedisCache) else True
-        return {"status": "ok", "variants": [n for n, _ in service.weights], "cache": service.cache.kind,
-                "cache_up": cache_up}
+        return {
+            "status": "ok",
+            "variants": [n for n, _ in service.weights],
+            "cache": service.cache.kind,
+            "cache_up": cache_up,
+        }
 
     @app.get("/metrics", tags=["ops"])
     def prometheus(_: str | None = Depends(authorised)) -> Response:
@@ -441,27 +580,46 @@ def create_app(config: ServeConfig, *, backends: dict[str, ModelBackend] | None 
 
     @app.get("/v1/models", tags=["openai"])
     def models(_: str | None = Depends(authorised)) -> dict[str, Any]:
-        return {"object": "list", "data": [
-            {"id": name, "object": "model", "created": 0, "owned_by": "chatforge"} for name in service.model_names()
-        ], "personas": {name: persona.model_dump() for name, persona in service.params.personas.items()}}
+        return {
+            "object": "list",
+            "data": [
+                {"id": name, "object": "model", "created": 0, "owned_by": "chatforge"}
+                for name in service.model_names()
+            ],
+            "personas": {name: persona.model_dump() for name, persona in service.params.personas.items()},
+        }
 
     @app.post("/v1/chat/completions", tags=["openai"], response_model=None)
     def chat_completions(req: ChatCompletionRequest, key_id: str | None = Depends(authorised)) -> Response:
         completion = service.complete(req, key_id)
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return StreamingResponse(completion.sse(include_usage), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            return StreamingResponse(
+                completion.sse(include_usage),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
         return JSONResponse(completion.body())
 
     @app.post("/v1/feedback", tags=["chatforge"])
     def feedback(req: FeedbackRequest, key_id: str | None = Depends(authorised)) -> dict[str, Any]:
         """Rate an answer (1 / -1 / 0) by its completion id, optionally with the answer you wanted."""
-        row = record_feedback(service.sessions, conversation_id=req.completion_id, rating=req.rating,
-                              correction=req.correction, comment=req.comment, api_key_id=key_id)
+        row = record_feedback(
+            service.sessions,
+            conversation_id=req.completion_id,
+            rating=req.rating,
+            correction=req.correction,
+            comment=req.comment,
+            api_key_id=key_id,
+        )
         if row is None:
-            raise APIError(404, f"completion {req.completion_id!r} not found: send the `id` of a chat completion "
-                           "this service returned", code="completion_not_found", param="completion_id")
+            raise APIError(
+                404,
+                f"completion {req.completion_id!r} not found: send the `id` of a chat completion "
+                "this service returned",
+                code="completion_not_found",
+                param="completion_id",
+            )
         return {"object": "feedback", "id": row, "completion_id": req.completion_id, "rating": req.rating}
 
     @app.get("/openapi.json", include_in_schema=False)

@@ -37,7 +37,9 @@ class ApiKey:
 def read_keys(path: Path | str) -> list[ApiKey]:
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: API keys file not found. Create a key with `chatforge keys add NAME --keys {path}`.")
+        raise FileNotFoundError(
+            f"{path}: API keys file not found. Create a key with `chatforge keys add NAME --keys {path}`."
+        )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         return [ApiKey(id=k["id"], name=k["name"], sha256=k["sha256"]) for k in data["keys"]]

@@ -90,27 +90,37 @@ class ClassifierBackend:
         self.labels = [config.id2label[i] for i in range(len(config.id2label))]
         responses_path = folder / "responses.json"
         if not responses_path.exists():
-            raise FileNotFoundError(f"{responses_path}: a classifier folder needs responses.json (intent -> {{zh, en}}).")
+            raise FileNotFoundError(
+                f"{responses_path}: a classifier folder needs responses.json (intent -> {{zh, en}})."
+            )
         self.responses: dict[str, dict[str, str]] = json.loads(responses_path.read_text(encoding="utf-8"))
         missing = [label for label in self.labels if label not in self.responses]
         if missing:
-            raise ValueError(f"{responses_path}: no response for intents {missing}; add them (with 'zh' and 'en').")
+            raise ValueError(
+                f"{responses_path}: no response for intents {missing}; add them (with 'zh' and 'en')."
+            )
         details = read_manifest(folder).details if (folder / MANIFEST_NAME).exists() else {}
         self.temperature = float(details.get("calibration_temperature", 1.0))
         if "calibration_temperature" not in details:
-            log.warning("%s: no calibration_temperature in %s; confidences are uncalibrated", folder, MANIFEST_NAME)
+            log.warning(
+                "%s: no calibration_temperature in %s; confidences are uncalibrated", folder, MANIFEST_NAME
+            )
         if not self.temperature > 0:
             raise ValueError(f"{folder}: calibration_temperature = {self.temperature} must be > 0")
         onnx_path = {"onnx": folder / "model.onnx", "onnx_int8": folder / "model.int8.onnx"}.get(backend)
         if backend == "auto":
-            onnx_path = next((p for p in (folder / "model.int8.onnx", folder / "model.onnx") if p.exists()), None)
+            onnx_path = next(
+                (p for p in (folder / "model.int8.onnx", folder / "model.onnx") if p.exists()), None
+            )
         h = hashlib.sha256(f"classifier:{self.temperature}:".encode())
         h.update(responses_path.read_bytes())
         if onnx_path is not None:
             import onnxruntime as ort
 
             if not onnx_path.exists():
-                raise FileNotFoundError(f"{onnx_path}: missing for backend={backend!r}. Run `dvc repro quantize`.")
+                raise FileNotFoundError(
+                    f"{onnx_path}: missing for backend={backend!r}. Run `dvc repro quantize`."
+                )
             self._session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
             self._inputs = {i.name for i in self._session.get_inputs()}
             self.model = None
@@ -164,7 +174,11 @@ def open_backend(folder: Path | str, *, backend: BackendName = "auto") -> ModelB
     if (folder / MANIFEST_NAME).exists():
         family = read_manifest(folder).family
     else:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8")) if (folder / "config.json").exists() else {}
+        config = (
+            json.loads((folder / "config.json").read_text(encoding="utf-8"))
+            if (folder / "config.json").exists()
+            else {}
+        )
         archs = config.get("architectures") or []
         family = "causal_lm" if any(a.endswith("ForCausalLM") for a in archs) else "classifier"
     if family == "classifier":

@@ -51,7 +51,9 @@ class LRUCache:
 
     kind = "memory"
 
-    def __init__(self, *, max_entries: int, ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, *, max_entries: int, ttl_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.max_entries = max_entries
         self.ttl_s = ttl_s
         self._clock = clock
@@ -119,7 +121,10 @@ class RedisCache:
         if first:
             log.warning(
                 "redis %s failed (%s: %s): answering without the cache, retrying in %.0f s",
-                op, type(exc).__name__, exc, self.retry_after_s,
+                op,
+                type(exc).__name__,
+                exc,
+                self.retry_after_s,
             )
         if self._on_error:
             self._on_error(op)

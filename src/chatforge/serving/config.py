@@ -23,6 +23,7 @@ class ServeConfig:
     params: ServeParams
     api_keys_file: Path | None = None  # JSON written by `chatforge keys add`
     require_auth: bool = True  # False only with --no-auth (local experiments)
+    threads: int | None = None  # torch CPU threads per process; None keeps torch's default (all cores)
 
     def to_json(self) -> str:
         return json.dumps(
@@ -30,6 +31,7 @@ class ServeConfig:
                 "params": self.params.model_dump(mode="json"),
                 "api_keys_file": str(self.api_keys_file) if self.api_keys_file else None,
                 "require_auth": self.require_auth,
+                "threads": self.threads,
             }
         )
 
@@ -41,6 +43,7 @@ class ServeConfig:
             params=ServeParams.model_validate(data["params"]),
             api_keys_file=Path(keys) if keys else None,
             require_auth=bool(data.get("require_auth", True)),
+            threads=data.get("threads"),
         )
 
 
@@ -51,6 +54,7 @@ def load_serve_config(
     require_auth: bool = True,
     redis_url: str | None = None,
     database_url: str | None = None,
+    threads: int | None = None,
 ) -> ServeConfig:
     """Validate the serve section (raises ParamsError) and apply deployment overrides."""
     params = load_section("serve", path=Path(params_path))
@@ -67,7 +71,12 @@ def load_serve_config(
             "no API keys file: pass --keys FILE (or CHATFORGE_API_KEYS) after creating a key with "
             "`chatforge keys add NAME --keys FILE`, or --no-auth for a local experiment."
         )
-    return ServeConfig(params=params, api_keys_file=Path(api_keys_file) if api_keys_file else None, require_auth=require_auth)
+    return ServeConfig(
+        params=params,
+        api_keys_file=Path(api_keys_file) if api_keys_file else None,
+        require_auth=require_auth,
+        threads=threads,
+    )
 
 
 def with_params(config: ServeConfig, **updates: object) -> ServeConfig:

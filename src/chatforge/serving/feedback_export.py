@@ -36,14 +36,16 @@ def feedback_rows(sessions: sessionmaker[Session]) -> list[dict[str, Any]]:
             messages = [{"role": m.role, "content": m.content} for m in conv.messages]
             if corrected:
                 messages[-1] = {"role": "assistant", "content": latest.correction.strip()}
-            rows.append({
-                "id": conv.id,
-                "messages": messages,
-                "intent": conv.intent,
-                "lang": conv.lang,
-                "rating": latest.rating,
-                "created_at": latest.created_at.isoformat(timespec="seconds") + "Z",
-            })
+            rows.append(
+                {
+                    "id": conv.id,
+                    "messages": messages,
+                    "intent": conv.intent,
+                    "lang": conv.lang,
+                    "rating": latest.rating,
+                    "created_at": latest.created_at.isoformat(timespec="seconds") + "Z",
+                }
+            )
     return rows
 
 

@@ -100,7 +100,9 @@ class SensitiveFilter:
             self._automaton.make_automaton()
 
     @classmethod
-    def from_files(cls, paths: Iterable[Path | str], *, mode: Literal["block", "mask"] = "block") -> SensitiveFilter:
+    def from_files(
+        cls, paths: Iterable[Path | str], *, mode: Literal["block", "mask"] = "block"
+    ) -> SensitiveFilter:
         terms: list[str] = []
         for path in paths:
             terms.extend(read_lexicon(path))

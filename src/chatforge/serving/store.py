@@ -62,7 +62,9 @@ class Conversation(Base):
     messages: Mapped[list[Message]] = relationship(
         back_populates="conversation", order_by="Message.position", cascade="all, delete-orphan"
     )
-    feedback: Mapped[list[Feedback]] = relationship(back_populates="conversation", cascade="all, delete-orphan")
+    feedback: Mapped[list[Feedback]] = relationship(
+        back_populates="conversation", cascade="all, delete-orphan"
+    )
 
 
 class Message(Base):
@@ -141,7 +143,11 @@ def record_feedback(
         if session.get(Conversation, conversation_id) is None:
             return None
         row = Feedback(
-            conversation_id=conversation_id, rating=rating, correction=correction, comment=comment, api_key_id=api_key_id
+            conversation_id=conversation_id,
+            rating=rating,
+            correction=correction,
+            comment=comment,
+            api_key_id=api_key_id,
         )
         session.add(row)
         session.flush()

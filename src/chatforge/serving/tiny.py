@@ -40,8 +40,12 @@ def _tokenizer(vocab_size: int):
     )
     tok.train_from_iterator(SAMPLE_TEXT * 4, trainer=trainer)
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|pad|>", bos_token="<|im_start|>",
-        cls_token="[CLS]", sep_token="[SEP]",
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|pad|>",
+        bos_token="<|im_start|>",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
     )
     fast.chat_template = CHATML_TEMPLATE
     return fast
@@ -54,10 +58,17 @@ def build_tiny_causal_lm(folder: Path | str, *, seed: int = 0, vocab_size: int =
     folder = Path(folder)
     tokenizer = _tokenizer(vocab_size)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id, tie_word_embeddings=True,
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        tie_word_embeddings=True,
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
@@ -81,18 +92,28 @@ def build_tiny_classifier(
     tokenizer = _tokenizer(320)
     labels = sorted(responses)
     config = BertConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=2, max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id,
-        id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)},
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
     )
     torch.manual_seed(seed)
     model = BertForSequenceClassification(config)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    (folder / "responses.json").write_text(json.dumps(responses, ensure_ascii=False, indent=2), encoding="utf-8")
+    (folder / "responses.json").write_text(
+        json.dumps(responses, ensure_ascii=False, indent=2), encoding="utf-8"
+    )
     write_manifest(
         folder,
-        Manifest(family="classifier", variant="tiny", details={"calibration_temperature": calibration_temperature}),
+        Manifest(
+            family="classifier", variant="tiny", details={"calibration_temperature": calibration_temperature}
+        ),
     )
     return folder
 

@@ -350,7 +350,7 @@ def _run_stage(tmp_path: Path, params: dict, turns: pl.DataFrame) -> subprocess.
     write_parquet(turns, tmp_path / "turns.parquet")
     return subprocess.run(
         [sys.executable, str(ROOT / "stages" / "clean.py"), "turns.parquet", "out/clean.parquet", "reports/clean.json"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
     )
 
 

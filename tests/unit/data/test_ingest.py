@@ -22,9 +22,13 @@ FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "ingest"
 ROOT = Path(__file__).resolve().parents[3]
 
 
-def read(path: Path | str, fmt: str, *, name: str | None = None, **kwargs: Any) -> tuple[pl.DataFrame, pl.DataFrame, Any]:
+def read(
+    path: Path | str, fmt: str, *, name: str | None = None, **kwargs: Any
+) -> tuple[pl.DataFrame, pl.DataFrame, Any]:
     options = kwargs.pop("options", {})
-    source = Source(path=str(path), format=fmt, name=name, options=options, optional=kwargs.pop("optional", False))
+    source = Source(
+        path=str(path), format=fmt, name=name, options=options, optional=kwargs.pop("optional", False)
+    )
     return read_source(source, **kwargs)
 
 
@@ -58,9 +62,18 @@ def test_conversations_json() -> None:
 
 
 def test_source_options_lang_and_intent_fill_gaps() -> None:
-    turns, _, _ = read(FIXTURES / "conversations.json", "conversations_json", name="demo", options={"lang": "en", "intent": "misc"})
-    by_conv = dict(turns.group_by("conversation_id").agg(pl.col("lang").first(), pl.col("intent").first()).select(
-        "conversation_id", pl.struct("lang", "intent")).rows())
+    turns, _, _ = read(
+        FIXTURES / "conversations.json",
+        "conversations_json",
+        name="demo",
+        options={"lang": "en", "intent": "misc"},
+    )
+    by_conv = dict(
+        turns.group_by("conversation_id")
+        .agg(pl.col("lang").first(), pl.col("intent").first())
+        .select("conversation_id", pl.struct("lang", "intent"))
+        .rows()
+    )
     # the conversation's own lang/intent win; the source options fill what is missing
     assert by_conv["demo:conv_001"] == {"lang": "zh", "intent": "weather"}
     assert by_conv["demo:conv_003"] == {"lang": "en", "intent": "misc"}
@@ -106,12 +119,21 @@ def test_cornell_bad_lines_and_dangling_ids(tmp_path: Path) -> None:
     folder.mkdir()
     sep = " +++$+++ "
     (folder / "movie_lines.txt").write_bytes(
-        (f"L1{sep}u0{sep}m0{sep}A{sep}Hi.\nL2{sep}u1{sep}m0{sep}B{sep}Hello.\nnot a line at all\n").encode("latin-1"))
+        (f"L1{sep}u0{sep}m0{sep}A{sep}Hi.\nL2{sep}u1{sep}m0{sep}B{sep}Hello.\nnot a line at all\n").encode(
+            "latin-1"
+        )
+    )
     (folder / "movie_conversations.txt").write_bytes(
-        (f"u0{sep}u1{sep}m0{sep}['L1', 'L2']\nu0{sep}u1{sep}m0{sep}['L1', 'L9']\n"
-         f"u0{sep}u1{sep}m0{sep}__import__('os').system('true')\n").encode("latin-1"))
+        (
+            f"u0{sep}u1{sep}m0{sep}['L1', 'L2']\nu0{sep}u1{sep}m0{sep}['L1', 'L9']\n"
+            f"u0{sep}u1{sep}m0{sep}__import__('os').system('true')\n"
+        ).encode("latin-1")
+    )
     turns, rejects, _ = read(folder, "cornell", name="c")
-    assert rows(turns) == [("c:m0_L1", 0, "user", "Hi.", "en", None), ("c:m0_L1", 1, "assistant", "Hello.", "en", None)]
+    assert rows(turns) == [
+        ("c:m0_L1", 0, "user", "Hi.", "en", None),
+        ("c:m0_L1", 1, "assistant", "Hello.", "en", None),
+    ]
     assert [r for _, r in reject_rows(rejects)] == ["malformed_line", "dangling_reference", "malformed_line"]
     assert rejects["location"].to_list()[0].endswith("movie_lines.txt:3")
     assert rejects["location"].to_list()[2].endswith("movie_conversations.txt:3")
@@ -124,7 +146,9 @@ def test_cornell_needs_both_files(tmp_path: Path) -> None:
 
 
 def test_dailydialog_labels_and_spacing() -> None:
-    turns, rejects, _ = read(FIXTURES / "dailydialog.txt", "dailydialog", options={"topic_names": {"1": "ordinary_life"}})
+    turns, rejects, _ = read(
+        FIXTURES / "dailydialog.txt", "dailydialog", options={"topic_names": {"1": "ordinary_life"}}
+    )
     assert rows(turns) == [
         ("dailydialog:1", 0, "user", "Hello , how are you ?", "en", "ordinary_life"),
         ("dailydialog:1", 1, "assistant", "Fine , thanks .", "en", "ordinary_life"),
@@ -221,7 +245,11 @@ def test_folder_sources_prefix_positional_ids(tmp_path: Path) -> None:
 
 
 def test_feedback_requires_an_id(tmp_path: Path) -> None:
-    good = {"id": "f1", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}], "lang": "en"}
+    good = {
+        "id": "f1",
+        "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
+        "lang": "en",
+    }
     bad = {k: v for k, v in good.items() if k != "id"}
     (tmp_path / "f.jsonl").write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n", encoding="utf-8")
     turns, rejects, _ = read(tmp_path, "feedback", name="fb")
@@ -236,9 +264,17 @@ def test_crosswoz_real_test_split(shared_datasets: Path) -> None:
         raw = json.loads(archive.read("test.json"))
     # independent counts from the raw JSON: consecutive same-role messages would merge into one turn
     expected_turns = sum(len(list(itertools.groupby(m["role"] for m in d["messages"]))) for d in raw.values())
-    domains = {act[1] for d in raw.values() for m in d["messages"] for act in m["dialog_act"] if act[0] != "General"}
+    domains = {
+        act[1] for d in raw.values() for m in d["messages"] for act in m["dialog_act"] if act[0] != "General"
+    }
     first_domain = {
-        f"crosswoz:{k}": next(act[1] for m in d["messages"] if m["role"] == "usr" for act in m["dialog_act"] if act[0] != "General")
+        f"crosswoz:{k}": next(
+            act[1]
+            for m in d["messages"]
+            if m["role"] == "usr"
+            for act in m["dialog_act"]
+            if act[0] != "General"
+        )
         for k, d in raw.items()
     }
     turns, rejects, stats = read(path, "crosswoz", name="crosswoz")
@@ -247,11 +283,18 @@ def test_crosswoz_real_test_split(shared_datasets: Path) -> None:
     assert stats.conversations == turns["conversation_id"].n_unique() == 500
     assert stats.turns == turns.height == expected_turns == 8476
     assert set(turns["role"]) == {"user", "assistant"}
-    assert turns.filter(pl.col("role") == "user").height == sum(m["role"] == "usr" for d in raw.values() for m in d["messages"])
+    assert turns.filter(pl.col("role") == "user").height == sum(
+        m["role"] == "usr" for d in raw.values() for m in d["messages"]
+    )
     users = turns.filter(pl.col("role") == "user")
     assert users["intent"].null_count() == 0
     assert set(turns["intent"]) <= domains
-    conv_intent = dict(turns.filter(pl.col("role") == "assistant").group_by("conversation_id").agg(pl.col("intent").first()).rows())
+    conv_intent = dict(
+        turns.filter(pl.col("role") == "assistant")
+        .group_by("conversation_id")
+        .agg(pl.col("intent").first())
+        .rows()
+    )
     assert conv_intent == first_domain
     assert set(turns["lang"]) == {"zh"}
 
@@ -290,7 +333,9 @@ def test_xdailydialog_real(shared_datasets: Path, text_file: str, labels_inline:
         topics = {f"topic_{ln.split(chr(9))[1].strip()}" for ln in lines}
         assert set(turns["intent"]) == topics
     # alternate speakers: even turns are the user
-    assert turns.filter(pl.col("role") != pl.when(pl.col("turn") % 2 == 0).then(pl.lit("user")).otherwise(pl.lit("assistant"))).is_empty()
+    assert turns.filter(
+        pl.col("role") != pl.when(pl.col("turn") % 2 == 0).then(pl.lit("user")).otherwise(pl.lit("assistant"))
+    ).is_empty()
 
 
 # -------------------------------------------------------------------------------- bad input
@@ -316,7 +361,11 @@ def _assert_good_kept(turns: pl.DataFrame, cid: str = "t:good") -> None:
 
 def test_malformed_json_line(tmp_path: Path) -> None:
     path = tmp_path / "chats.jsonl"
-    lines = [json.dumps(GOOD), '{"messages": [{"role": "user", "content": "hi"}', json.dumps({**GOOD, "id": "good2"})]
+    lines = [
+        json.dumps(GOOD),
+        '{"messages": [{"role": "user", "content": "hi"}',
+        json.dumps({**GOOD, "id": "good2"}),
+    ]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     turns, rejects, stats = read(path, "messages_jsonl", name="t")
     assert reject_rows(rejects) == [(f"{path}:2", "malformed_json")]
@@ -342,8 +391,13 @@ def test_unknown_role(tmp_path: Path) -> None:
     assert "'narrator'" in rejects["raw"][0] and "options.role_map" in rejects["raw"][0]
     _assert_good_kept(turns)
     # the fix the message suggests works
-    turns, rejects, _ = read(path, "conversations_json", name="t", options={"role_map": {"Narrator": "assistant"}})
-    assert rejects.is_empty() and turns.filter(pl.col("conversation_id") == "t:bad")["role"].to_list() == ["user", "assistant"]
+    turns, rejects, _ = read(
+        path, "conversations_json", name="t", options={"role_map": {"Narrator": "assistant"}}
+    )
+    assert rejects.is_empty() and turns.filter(pl.col("conversation_id") == "t:bad")["role"].to_list() == [
+        "user",
+        "assistant",
+    ]
 
 
 @pytest.mark.parametrize("content", ["", "   \n\t"])
@@ -373,7 +427,10 @@ def test_wrong_encoding_lines_rejected_good_lines_kept(tmp_path: Path) -> None:
     # with the right encoding both lines read
     turns, rejects, _ = read(path, "messages_jsonl", name="t", options={"encoding": "gbk"})
     assert rejects.is_empty()
-    assert turns.filter(pl.col("conversation_id") == "t:zh")["content"].to_list() == ["查询北京天气", "今日北京晴"]
+    assert turns.filter(pl.col("conversation_id") == "t:zh")["content"].to_list() == [
+        "查询北京天气",
+        "今日北京晴",
+    ]
 
 
 def test_wrong_encoding_in_json_document(tmp_path: Path) -> None:
@@ -394,11 +451,17 @@ def test_wrong_encoding_yaml_whole_file(tmp_path: Path) -> None:
 
 def test_unknown_encoding_name_is_a_params_error() -> None:
     with pytest.raises(ParamsError, match="unknown encoding 'utf-9'"):
-        validate_section("ingest", {"sources": [{"path": "x", "format": "csv", "options": {"encoding": "utf-9"}}]}, IngestParams)
+        validate_section(
+            "ingest",
+            {"sources": [{"path": "x", "format": "csv", "options": {"encoding": "utf-9"}}]},
+            IngestParams,
+        )
 
 
 def test_missing_source_path_names_source_and_key(tmp_path: Path) -> None:
-    params = IngestParams(sources=[{"path": "data/raw/nowhere.json", "format": "conversations_json", "name": "demo"}])
+    params = IngestParams(
+        sources=[{"path": "data/raw/nowhere.json", "format": "conversations_json", "name": "demo"}]
+    )
     with pytest.raises(IngestError) as err:
         ingest(params, base_dir=tmp_path)
     message = str(err.value)
@@ -408,16 +471,25 @@ def test_missing_source_path_names_source_and_key(tmp_path: Path) -> None:
 
 def test_optional_missing_source_is_counted(tmp_path: Path) -> None:
     _json_source(tmp_path, GOOD)
-    params = IngestParams(sources=[
-        {"path": "conversations.json", "format": "conversations_json", "name": "t"},
-        {"path": "feedback", "format": "feedback", "optional": True},
-    ])
+    params = IngestParams(
+        sources=[
+            {"path": "conversations.json", "format": "conversations_json", "name": "t"},
+            {"path": "feedback", "format": "feedback", "optional": True},
+        ]
+    )
     result = ingest(params, base_dir=tmp_path)
     _assert_good_kept(result.turns)
     metrics = result.metrics()
     assert metrics["missing_optional_sources"] == 1
-    assert metrics["sources"]["feedback"] == {"conversations": 0, "turns": 0, "rejects": 0, "files": 0, "missing": 1,
-                                              "same_role_merged_messages": 0, "same_role_dropped_conversations": 0}
+    assert metrics["sources"]["feedback"] == {
+        "conversations": 0,
+        "turns": 0,
+        "rejects": 0,
+        "files": 0,
+        "missing": 1,
+        "same_role_merged_messages": 0,
+        "same_role_dropped_conversations": 0,
+    }
 
 
 def test_unknown_format_lists_allowed_formats() -> None:
@@ -425,13 +497,27 @@ def test_unknown_format_lists_allowed_formats() -> None:
         validate_section("ingest", {"sources": [{"path": "x.jsonl", "format": "jsonlines"}]}, IngestParams)
     message = str(err.value)
     assert "ingest.sources.0.format" in message and "'jsonlines'" in message
-    for fmt in ("conversations_json", "messages_jsonl", "cornell", "dailydialog", "crosswoz", "csv", "tsv", "chatterbot_yaml", "feedback"):
+    for fmt in (
+        "conversations_json",
+        "messages_jsonl",
+        "cornell",
+        "dailydialog",
+        "crosswoz",
+        "csv",
+        "tsv",
+        "chatterbot_yaml",
+        "feedback",
+    ):
         assert fmt in message
 
 
 def test_duplicate_source_names_are_a_params_error() -> None:
     with pytest.raises(ParamsError, match="distinct `name`"):
-        validate_section("ingest", {"sources": [{"path": "a/x.csv", "format": "csv"}, {"path": "b/x.csv", "format": "csv"}]}, IngestParams)
+        validate_section(
+            "ingest",
+            {"sources": [{"path": "a/x.csv", "format": "csv"}, {"path": "b/x.csv", "format": "csv"}]},
+            IngestParams,
+        )
 
 
 def test_too_few_turns(tmp_path: Path) -> None:
@@ -443,25 +529,34 @@ def test_too_few_turns(tmp_path: Path) -> None:
         GOOD,
     )
     turns, rejects, _ = read(path, "conversations_json", name="t")
-    assert reject_rows(rejects) == [(f"{path}#one", "too_few_turns"), (f"{path}#users_only", "too_few_turns"),
-                                    (f"{path}#system_and_user", "too_few_turns")]
+    assert reject_rows(rejects) == [
+        (f"{path}#one", "too_few_turns"),
+        (f"{path}#users_only", "too_few_turns"),
+        (f"{path}#system_and_user", "too_few_turns"),
+    ]
     _assert_good_kept(turns)
     assert turns["conversation_id"].unique().to_list() == ["t:good"]
 
 
 def test_min_turns_param(tmp_path: Path) -> None:
-    path = _json_source(tmp_path, GOOD, _conv("four", ("user", "a"), ("assistant", "b"), ("user", "c"), ("assistant", "d")))
+    path = _json_source(
+        tmp_path, GOOD, _conv("four", ("user", "a"), ("assistant", "b"), ("user", "c"), ("assistant", "d"))
+    )
     turns, rejects, _ = read(path, "conversations_json", name="t", min_turns=3)
     assert reject_rows(rejects) == [(f"{path}#good", "too_few_turns")]
     assert turns["conversation_id"].unique().to_list() == ["t:four"]
 
 
 def test_same_role_merge_and_drop(tmp_path: Path) -> None:
-    runs = _conv("runs", ("user", "a"), ("user", "b"), ("assistant", "c"), ("assistant", "d"), ("assistant", "e"))
+    runs = _conv(
+        "runs", ("user", "a"), ("user", "b"), ("assistant", "c"), ("assistant", "d"), ("assistant", "e")
+    )
     path = _json_source(tmp_path, runs, GOOD)
     turns, rejects, stats = read(path, "conversations_json", name="t", merge_separator=" / ")
     assert rows(turns.filter(pl.col("conversation_id") == "t:runs")) == [
-        ("t:runs", 0, "user", "a / b", "en", None), ("t:runs", 1, "assistant", "c / d / e", "en", None)]
+        ("t:runs", 0, "user", "a / b", "en", None),
+        ("t:runs", 1, "assistant", "c / d / e", "en", None),
+    ]
     assert (stats.same_role_merged_messages, stats.same_role_dropped_conversations) == (3, 0)
     assert rejects.is_empty()
     turns, rejects, stats = read(path, "conversations_json", name="t", same_role="drop_conversation")
@@ -480,10 +575,15 @@ def test_misplaced_system_duplicate_id_and_unsupported_lang(tmp_path: Path) -> N
         _conv("cn", ("user", "hello"), ("assistant", "hi"), lang="zh-CN"),
     )
     turns, rejects, _ = read(path, "conversations_json", name="t")
-    assert reject_rows(rejects) == [(f"{path}#sys", "misplaced_system"), (f"{path}#good", "duplicate_id"),
-                                    (f"{path}#fr", "unsupported_lang")]
+    assert reject_rows(rejects) == [
+        (f"{path}#sys", "misplaced_system"),
+        (f"{path}#good", "duplicate_id"),
+        (f"{path}#fr", "unsupported_lang"),
+    ]
     _assert_good_kept(turns)
-    assert set(turns.filter(pl.col("conversation_id") == "t:cn")["lang"]) == {"zh"}  # zh-CN -> zh, declared wins
+    assert set(turns.filter(pl.col("conversation_id") == "t:cn")["lang"]) == {
+        "zh"
+    }  # zh-CN -> zh, declared wins
 
 
 def test_missing_messages_field(tmp_path: Path) -> None:
@@ -501,12 +601,14 @@ def test_limit_reads_at_most_n(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------------- whole stage + metrics
 def _all_fixture_params() -> IngestParams:
-    return IngestParams(sources=[
-        {"path": str(FIXTURES / "conversations.json"), "format": "conversations_json", "name": "demo"},
-        {"path": str(FIXTURES / "cornell"), "format": "cornell"},
-        {"path": str(FIXTURES / "crosswoz.json"), "format": "crosswoz"},
-        {"path": str(FIXTURES / "feedback"), "format": "feedback"},
-    ])
+    return IngestParams(
+        sources=[
+            {"path": str(FIXTURES / "conversations.json"), "format": "conversations_json", "name": "demo"},
+            {"path": str(FIXTURES / "cornell"), "format": "cornell"},
+            {"path": str(FIXTURES / "crosswoz.json"), "format": "crosswoz"},
+            {"path": str(FIXTURES / "feedback"), "format": "feedback"},
+        ]
+    )
 
 
 def test_ingest_metrics_and_sorted_unique_ids() -> None:
@@ -532,13 +634,25 @@ def test_two_runs_write_identical_parquet(tmp_path: Path) -> None:
 def _run_stage(cwd: Path, params_text: str) -> subprocess.CompletedProcess[str]:
     (cwd / "params.yaml").write_text(params_text, encoding="utf-8")
     return subprocess.run(
-        [sys.executable, str(ROOT / "stages" / "ingest.py"), "out/turns.parquet", "out/rejects.jsonl", "out/ingest.json"],
-        cwd=cwd, capture_output=True, text=True, timeout=120, check=False,
+        [
+            sys.executable,
+            str(ROOT / "stages" / "ingest.py"),
+            "out/turns.parquet",
+            "out/rejects.jsonl",
+            "out/ingest.json",
+        ],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 
 def test_stage_script_end_to_end(tmp_path: Path) -> None:
-    done = _run_stage(tmp_path, f"ingest:\n  sources:\n    - {{path: {FIXTURES / 'cornell'}, format: cornell}}\n")
+    done = _run_stage(
+        tmp_path, f"ingest:\n  sources:\n    - {{path: {FIXTURES / 'cornell'}, format: cornell}}\n"
+    )
     assert done.returncode == 0, done.stderr
     turns = pl.read_parquet(tmp_path / "out" / "turns.parquet")
     assert turns.height == 4 and turns.schema == pl.Schema(TURNS_SCHEMA)
@@ -551,8 +665,14 @@ def test_stage_script_end_to_end(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("params_text", "expected"),
     [
-        ("ingest:\n  sources: [{path: x.json, format: conversations_json}]\n  same_rol: merge\n", "ingest.same_rol: unknown key"),
-        ("ingest:\n  sources: [{path: x.json, format: conversations_json}]\n  min_turns: two\n", "ingest.min_turns = 'two'"),
+        (
+            "ingest:\n  sources: [{path: x.json, format: conversations_json}]\n  same_rol: merge\n",
+            "ingest.same_rol: unknown key",
+        ),
+        (
+            "ingest:\n  sources: [{path: x.json, format: conversations_json}]\n  min_turns: two\n",
+            "ingest.min_turns = 'two'",
+        ),
         ("ingest:\n  sources: [{path: x.json, format: json}]\n", "ingest.sources.0.format = 'json'"),
     ],
 )
@@ -565,7 +685,18 @@ def test_stage_script_bad_params(tmp_path: Path, params_text: str, expected: str
 
 
 def test_stage_script_missing_source(tmp_path: Path) -> None:
-    done = _run_stage(tmp_path, "ingest:\n  sources: [{path: data/raw/x.json, format: conversations_json, name: demo}]\n")
+    done = _run_stage(
+        tmp_path, "ingest:\n  sources: [{path: data/raw/x.json, format: conversations_json, name: demo}]\n"
+    )
     assert done.returncode == 1
     assert "data/raw/x.json" in done.stderr and "ingest.sources[0].path" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_xdailydialog_parallel_files_stay_aligned(shared_datasets: Path) -> None:
+    folder = shared_datasets / "xdailydialog"
+    zh, _, _ = read(folder / "parallel_1k_dialogues_text_Zh.txt", "dailydialog", name="p")
+    en, _, _ = read(folder / "parallel_1k_dialogues_text_En.txt", "dailydialog", name="p")
+    # same ids and turn structure line by line, so the pairs can serve as a translation reference
+    assert zh.select("conversation_id", "turn", "role").equals(en.select("conversation_id", "turn", "role"))
+    assert set(zh["lang"]) == {"zh"} and set(en["lang"]) == {"en"}

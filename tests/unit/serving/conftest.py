@@ -46,7 +46,10 @@ def serve_params(tiny_models: dict[str, Path], tmp_path: Path, repo_root: Path) 
         "variants": [{"name": "lm", "model": str(tiny_models["lm"]), "weight": 1.0, "backend": "torch"}],
         "database_url": f"sqlite:///{tmp_path / 'serve.db'}",
         "filter": {
-            "lexicons": [str(repo_root / "lexicons/sensitive/zh.txt"), str(repo_root / "lexicons/sensitive/en.txt")],
+            "lexicons": [
+                str(repo_root / "lexicons/sensitive/zh.txt"),
+                str(repo_root / "lexicons/sensitive/en.txt"),
+            ],
             "mode": "block",
         },
         "limits": {"max_messages": 4, "max_chars": 200, "max_tokens": 16, "default_max_tokens": 6},
@@ -73,7 +76,9 @@ def make_client(tiny_backends: dict[str, Any], keys_file: tuple[Path, str]):
     from chatforge.serving.config import ServeConfig
 
     def make(params: dict[str, Any], *, auth: bool = True) -> TestClient:
-        config = ServeConfig(params=ServeParams.model_validate(params), api_keys_file=keys_file[0], require_auth=auth)
+        config = ServeConfig(
+            params=ServeParams.model_validate(params), api_keys_file=keys_file[0], require_auth=auth
+        )
         names = {v["name"] for v in params["variants"]}
         client = TestClient(create_app(config, backends={n: tiny_backends[n] for n in names}))
         client.headers["Authorization"] = f"Bearer {keys_file[1]}"

@@ -33,8 +33,10 @@ def test_half_half_split_is_within_five_points_and_sticky():
 def test_weights_are_respected_and_salt_reshuffles():
     counts = Counter(assign_variant(u, [("old", 0.8), ("new", 0.2)], salt="s") for u in USERS)
     assert 750 <= counts["old"] <= 850 and counts["old"] + counts["new"] == 1000
-    moved = sum(assign_variant(u, [("a", 1), ("b", 1)], salt="s") != assign_variant(u, [("a", 1), ("b", 1)], salt="t")
-                for u in USERS)
+    moved = sum(
+        assign_variant(u, [("a", 1), ("b", 1)], salt="s") != assign_variant(u, [("a", 1), ("b", 1)], salt="t")
+        for u in USERS
+    )
     assert 400 <= moved <= 600  # a new salt is an independent split
     with pytest.raises(ValueError, match="positive sum"):
         assign_variant("u", [("a", 0.0)], salt="s")
@@ -65,30 +67,53 @@ def _seed(db_url: str, ratings: dict[str, tuple[int, int]]) -> None:
         for rating in [1] * positive + [-1] * negative + [None] * 5:  # 5 unrated requests each
             n += 1
             cid = f"chatcmpl-{n:05d}"
-            record_conversation(sessions, messages=[{"role": "user", "content": "hi"}], answer="hello", id=cid,
-                                variant=variant, model_fingerprint="f", lang="en", latency_ms=1.0, confidence=0.9,
-                                finish_reason="stop")
+            record_conversation(
+                sessions,
+                messages=[{"role": "user", "content": "hi"}],
+                answer="hello",
+                id=cid,
+                variant=variant,
+                model_fingerprint="f",
+                lang="en",
+                latency_ms=1.0,
+                confidence=0.9,
+                finish_reason="stop",
+            )
             if rating is not None:
                 record_feedback(sessions, conversation_id=cid, rating=rating)
 
 
 @pytest.mark.parametrize(
     ("ratings", "verdict"),
-    [({"base": (80, 120), "new": (120, 80)}, "new vs base: z = +4.00, p = 0.0001 -> SIGNIFICANT at alpha = 0.05"),
-     ({"base": (48, 52), "new": (52, 48)}, "new vs base: z = +0.57, p = 0.5716 -> not significant at alpha = 0.05")],
+    [
+        (
+            {"base": (80, 120), "new": (120, 80)},
+            "new vs base: z = +4.00, p = 0.0001 -> SIGNIFICANT at alpha = 0.05",
+        ),
+        (
+            {"base": (48, 52), "new": (52, 48)},
+            "new vs base: z = +0.57, p = 0.5716 -> not significant at alpha = 0.05",
+        ),
+    ],
 )
 def test_ab_report_command_on_seeded_feedback(tmp_path, repo_root, ratings, verdict):
     db = f"sqlite:///{tmp_path / 'ab.db'}"
     _seed(db, ratings)
     params = tmp_path / "params.yaml"
     params.write_text(
-        "serve:\n  variants:\n    - {name: base, model: models/a}\n    - {name: new, model: models/b}\n", encoding="utf-8"
+        "serve:\n  variants:\n    - {name: base, model: models/a}\n    - {name: new, model: models/b}\n",
+        encoding="utf-8",
     )
     result = CliRunner().invoke(app, ["ab", "report", "--params", str(params), "--database-url", db])
     assert result.exit_code == 0, result.output
     lines = result.output.strip().splitlines()
     pos_base, neg_base = ratings["base"]
-    assert lines[1].split()[:4] == ["base", str(pos_base + neg_base + 5), str(pos_base + neg_base), str(pos_base)]
+    assert lines[1].split()[:4] == [
+        "base",
+        str(pos_base + neg_base + 5),
+        str(pos_base + neg_base),
+        str(pos_base),
+    ]
     assert lines[-1] == verdict
 
 

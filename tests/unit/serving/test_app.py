@@ -24,14 +24,18 @@ def test_completion_has_the_openai_shape_and_is_stored(make_client, serve_params
     assert choice["finish_reason"] in {"stop", "length"}
     usage = body["usage"]
     assert usage["completion_tokens"] <= 6  # default_max_tokens
-    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"] and usage["prompt_tokens"] > 0
+    assert (
+        usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+        and usage["prompt_tokens"] > 0
+    )
     assert body["chatforge"]["variant"] == "lm" and 0.0 < body["chatforge"]["confidence"] <= 1.0
     service = client.app.state.service
     with service.sessions() as s:
         conv = s.get(Conversation, body["id"])
         assert conv.variant == "lm" and conv.user == "u1" and conv.lang == "en" and conv.latency_ms > 0
         assert [(m.role, m.content) for m in conv.messages] == [
-            ("user", HELLO[0]["content"]), ("assistant", choice["message"]["content"])
+            ("user", HELLO[0]["content"]),
+            ("assistant", choice["message"]["content"]),
         ]
 
 
@@ -58,11 +62,18 @@ def test_sampled_requests_are_not_cached_unless_configured(make_client, serve_pa
 def test_stream_sends_chunks_then_done_and_matches_the_plain_answer(make_client, serve_params):
     client = make_client(serve_params)
     plain = client.post("/v1/chat/completions", json={"model": "chatforge", "messages": HELLO}).json()
-    with client.stream("POST", "/v1/chat/completions", json={
-        "model": "chatforge", "messages": HELLO, "stream": True, "stream_options": {"include_usage": True},
-    }) as r:
+    with client.stream(
+        "POST",
+        "/v1/chat/completions",
+        json={
+            "model": "chatforge",
+            "messages": HELLO,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+    ) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
-        events = [line[len("data: "):] for line in r.iter_lines() if line.startswith("data: ")]
+        events = [line[len("data: ") :] for line in r.iter_lines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
     chunks = [json.loads(e) for e in events[:-1]]
     assert all(c["object"] == "chat.completion.chunk" for c in chunks)
@@ -81,10 +92,15 @@ def test_auth_errors_have_exact_status_and_message(make_client, serve_params):
     assert r.json()["error"] == {
         "message": "missing API key: send the header 'Authorization: Bearer <key>' "
         "(create a key with `chatforge keys add NAME`)",
-        "type": "invalid_request_error", "code": "missing_api_key", "param": None,
+        "type": "invalid_request_error",
+        "code": "missing_api_key",
+        "param": None,
     }
-    r = client.post("/v1/chat/completions", json={"model": "chatforge", "messages": HELLO},
-                    headers={"Authorization": "Bearer cf-not-a-key"})
+    r = client.post(
+        "/v1/chat/completions",
+        json={"model": "chatforge", "messages": HELLO},
+        headers={"Authorization": "Bearer cf-not-a-key"},
+    )
     assert r.status_code == 401
     assert r.json()["error"]["message"] == "invalid API key: it is not in this server's keys file"
     r = client.get("/metrics", headers={"Authorization": "Basic abc"})
@@ -107,18 +123,30 @@ def test_rate_limit_returns_429_with_retry_after(make_client, serve_params):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"messages": HELLO * 5}, "too many messages: 5 > 4 (serve.limits.max_messages); send a shorter history"),
-        ({"messages": [{"role": "user", "content": "x" * 201}]},
-         "messages too long: 201 characters > 200 (serve.limits.max_chars)"),
+        (
+            {"messages": HELLO * 5},
+            "too many messages: 5 > 4 (serve.limits.max_messages); send a shorter history",
+        ),
+        (
+            {"messages": [{"role": "user", "content": "x" * 201}]},
+            "messages too long: 201 characters > 200 (serve.limits.max_chars)",
+        ),
         ({"max_tokens": 17}, "max_tokens = 17 exceeds this server's limit of 16 (serve.limits.max_tokens)"),
-        ({"messages": [{"role": "system", "content": "hi"}]},
-         "messages must contain at least one message with role 'user'"),
+        (
+            {"messages": [{"role": "system", "content": "hi"}]},
+            "messages must contain at least one message with role 'user'",
+        ),
         ({"persona": "grumpy"}, "unknown persona 'grumpy'; valid personas: friendly, precise"),
         ({"model": "chatforge:grumpy"}, "unknown persona 'grumpy'; valid personas: friendly, precise"),
-        ({"messages": []}, "invalid request: messages: List should have at least 1 item after validation, not 0"),
+        (
+            {"messages": []},
+            "invalid request: messages: List should have at least 1 item after validation, not 0",
+        ),
         ({"temperature": 3}, "invalid request: temperature: Input should be less than or equal to 2"),
-        ({"messages": [{"role": "robot", "content": "hi"}]},
-         "invalid request: messages.0.role: Input should be 'system', 'user' or 'assistant'"),
+        (
+            {"messages": [{"role": "robot", "content": "hi"}]},
+            "invalid request: messages.0.role: Input should be 'system', 'user' or 'assistant'",
+        ),
         ({"stop": [""]}, "stop must be up to 4 non-empty strings"),
     ],
 )
@@ -137,14 +165,18 @@ def test_unknown_model_is_404_listing_models_and_bad_json_is_400(make_client, se
     assert r.json()["error"]["message"] == (
         "model 'gpt-4' not found; available models: chatforge, chatforge:friendly, chatforge:precise, lm"
     )
-    r = client.post("/v1/chat/completions", content=b"{not json", headers={"Content-Type": "application/json"})
+    r = client.post(
+        "/v1/chat/completions", content=b"{not json", headers={"Content-Type": "application/json"}
+    )
     assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
     assert client.get("/v1/nothing").status_code == 404
 
 
 def test_persona_sets_system_prompt_and_sampling(make_client, serve_params):
     client = make_client(serve_params)
-    body = client.post("/v1/chat/completions", json={"model": "chatforge:friendly", "messages": HELLO, "seed": 1}).json()
+    body = client.post(
+        "/v1/chat/completions", json={"model": "chatforge:friendly", "messages": HELLO, "seed": 1}
+    ).json()
     assert body["chatforge"]["persona"] == "friendly"
     with client.app.state.service.sessions() as s:
         conv = s.get(Conversation, body["id"])
@@ -157,8 +189,10 @@ def test_persona_sets_system_prompt_and_sampling(make_client, serve_params):
 
 def test_low_confidence_answers_become_the_fallback_in_the_users_language(make_client, serve_params):
     client = make_client(serve_params | {"confidence_threshold": 0.99})
-    zh = client.post("/v1/chat/completions", json={"model": "chatforge", "messages": [
-        {"role": "user", "content": "我的订单在哪里？"}]}).json()
+    zh = client.post(
+        "/v1/chat/completions",
+        json={"model": "chatforge", "messages": [{"role": "user", "content": "我的订单在哪里？"}]},
+    ).json()
     en = client.post("/v1/chat/completions", json={"model": "chatforge", "messages": HELLO}).json()
     assert zh["choices"][0]["message"]["content"] == "抱歉，我不太确定您的意思，能换个说法或联系人工客服吗？"
     assert en["choices"][0]["message"]["content"] == (
@@ -170,11 +204,15 @@ def test_low_confidence_answers_become_the_fallback_in_the_users_language(make_c
     assert 'chatforge_fallbacks_total{variant="lm"} 2.0' in client.get("/metrics").text
 
 
-def test_classifier_variant_answers_from_responses_with_calibrated_confidence(make_client, serve_params, tiny_backends):
+def test_classifier_variant_answers_from_responses_with_calibrated_confidence(
+    make_client, serve_params, tiny_backends
+):
     params = serve_params | {"variants": [{"name": "clf", "model": "unused", "weight": 1}]}
     client = make_client(params)
-    body = client.post("/v1/chat/completions", json={"model": "chatforge", "messages": [
-        {"role": "user", "content": "查询北京天气"}]}).json()
+    body = client.post(
+        "/v1/chat/completions",
+        json={"model": "chatforge", "messages": [{"role": "user", "content": "查询北京天气"}]},
+    ).json()
     backend = tiny_backends["clf"]
     expected = backend.answer([{"role": "user", "content": "查询北京天气"}], None, lang="zh")
     assert body["choices"][0]["message"]["content"] in {"今天北京晴，15-25℃。", "您的订单已发货。"}
@@ -203,8 +241,10 @@ def test_blocked_input_gets_the_blocked_message_and_is_never_cached(make_client,
 def test_mask_mode_stars_the_term_before_the_model_sees_it(make_client, serve_params):
     params = serve_params | {"filter": serve_params["filter"] | {"mode": "mask"}}
     client = make_client(params)
-    body = client.post("/v1/chat/completions", json={"model": "chatforge", "messages": [
-        {"role": "user", "content": "this SHIT order is late"}]}).json()
+    body = client.post(
+        "/v1/chat/completions",
+        json={"model": "chatforge", "messages": [{"role": "user", "content": "this SHIT order is late"}]},
+    ).json()
     assert body["chatforge"]["filter"] == "masked"
     with client.app.state.service.sessions() as s:
         assert s.get(Conversation, body["id"]).messages[0].content == "this **** order is late"
@@ -213,7 +253,9 @@ def test_mask_mode_stars_the_term_before_the_model_sees_it(make_client, serve_pa
 def test_feedback_is_stored_and_unknown_ids_are_404(make_client, serve_params):
     client = make_client(serve_params)
     cid = client.post("/v1/chat/completions", json={"model": "chatforge", "messages": HELLO}).json()["id"]
-    r = client.post("/v1/feedback", json={"completion_id": cid, "rating": -1, "correction": "It ships tomorrow."})
+    r = client.post(
+        "/v1/feedback", json={"completion_id": cid, "rating": -1, "correction": "It ships tomorrow."}
+    )
     assert r.status_code == 200 and r.json()["completion_id"] == cid
     with client.app.state.service.sessions() as s:
         row = s.scalars(select(Feedback)).one()
@@ -230,15 +272,20 @@ def test_feedback_is_stored_and_unknown_ids_are_404(make_client, serve_params):
 
 
 def test_pinned_variant_and_ab_split_are_recorded(make_client, serve_params, tiny_models):
-    params = serve_params | {"variants": [
-        {"name": "lm", "model": "x", "weight": 1}, {"name": "clf", "model": "y", "weight": 1}]}
+    params = serve_params | {
+        "variants": [{"name": "lm", "model": "x", "weight": 1}, {"name": "clf", "model": "y", "weight": 1}]
+    }
     client = make_client(params)
     seen = set()
     for i in range(12):
-        body = client.post("/v1/chat/completions", json={"model": "chatforge", "messages": HELLO, "user": f"u{i}"}).json()
+        body = client.post(
+            "/v1/chat/completions", json={"model": "chatforge", "messages": HELLO, "user": f"u{i}"}
+        ).json()
         seen.add(body["chatforge"]["variant"])
     assert seen == {"lm", "clf"}
-    pinned = client.post("/v1/chat/completions", json={"model": "clf", "messages": HELLO, "user": "u0"}).json()
+    pinned = client.post(
+        "/v1/chat/completions", json={"model": "clf", "messages": HELLO, "user": "u0"}
+    ).json()
     assert pinned["chatforge"]["variant"] == "clf" and pinned["model"] == "clf"
 
 

@@ -6,16 +6,25 @@ import socket
 
 from chatforge.serving.cache import LRUCache, RedisCache, cache_key
 
-BASE = dict(fingerprint="torch:abc", messages=[{"role": "user", "content": "hi"}],
-            sampling={"temperature": 0.0, "max_new_tokens": 8}, persona=None, filter_version="v1")
+BASE = {
+    "fingerprint": "torch:abc",
+    "messages": [{"role": "user", "content": "hi"}],
+    "sampling": {"temperature": 0.0, "max_new_tokens": 8},
+    "persona": None,
+    "filter_version": "v1",
+}
 
 
 def test_key_changes_with_every_part_and_only_then():
     key = cache_key(**BASE)
     assert key == cache_key(**dict(BASE, sampling={"max_new_tokens": 8, "temperature": 0.0}))  # order-free
-    for change in ({"fingerprint": "torch:abd"}, {"messages": [{"role": "user", "content": "hi!"}]},
-                   {"sampling": {"temperature": 0.0, "max_new_tokens": 9}}, {"persona": "friendly"},
-                   {"filter_version": "v2"}):
+    for change in (
+        {"fingerprint": "torch:abd"},
+        {"messages": [{"role": "user", "content": "hi!"}]},
+        {"sampling": {"temperature": 0.0, "max_new_tokens": 9}},
+        {"persona": "friendly"},
+        {"filter_version": "v2"},
+    ):
         assert cache_key(**(BASE | change)) != key, change
 
 
@@ -40,8 +49,14 @@ def _free_port() -> int:
 def test_unreachable_redis_degrades_to_misses_and_reports_once_per_pause(caplog):
     errors: list[str] = []
     now = [0.0]
-    cache = RedisCache(f"redis://127.0.0.1:{_free_port()}/0", ttl_s=5, retry_after_s=30, timeout_s=0.2,
-                       on_error=errors.append, clock=lambda: now[0])
+    cache = RedisCache(
+        f"redis://127.0.0.1:{_free_port()}/0",
+        ttl_s=5,
+        retry_after_s=30,
+        timeout_s=0.2,
+        on_error=errors.append,
+        clock=lambda: now[0],
+    )
     assert cache.get("k") is None
     cache.set("k", {"v": 1})  # skipped: Redis is marked down for 30 s
     assert errors == ["get"] and not cache.available

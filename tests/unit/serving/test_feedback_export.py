@@ -14,7 +14,14 @@ MSGS = [{"role": "user", "content": "where is my order?"}]
 
 
 def _conv(sessions, cid: str, **extra) -> None:
-    fields = dict(variant="a", model_fingerprint="f", lang="en", latency_ms=1.0, confidence=0.9, finish_reason="stop")
+    fields = {
+        "variant": "a",
+        "model_fingerprint": "f",
+        "lang": "en",
+        "latency_ms": 1.0,
+        "confidence": 0.9,
+        "finish_reason": "stop",
+    }
     record_conversation(sessions, messages=MSGS, answer="It shipped.", id=cid, **(fields | extra))
 
 
@@ -36,7 +43,11 @@ def test_positive_and_corrected_conversations_are_exported(tmp_path):
     assert [r["id"] for r in rows] == ["c1", "c3"]
     assert rows[0]["messages"] == [*MSGS, {"role": "assistant", "content": "It shipped."}]
     assert rows[1]["messages"][-1] == {"role": "assistant", "content": "It arrives tomorrow."}
-    assert {k: rows[0][k] for k in ("intent", "lang", "rating")} == {"intent": None, "lang": "en", "rating": 1}
+    assert {k: rows[0][k] for k in ("intent", "lang", "rating")} == {
+        "intent": None,
+        "lang": "en",
+        "rating": 1,
+    }
     assert rows[0]["created_at"].endswith("Z")
 
 

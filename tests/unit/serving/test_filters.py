@@ -107,7 +107,9 @@ INNOCENT_ZH = [
 
 def test_normal_customer_service_sentences_pass(shipped: SensitiveFilter):
     assert len(INNOCENT_EN) >= 30 and len(INNOCENT_ZH) >= 30
-    flagged = [(t, shipped.apply(t).terms) for t in INNOCENT_EN + INNOCENT_ZH if shipped.apply(t).action != "none"]
+    flagged = [
+        (t, shipped.apply(t).terms) for t in INNOCENT_EN + INNOCENT_ZH if shipped.apply(t).action != "none"
+    ]
     assert flagged == []
 
 

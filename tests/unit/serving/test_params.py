@@ -24,7 +24,10 @@ def test_shipped_params_validate(repo_root):
         ({"variants": VARIANTS * 2}, "variant names must be unique; repeated: ['a']"),
         ({"fallback": {"zh": "x"}}, "fallback needs both 'zh' and 'en'"),
         ({"filter": {"mode": "drop"}}, "serve.filter.mode = 'drop'"),
-        ({"limits": {"max_tokens": 8, "default_max_tokens": 9}}, "default_max_tokens (9) must not exceed max_tokens (8)"),
+        (
+            {"limits": {"max_tokens": 8, "default_max_tokens": 9}},
+            "default_max_tokens (9) must not exceed max_tokens (8)",
+        ),
         ({"cache": {"ttl": 3}}, "serve.cache.ttl: unknown key"),
         ({"variants": []}, "serve.variants"),
     ],
@@ -36,6 +39,9 @@ def test_bad_values_are_named(raw, needle):
 
 
 def test_numeric_strings_are_coerced():
-    p = validate_section("serve", {"variants": VARIANTS, "confidence_threshold": "0.5",
-                                   "rate_limit": {"burst": "3"}}, ServeParams)
+    p = validate_section(
+        "serve",
+        {"variants": VARIANTS, "confidence_threshold": "0.5", "rate_limit": {"burst": "3"}},
+        ServeParams,
+    )
     assert (p.confidence_threshold, p.rate_limit.burst) == (0.5, 3)

@@ -1,0 +1,249 @@
+"""Bounded load test of `chatforge serve` on loopback: cache misses and cache hits measured apart.
+
+Serves the default build (params.yaml serve.variants, e.g. the int8 ONNX folder) when it exists,
+else a tiny random model (said in the output), in a real `chatforge serve` subprocess. N concurrent
+clients (httpx.AsyncClient) send requests for a fixed duration:
+  - miss phase: every request is new (unique text), so each one runs the model;
+  - hit phase: requests cycle over a few already answered prompts, so each one is a cache hit.
+Baseline, in the same run: the same model called directly in-process (no HTTP, no cache, one at a
+time), the ceiling a single instance could reach on misses. Prints rps, p50/p99 latency, errors and
+the ratios; saves reports/bench/serve.json.
+
+    python bench/serve.py [--clients 8] [--seconds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "reports" / "bench" / "serve.json"
+MAX_TOKENS = 16
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def summary(latencies: list[float], errors: int, seconds: float, hits: int, misses: int) -> dict[str, float]:
+    return {
+        "requests": len(latencies) + errors,
+        "ok": len(latencies),
+        "errors": errors,
+        "rps": round(len(latencies) / seconds, 2),
+        "p50_ms": round(percentile(latencies, 0.5) * 1000, 2),
+        "p99_ms": round(percentile(latencies, 0.99) * 1000, 2),
+        "cache_hits": hits,
+        "cache_misses": misses,
+    }
+
+
+async def load(url: str, key: str, *, clients: int, seconds: float, prompt) -> dict[str, float]:
+    latencies: list[float] = []
+    errors = hits = misses = 0
+    counter = 0
+    deadline = time.perf_counter() + seconds
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        nonlocal errors, hits, misses, counter
+        while time.perf_counter() < deadline:
+            counter += 1
+            body = {
+                "model": "chatforge",
+                "messages": [{"role": "user", "content": prompt(counter)}],
+                "max_tokens": MAX_TOKENS,
+                "user": f"bench-{counter % 97}",
+            }
+            started = time.perf_counter()
+            try:
+                r = await client.post(f"{url}/v1/chat/completions", json=body)
+            except httpx.HTTPError:
+                errors += 1
+                continue
+            if r.status_code != 200:
+                errors += 1
+                continue
+            latencies.append(time.perf_counter() - started)
+            if r.json()["chatforge"]["cached"]:
+                hits += 1
+            else:
+                misses += 1
+
+    limits = httpx.Limits(max_connections=clients)
+    async with httpx.AsyncClient(
+        headers={"Authorization": f"Bearer {key}"}, timeout=120, limits=limits
+    ) as client:
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(client) for _ in range(clients)))
+        elapsed = time.perf_counter() - started
+    return summary(latencies, errors, elapsed, hits, misses)
+
+
+def direct_baseline(model: str, backend: str, seconds: float) -> dict[str, float]:
+    from chatforge.modeling.generate import GenerationConfig
+    from chatforge.serving.backends import open_backend
+
+    model_backend = open_backend(model, backend=backend)
+    config = GenerationConfig(max_new_tokens=MAX_TOKENS)
+    latencies: list[float] = []
+    deadline = time.perf_counter() + seconds
+    i = 0
+    while time.perf_counter() < deadline:
+        i += 1
+        started = time.perf_counter()
+        model_backend.answer(
+            [{"role": "user", "content": f"baseline question {i}: where is my order?"}], config, lang="en"
+        )
+        latencies.append(time.perf_counter() - started)
+    return summary(latencies, 0, sum(latencies), 0, len(latencies))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads for the server and the baseline"
+    )
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    sys.path.insert(0, str(ROOT / "src"))
+    from chatforge.io import write_json
+    from chatforge.serving.auth import add_key
+
+    serve = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))["serve"]
+    work = Path(tempfile.mkdtemp(prefix="chatforge-bench-"))
+    variant = serve["variants"][0]
+    model_path = ROOT / variant["model"]
+    if model_path.is_dir():
+        model_desc = f"default build {variant['model']} (variant {variant['name']}, backend {variant.get('backend', 'auto')})"
+    else:
+        from chatforge.serving.tiny import build_tiny_causal_lm
+
+        model_path = build_tiny_causal_lm(work / "tiny")
+        variant = {"name": "tiny", "model": str(model_path), "backend": "torch"}
+        model_desc = f"TINY random model (2 layers, 64 dims): the default build {serve['variants'][0]['model']} is absent"
+    serve["variants"] = [variant | {"model": str(model_path)}]
+    serve["database_url"] = f"sqlite:///{work / 'bench.db'}"
+    serve["redis_url"] = None
+    serve["confidence_threshold"] = 0.0  # measure the model path, not how often the fallback shows
+    serve["rate_limit"] = {"requests_per_minute": 10_000_000, "burst": 1_000_000}
+    serve["filter"]["lexicons"] = [str(ROOT / p) for p in serve["filter"]["lexicons"]]
+    (work / "params.yaml").write_text(yaml.safe_dump({"serve": serve}, allow_unicode=True), encoding="utf-8")
+    _, key = add_key(work / "keys.json", name="bench")
+
+    print(f"model: {model_desc}")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server_log = (work / "server.log").open("w")
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "chatforge.cli",
+            "serve",
+            "--params",
+            str(work / "params.yaml"),
+            "--keys",
+            str(work / "keys.json"),
+            "--port",
+            str(port),
+            "--threads",
+            str(args.threads),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=server_log,
+    )
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        else:
+            raise SystemExit(f"server did not start; see {work / 'server.log'}")
+        warm = [f"hit prompt {i}: can I change my delivery address?" for i in range(8)]
+        for text in warm:  # answer each once so the hit phase only sees hits
+            httpx.post(
+                f"{url}/v1/chat/completions",
+                headers={"Authorization": f"Bearer {key}"},
+                timeout=120,
+                json={
+                    "model": "chatforge",
+                    "messages": [{"role": "user", "content": text}],
+                    "max_tokens": MAX_TOKENS,
+                },
+            )
+        miss = asyncio.run(
+            load(
+                url,
+                key,
+                clients=args.clients,
+                seconds=args.seconds,
+                prompt=lambda i: f"miss prompt {i} {time.time_ns()}: where is my order?",
+            )
+        )
+        hit = asyncio.run(
+            load(url, key, clients=args.clients, seconds=args.seconds, prompt=lambda i: warm[i % len(warm)])
+        )
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        server_log.close()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    baseline = direct_baseline(str(model_path), variant.get("backend", "auto"), args.seconds)
+
+    result = {
+        "model": model_desc,
+        "clients": args.clients,
+        "seconds_per_phase": args.seconds,
+        "max_tokens": MAX_TOKENS,
+        "torch_threads": args.threads,
+        "cpu_count": os.cpu_count(),
+        "miss": miss,
+        "hit": hit,
+        "baseline_direct_generation": baseline,
+        "ratio_miss_rps_vs_direct": round(miss["rps"] / baseline["rps"], 3) if baseline["rps"] else None,
+        "ratio_hit_rps_vs_miss": round(hit["rps"] / miss["rps"], 3) if miss["rps"] else None,
+        "errors_total": miss["errors"] + hit["errors"],
+    }
+    for name in ("miss", "hit", "baseline_direct_generation"):
+        r = result[name]
+        print(
+            f"{name:>28}: {r['rps']:8.1f} rps  p50 {r['p50_ms']:8.1f} ms  p99 {r['p99_ms']:8.1f} ms  "
+            f"errors {r['errors']}  hits {r['cache_hits']}  misses {r['cache_misses']}"
+        )
+    print(
+        f"service misses / direct generation: {result['ratio_miss_rps_vs_direct']}x; "
+        f"hits / misses: {result['ratio_hit_rps_vs_miss']}x; errors: {result['errors_total']} (target 0)"
+    )
+    write_json(result, OUT)
+    print(f"saved {OUT.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""Distil the teacher into a smaller student (every k-th layer, KL at temperature + hard labels).
+
+`dvc repro distill`. Writes the student folder and reports/distill.json: teacher and student
+quality on val, their ratio (retention), parameters, size and latency. With distill.enforce true the
+stage fails when retention < distill.min_retention (the number is recorded either way).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from chatforge.io import atomic_path, setup_logging, write_json
+from chatforge.params import ParamsError, load_section
+
+
+def main(
+    teacher_dir: Annotated[Path, typer.Argument(help="Teacher model folder (models/teacher).")],
+    train_data: Annotated[Path, typer.Argument(help="Train turns parquet.")],
+    val_data: Annotated[Path, typer.Argument(help="Val turns parquet.")],
+    out_dir: Annotated[Path, typer.Argument(help="Student folder to publish (models/student).")],
+    metrics_path: Annotated[Path, typer.Argument(help="Metrics JSON (reports/distill.json).")],
+) -> None:
+    import polars as pl
+
+    from chatforge.modeling.distill import CompressError, distill, open_source
+
+    try:
+        params = load_section("distill")
+        open_source(teacher_dir, key="distill (teacher folder)")
+    except (ParamsError, CompressError) as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(code=2) from None
+    log = setup_logging("distill")
+    try:
+        outcome = distill(teacher_dir, pl.read_parquet(train_data), pl.read_parquet(val_data), params=params)
+    except CompressError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(code=2) from None
+
+    from chatforge.modeling.manifest import read_manifest, write_manifest
+
+    parent = read_manifest(teacher_dir)
+    with atomic_path(out_dir) as tmp:
+        outcome.model.save_pretrained(tmp)
+        outcome.tokenizer.save_pretrained(tmp)
+        if (teacher_dir / "responses.json").exists():
+            (tmp / "responses.json").write_bytes((teacher_dir / "responses.json").read_bytes())
+        details = {**parent.details, "distill": {k: outcome.metrics[k] for k in ("retention", "retention_metric", "student_layers_from_teacher")}}
+        write_manifest(tmp, parent.model_copy(update={"variant": "student", "parent": str(teacher_dir), "details": details}))
+    write_json(outcome.metrics, metrics_path)
+    log.info("student: %s retention %.3f (min %.2f)", outcome.metrics["retention_metric"], outcome.metrics["retention"], params.min_retention)
+    if params.enforce and not outcome.passed:
+        typer.echo(f"distill gate failed: retention {outcome.metrics['retention']:.3f} < distill.min_retention {params.min_retention}. "
+                   "Train longer (distill.steps), keep more layers (distill.student_layers) or lower the gate.", err=True)
+        raise typer.Exit(code=1)
+
+
+if __name__ == "__main__":
+    typer.run(main)

@@ -1,0 +1,61 @@
+"""Prune the model chosen by prune.source: fewer MLP channels and attention heads, then recover.
+
+`dvc repro prune`. Structural pruning with torch-pruning (ratio and criterion from params), optional
+magnitude zeroing below prune.magnitude_threshold (reported as sparsity: a dense file does not
+shrink from it), a short recovery fine-tune. Writes an ordinary transformers folder (models/pruned)
+and reports/prune.json with parameters, size, quality and latency before and after.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from chatforge.io import atomic_path, setup_logging, write_json
+from chatforge.params import ParamsError, load_section
+
+
+def main(
+    source_dir: Annotated[Path, typer.Argument(help="Model folder chosen by prune.source (models/<source>).")],
+    train_data: Annotated[Path, typer.Argument(help="Train turns parquet (recovery fine-tune).")],
+    val_data: Annotated[Path, typer.Argument(help="Val turns parquet (quality before/after).")],
+    out_dir: Annotated[Path, typer.Argument(help="Pruned folder to publish (models/pruned).")],
+    metrics_path: Annotated[Path, typer.Argument(help="Metrics JSON (reports/prune.json).")],
+) -> None:
+    import polars as pl
+
+    from chatforge.compress.prune import prune
+    from chatforge.modeling.distill import CompressError, open_source
+
+    try:
+        params = load_section("prune")
+        open_source(source_dir, key="prune.source")
+    except (ParamsError, CompressError) as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(code=2) from None
+    log = setup_logging("prune")
+    try:
+        outcome = prune(source_dir, pl.read_parquet(train_data), pl.read_parquet(val_data), params=params)
+    except CompressError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(code=2) from None
+
+    from chatforge.modeling.manifest import read_manifest, write_manifest
+
+    parent = read_manifest(source_dir)
+    with atomic_path(out_dir) as tmp:
+        outcome.model.save_pretrained(tmp)
+        outcome.tokenizer.save_pretrained(tmp)
+        if (source_dir / "responses.json").exists():
+            (tmp / "responses.json").write_bytes((source_dir / "responses.json").read_bytes())
+        details = {**parent.details, "prune": {k: outcome.metrics[k] for k in ("ratio", "criterion", "params_reduction", "magnitude_sparsity")}}
+        write_manifest(tmp, parent.model_copy(update={"variant": "pruned", "parent": str(source_dir), "details": details}))
+    write_json(outcome.metrics, metrics_path)
+    log.info("pruned %s: params -%.1f%%, sparsity %.1f%%", source_dir, 100 * outcome.metrics["params_reduction"],
+             100 * outcome.metrics["magnitude_sparsity"])
+
+
+if __name__ == "__main__":
+    typer.run(main)

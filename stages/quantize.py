@@ -1,0 +1,55 @@
+"""Export the model chosen by quantize.source to ONNX (with past key/values) and quantize it to INT8.
+
+`dvc repro quantize`. Writes models/onnx (model.onnx, model.int8.onnx, tokenizer, config, manifest;
+`load_generator` picks the INT8 file) and reports/quantize.json: file sizes and their ratio, top-1
+agreement of INT8 with float on teacher-forced test conversations, greedy-decode equality (INT8 vs
+float, and ONNX float vs torch), BLEU float vs INT8, or accuracy drop for a classifier.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from chatforge.io import atomic_path, setup_logging, write_json
+from chatforge.params import ParamsError, load_section
+
+
+def main(
+    source_dir: Annotated[Path, typer.Argument(help="Model folder chosen by quantize.source (models/<source>).")],
+    test_data: Annotated[Path, typer.Argument(help="Test turns parquet (parity and quality checks).")],
+    out_dir: Annotated[Path, typer.Argument(help="ONNX folder to publish (models/onnx).")],
+    metrics_path: Annotated[Path, typer.Argument(help="Metrics JSON (reports/quantize.json).")],
+) -> None:
+    import polars as pl
+
+    from chatforge.compress.onnx_export import ExportError
+    from chatforge.compress.quantize import build_onnx_folder
+    from chatforge.modeling.distill import CompressError, open_source
+
+    try:
+        params = load_section("quantize")
+        open_source(source_dir, key="quantize.source")
+    except (ParamsError, CompressError) as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(code=2) from None
+    log = setup_logging("quantize")
+    try:
+        with atomic_path(out_dir) as tmp:
+            metrics = build_onnx_folder(source_dir, tmp, pl.read_parquet(test_data), params=params)
+    except (CompressError, ExportError) as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(code=2) from None
+    write_json(metrics, metrics_path)
+    log.info("int8 %.1f MB = %.1f%% of float; top-1 agreement %.3f", metrics["int8_mb"], 100 * metrics["size_ratio"],
+             metrics["top1_agreement"])
+    if params.enforce and not metrics["gate_ok"]:
+        typer.echo(f"quantize gate failed: size ratio {metrics['size_ratio']:.3f} (max {params.max_size_ratio}), top-1 agreement "
+                   f"{metrics['top1_agreement']:.3f} (min {params.min_top1_agreement}). Try quantize.block_size 16/32 or keep_float.", err=True)
+        raise typer.Exit(code=1)
+
+
+if __name__ == "__main__":
+    typer.run(main)

@@ -1,0 +1,125 @@
+"""The shared generation path: decoding rules, streaming, and torch/ONNX parity on a tiny model."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from chatforge.modeling.generate import Generation, GenerationConfig, choose_token, load_generator
+
+torch.set_num_threads(1)
+USER = [{"role": "user", "content": "查询北京天气"}]
+PROMPTS = [USER, [{"role": "user", "content": "book a flight to Shanghai please"}],
+           [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}]]
+
+
+@pytest.fixture(scope="module")
+def onnx_lm(tiny_causal_lm: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from chatforge.compress.onnx_export import export_causal_lm, load_for_export
+
+    folder = tmp_path_factory.mktemp("gen") / "lm"
+    shutil.copytree(tiny_causal_lm, folder)
+    model, _ = load_for_export(folder)
+    export_causal_lm(model, folder / "model.onnx")
+    return folder
+
+
+def test_greedy_is_deterministic_and_picks_argmax(tiny_causal_lm: Path) -> None:
+    gen = load_generator(tiny_causal_lm, backend="torch")
+    a = gen.generate(USER, GenerationConfig(max_new_tokens=12))
+    b = gen.generate(USER, GenerationConfig(max_new_tokens=12))
+    assert a == b and len(a.token_ids) == 12 and a.finish_reason == "length"
+    # the first token is the argmax of the model's next-token logits after the chat prompt
+    ids = gen.prompt_ids(USER)
+    with torch.no_grad():
+        logits = gen.model(input_ids=torch.tensor([ids])).logits[0, -1]
+    assert a.token_ids[0] == int(logits.argmax())
+    assert a.token_logprobs[0] == pytest.approx(float(torch.log_softmax(logits.double(), -1).max()), abs=1e-5)
+    assert a.confidence == pytest.approx(math.exp(sum(a.token_logprobs) / 12))
+
+
+def test_sampling_is_reproducible_with_a_seed(tiny_causal_lm: Path) -> None:
+    gen = load_generator(tiny_causal_lm, backend="torch")
+    cfg = GenerationConfig(max_new_tokens=16, temperature=1.0, top_p=0.9, seed=7)
+    a, b = gen.generate(USER, cfg), gen.generate(USER, cfg)
+    c = gen.generate(USER, GenerationConfig(max_new_tokens=16, temperature=1.0, top_p=0.9, seed=8))
+    assert a == b
+    assert a.token_ids != c.token_ids
+
+
+def test_top_p_keeps_only_the_nucleus() -> None:
+    logits = np.log(np.array([0.5, 0.3, 0.15, 0.05]))
+    rng = np.random.default_rng(0)
+    picks = {choose_token(logits, GenerationConfig(temperature=1.0, top_p=0.7), rng)[0] for _ in range(300)}
+    assert picks == {0, 1}  # 0.5 + 0.3 reaches 0.7; tokens 2 and 3 are never sampled
+    token, logprob = choose_token(logits, GenerationConfig(), rng)
+    assert token == 0 and logprob == pytest.approx(math.log(0.5))
+
+
+def test_stop_strings_cut_the_text(tiny_causal_lm: Path) -> None:
+    gen = load_generator(tiny_causal_lm, backend="torch")
+    cfg = GenerationConfig(max_new_tokens=24, temperature=1.0, seed=3)
+    full = gen.generate(USER, cfg)
+    assert len(full.text) > 6
+    stop = full.text[4:6]
+    cut = gen.generate(USER, GenerationConfig(max_new_tokens=24, temperature=1.0, seed=3, stop_strings=(stop,)))
+    assert cut.finish_reason == "stop"
+    assert cut.text == full.text[: full.text.find(stop)]
+    assert stop not in cut.text
+
+
+def test_eos_stops_generation(tiny_causal_lm: Path) -> None:
+    gen = load_generator(tiny_causal_lm, backend="torch")
+    first = gen.generate(USER, GenerationConfig(max_new_tokens=1)).token_ids[0]
+    gen.eos_ids = {first}  # make the model's first greedy token the end of turn
+    out = gen.generate(USER, GenerationConfig(max_new_tokens=10))
+    assert out.finish_reason == "stop" and out.token_ids == [] and out.text == "" and out.confidence == 0.0
+
+
+@pytest.mark.parametrize("stop", [(), ("\n\n",)])
+def test_stream_deltas_join_to_the_full_text(tiny_causal_lm: Path, stop: tuple[str, ...]) -> None:
+    gen = load_generator(tiny_causal_lm, backend="torch")
+    cfg = GenerationConfig(max_new_tokens=20, temperature=1.2, seed=11, stop_strings=stop)
+    deltas = list(gen.stream(USER, cfg))
+    assert gen.last is not None
+    assert "".join(deltas) == gen.last.text == gen.generate(USER, cfg).text
+    assert all(deltas)
+
+
+def test_onnx_greedy_equals_torch_token_for_token(tiny_causal_lm: Path, onnx_lm: Path) -> None:
+    torch_gen = load_generator(tiny_causal_lm, backend="torch")
+    onnx_gen = load_generator(onnx_lm, backend="onnx")
+    for prompt in PROMPTS:
+        for cfg in (GenerationConfig(max_new_tokens=24), GenerationConfig(max_new_tokens=24, temperature=0.8, seed=5)):
+            a, b = torch_gen.generate(prompt, cfg), onnx_gen.generate(prompt, cfg)
+            assert a.token_ids == b.token_ids
+            np.testing.assert_allclose(a.token_logprobs, b.token_logprobs, atol=1e-4)
+
+
+def test_auto_backend_prefers_onnx_and_fingerprints_differ(tiny_causal_lm: Path, onnx_lm: Path) -> None:
+    assert load_generator(onnx_lm).fingerprint.startswith("onnx:")
+    assert load_generator(tiny_causal_lm).fingerprint.startswith("torch:")
+    assert isinstance(load_generator(onnx_lm).generate(USER, GenerationConfig(max_new_tokens=2)), Generation)
+
+
+def test_bad_folders_are_clear_errors(tiny_classifier: Path, tiny_causal_lm: Path, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_generator(tmp_path / "missing")
+    with pytest.raises(ValueError, match="classifier model cannot generate"):
+        load_generator(tiny_classifier)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="not a model folder"):
+        load_generator(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="model.int8.onnx: missing"):
+        load_generator(tiny_causal_lm, backend="onnx_int8")
+    with pytest.raises(ValueError, match="top_p"):
+        GenerationConfig(top_p=0.0)
+    with pytest.raises(ValueError, match="messages is empty"):
+        load_generator(tiny_causal_lm, backend="torch").generate([], GenerationConfig())
+    assert json.loads((tiny_causal_lm / "chatforge.json").read_text())["family"] == "causal_lm"
