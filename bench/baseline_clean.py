@@ -186,7 +186,9 @@ class BaselineCleaner:
                 counts["masked_id_number"] += any_id
                 counts["masked_card"] += any_card
             if "phone" in kinds:
-                text = step("masked_phone", self.phone.sub(r"\1<PHONE>\2", self.phone.sub(r"\1<PHONE>\2", text)), text)
+                text = step(
+                    "masked_phone", self.phone.sub(r"\1<PHONE>\2", self.phone.sub(r"\1<PHONE>\2", text)), text
+                )
             conversations.setdefault(row["conversation_id"], []).append({**row, "content": text})
 
         counts["conversations_in"] = len(conversations)
@@ -215,8 +217,18 @@ class BaselineCleaner:
                     continue
                 near.add(folded)
             kept.extend(turns)
-        counts["rows_out"], counts["conversations_out"] = len(kept), len(conversations) - sum(
-            counts[k] for k in ("dropped_empty", "dropped_length", "dropped_exact_duplicate", "dropped_near_duplicate")
+        counts["rows_out"], counts["conversations_out"] = (
+            len(kept),
+            len(conversations)
+            - sum(
+                counts[k]
+                for k in (
+                    "dropped_empty",
+                    "dropped_length",
+                    "dropped_exact_duplicate",
+                    "dropped_near_duplicate",
+                )
+            ),
         )
         return kept, counts
 
@@ -227,9 +239,17 @@ def read_conversations_json(path: Path | str, *, source: str = "demo") -> list[R
     rows: list[Row] = []
     for conv in data["conversations"]:
         for turn, message in enumerate(conv["messages"]):
-            rows.append({
-                "conversation_id": f"{source}:{conv['id']}", "turn": turn, "role": message["role"],
-                "content": message["content"], "lang": conv.get("lang"), "intent": conv.get("intent"),
-                "source": source, "origin_id": None, "method": "original",
-            })
+            rows.append(
+                {
+                    "conversation_id": f"{source}:{conv['id']}",
+                    "turn": turn,
+                    "role": message["role"],
+                    "content": message["content"],
+                    "lang": conv.get("lang"),
+                    "intent": conv.get("intent"),
+                    "source": source,
+                    "origin_id": None,
+                    "method": "original",
+                }
+            )
     return rows

@@ -44,8 +44,14 @@ def main(
 
     write_parquet(cleaned, clean_path)
     write_json(counts, metrics_path)
-    log.info("%d -> %d turns, %d -> %d conversations -> %s", counts["rows_in"], counts["rows_out"],
-             counts["conversations_in"], counts["conversations_out"], clean_path)
+    log.info(
+        "%d -> %d turns, %d -> %d conversations -> %s",
+        counts["rows_in"],
+        counts["rows_out"],
+        counts["conversations_in"],
+        counts["conversations_out"],
+        clean_path,
+    )
 
 
 if __name__ == "__main__":

@@ -62,8 +62,9 @@ def build_tiny_tokenizer():
     return fast
 
 
-def write_tiny_causal_lm(folder: Path, *, layers: int = 2, seed: int = 0, variant: str = "teacher") -> Path:
-    """LlamaForCausalLM (hidden 64, 4 heads / 2 KV heads, tied embeddings) + chatforge.json."""
+def write_tiny_causal_lm(folder: Path, *, layers: int = 2, seed: int = 0, variant: str = "teacher",
+                         hidden: int = 64, intermediate: int = 128) -> Path:
+    """LlamaForCausalLM (default hidden 64, 4 heads / 2 KV heads, tied embeddings) + chatforge.json."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -71,7 +72,7 @@ def write_tiny_causal_lm(folder: Path, *, layers: int = 2, seed: int = 0, varian
 
     tokenizer = build_tiny_tokenizer()
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
     )

@@ -214,9 +214,9 @@ def _back_translate(order, convs, bad, cfg, translator, metrics, accept, budget)
                 continue
             changes = [{"conversation_id": conv.cid, "turn": t, "before": next(r["content"] for r in conv.rows
                         if r["turn"] == t), "after": out} for t, out in sorted(texts.items())]
-            if not accept("back_translation", _variant_rows(conv, texts, method="back_translation", n=1), changes, budget):
-                if not budget.fits(1):
-                    break
+            rows = _variant_rows(conv, texts, method="back_translation", n=1)
+            if not accept("back_translation", rows, changes, budget) and not budget.fits(1):
+                break
 
 
 def _bt_problem(source: str, pivot_text: str, out: str, *, lang: str, pivot: str, cfg) -> str | None:

@@ -88,7 +88,9 @@ def load_synonyms(path: Path | str) -> dict[str, str]:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         line = path.read_bytes()[: exc.start].count(b"\n") + 1
-        raise LexiconError(f"{path}:{line}: not valid UTF-8 ({exc.reason}). Save the lexicon as UTF-8.") from None
+        raise LexiconError(
+            f"{path}:{line}: not valid UTF-8 ({exc.reason}). Save the lexicon as UTF-8."
+        ) from None
     mapping: dict[str, str] = {}
     lines: dict[str, int] = {}
     for number, raw in enumerate(text.split("\n"), 1):
@@ -117,7 +119,9 @@ def _resolve_chains(mapping: dict[str, str], path: Path) -> dict[str, str]:
         visited = [variant]
         while canonical in mapping and mapping[canonical] != canonical:
             if canonical in visited:
-                raise LexiconError(f"{path}: synonyms form a cycle: {' -> '.join([*visited, canonical])}. Break it.")
+                raise LexiconError(
+                    f"{path}: synonyms form a cycle: {' -> '.join([*visited, canonical])}. Break it."
+                )
             visited.append(canonical)
             canonical = mapping[canonical]
         if variant != canonical:
@@ -210,13 +214,17 @@ NONCHARACTERS = r"[\x{FDD0}-\x{FDEF}]"
 
 # ASCII, C1, CJK ideographs and common CJK punctuation are NFKC-stable (quick-check Yes, combining
 # class 0): a row made only of them is already normalised and is skipped.
-_NFKC_STABLE = r"\x00-\x9F\x{3001}\x{3002}\x{3008}-\x{3011}\x{4E00}-\x{9FFF}\x{2014}\x{2018}\x{2019}\x{201C}\x{201D}"
+_NFKC_STABLE = (
+    r"\x00-\x9F\x{3001}\x{3002}\x{3008}-\x{3011}\x{4E00}-\x{9FFF}\x{2014}\x{2018}\x{2019}\x{201C}\x{201D}"
+)
 _NFKC_UNSTABLE_ZH = rf"[^{_NFKC_STABLE}{ZH_PUNCTUATION_KEPT}]"
 
 
 def normalize_width(content: pl.Series, lang: pl.Series) -> pl.Series:
     zh = lang == "zh"
-    need = content.str.contains(_NFKC_UNSTABLE_ZH) | (~zh & content.str.contains_any(list(ZH_PUNCTUATION_KEPT)))
+    need = content.str.contains(_NFKC_UNSTABLE_ZH) | (
+        ~zh & content.str.contains_any(list(ZH_PUNCTUATION_KEPT))
+    )
     rows = need.arg_true()
     if not len(rows):
         return content
@@ -256,7 +264,9 @@ def opencc_t2s_table() -> tuple[list[str], list[str]]:
 
 def to_simplified(content: pl.Series, lang: pl.Series) -> pl.Series:
     keys, values = opencc_t2s_table()
-    return _on_rows(content, (lang == "zh").arg_true(), lambda part: part.str.replace_many(keys, values, leftmost=True))
+    return _on_rows(
+        content, (lang == "zh").arg_true(), lambda part: part.str.replace_many(keys, values, leftmost=True)
+    )
 
 
 # ---------------------------------------------------------------------------- rule 6: whitespace
@@ -311,7 +321,9 @@ def normalize_synonyms(content: pl.Series, *, synonyms: Mapping[str, str]) -> pl
     if runs:
         # only rows holding a variant somewhere are cut into Chinese / non-Chinese runs and looked up
         rows = content.str.contains_any(list(runs)).arg_true()
-        tokens = pl.DataFrame({"row": rows, "tok": content.gather(rows).str.extract_all(HAN_RUNS)}).explode("tok")
+        tokens = pl.DataFrame({"row": rows, "tok": content.gather(rows).str.extract_all(HAN_RUNS)}).explode(
+            "tok"
+        )
         tok = pl.col("tok")
         joined = tokens.group_by("row", maintain_order=True).agg(
             tok.replace_strict(list(runs), list(runs.values()), default=tok).str.join("")
@@ -351,13 +363,19 @@ PHONE_CANDIDATE = r"\+[1-9]|\d{4}|\(0\d"  # every phone form above contains one 
 
 
 def mask_emails(content: pl.Series) -> pl.Series:
-    return _on_rows(content, content.str.contains("@", literal=True).arg_true(),
-                    lambda part: part.str.replace_all(EMAIL, "<EMAIL>"))
+    return _on_rows(
+        content,
+        content.str.contains("@", literal=True).arg_true(),
+        lambda part: part.str.replace_all(EMAIL, "<EMAIL>"),
+    )
 
 
 def mask_phones(content: pl.Series) -> pl.Series:
-    return _on_rows(content, content.str.contains(PHONE_CANDIDATE).arg_true(),
-                    lambda part: part.str.replace_all(PHONE, "${1}<PHONE>${2}").str.replace_all(PHONE, "${1}<PHONE>${2}"))
+    return _on_rows(
+        content,
+        content.str.contains(PHONE_CANDIDATE).arg_true(),
+        lambda part: part.str.replace_all(PHONE, "${1}<PHONE>${2}").str.replace_all(PHONE, "${1}<PHONE>${2}"),
+    )
 
 
 def _digit(number: pl.Expr, position: int) -> pl.Expr:
@@ -368,21 +386,27 @@ def _digit(number: pl.Expr, position: int) -> pl.Expr:
 def is_id_number(tok: pl.Series) -> pl.Series:
     """Shape (region, birth date, sequence) and the ISO 7064 MOD 11-2 check character."""
     # integer maths on the first 17 digits beats 17 string slices; each column is materialised once
-    frame = pl.DataFrame({"tok": tok}).with_columns(body=pl.col("tok").str.slice(0, 17).cast(pl.UInt64, strict=False))
+    body = tok.str.slice(0, 17).cast(pl.UInt64, strict=False)
+    frame = pl.DataFrame({"tok": tok, "body": body})
     total = pl.sum_horizontal(_digit(pl.col("body"), 16 - i) * w for i, w in enumerate(ID_WEIGHTS)) % 11
     expected = total.replace_strict(list(range(11)), list(ID_CHECK), return_dtype=pl.String)
-    ok = pl.col("tok").str.contains(ID_SHAPE) & (pl.col("tok").str.slice(17, 1).str.to_uppercase() == expected)
+    ok = pl.col("tok").str.contains(ID_SHAPE) & (
+        pl.col("tok").str.slice(17, 1).str.to_uppercase() == expected
+    )
     return frame.select(ok.fill_null(False)).to_series().alias("is_id")
 
 
 def is_card_number(tok: pl.Series) -> pl.Series:
     """13-19 digits (optionally grouped), issuer digit 3-6, Luhn checksum."""
     digits = tok.str.replace_all(r"[ -]", "")
-    frame = pl.DataFrame({"tok": tok, "n": digits.str.len_chars(), "number": digits.str.slice(0, 19).cast(pl.UInt64, strict=False)})
+    number = digits.str.slice(0, 19).cast(pl.UInt64, strict=False)  # 19 digits fit in a u64
+    frame = pl.DataFrame({"tok": tok, "n": digits.str.len_chars(), "number": number})
     frame = frame.with_columns(_digit(pl.col("number"), k).alias(f"d{k}") for k in range(19))
     # every second digit from the right is doubled, and 2d > 9 counts as 2d - 9
-    terms = [pl.col(f"d{k}") * 2 - (pl.col(f"d{k}") >= 5).cast(pl.UInt64) * 9 if k % 2 else pl.col(f"d{k}") for k in range(19)]
-    ok = pl.col("tok").str.contains(CARD_SHAPE) & pl.col("n").is_between(13, 19) & (pl.sum_horizontal(terms) % 10 == 0)
+    d = [pl.col(f"d{k}") for k in range(19)]
+    terms = [d[k] * 2 - (d[k] >= 5).cast(pl.UInt64) * 9 if k % 2 else d[k] for k in range(19)]
+    luhn_ok = pl.sum_horizontal(terms) % 10 == 0
+    ok = pl.col("tok").str.contains(CARD_SHAPE) & pl.col("n").is_between(13, 19) & luhn_ok
     return frame.select(ok.fill_null(False)).to_series().alias("is_card")
 
 
@@ -395,7 +419,9 @@ def mask_numbers(content: pl.Series, *, ids: bool = True, cards: bool = True) ->
     rows = content.str.contains(NUMBER_CANDIDATE).arg_true()
     if not len(rows) or not (ids or cards):
         return content, 0, 0
-    tokens = pl.DataFrame({"row": rows, "tok": content.gather(rows).str.extract_all(NUMBER_TOKENS)}).explode("tok")
+    tokens = pl.DataFrame({"row": rows, "tok": content.gather(rows).str.extract_all(NUMBER_TOKENS)}).explode(
+        "tok"
+    )
     tok, row = pl.col("tok"), pl.col("row")
     same_row_before, same_row_after = row.shift(1) == row, row.shift(-1) == row
     before = pl.when(same_row_before).then(tok.shift(1).str.slice(-1)).otherwise(pl.lit(""))
@@ -407,11 +433,18 @@ def mask_numbers(content: pl.Series, *, ids: bool = True, cards: bool = True) ->
     plausible = plausible.select("i").with_columns(
         is_id=is_id_number(plausible["tok"]) & ids, is_card=is_card_number(plausible["tok"]) & cards
     )
-    is_id = pl.Series("is_id", [False] * tokens.height).scatter(plausible["i"], plausible["is_id"])
-    is_card = pl.Series("is_card", [False] * tokens.height).scatter(plausible["i"], plausible["is_card"] & ~plausible["is_id"])
+    is_id = (
+        pl.repeat(False, tokens.height, eager=True).alias("is_id").scatter(plausible["i"], plausible["is_id"])
+    )
+    is_card = pl.repeat(False, tokens.height, eager=True).alias("is_card")
+    is_card.scatter(plausible["i"], plausible["is_card"] & ~plausible["is_id"])
     judged = tokens.with_columns(is_id, is_card)
     masked = (
-        pl.when(pl.col("is_id")).then(pl.lit("<ID>")).when(pl.col("is_card")).then(pl.lit("<CARD>")).otherwise(tok)
+        pl.when(pl.col("is_id"))
+        .then(pl.lit("<ID>"))
+        .when(pl.col("is_card"))
+        .then(pl.lit("<CARD>"))
+        .otherwise(tok)
     )
     joined = judged.group_by("row", maintain_order=True).agg(
         masked.str.join("").alias("tok"), pl.col("is_id").any(), pl.col("is_card").any()
@@ -470,7 +503,9 @@ def clean_turns(
     if params.strip_html:
         apply("changed_html", strip_html(content))
     if params.remove_control:
-        counts["replacement_chars_removed"] = int(content.str.count_matches(REPLACEMENT_CHAR, literal=True).sum())
+        counts["replacement_chars_removed"] = int(
+            content.str.count_matches(REPLACEMENT_CHAR, literal=True).sum()
+        )
         apply("changed_replacement_char", remove_replacement_chars(content))
         apply("changed_control_symbols", remove_control_symbols(content, keep_emoji=params.keep_emoji))
     if params.nfkc:
@@ -488,7 +523,8 @@ def clean_turns(
             content, counts["masked_id_number"], counts["masked_card"] = mask_numbers(
                 content, ids="id_number" in kinds, cards="card" in kinds
             )
-            log.info("masked_id_number: %d rows, masked_card: %d rows", counts["masked_id_number"], counts["masked_card"])
+            log.info("masked_id_number: %d rows", counts["masked_id_number"])
+            log.info("masked_card: %d rows", counts["masked_card"])
         if "phone" in kinds:
             apply("masked_phone", mask_phones(content))
 

@@ -43,8 +43,17 @@ def langs(*values: str) -> pl.Series:
 
 def conv(cid: str, *texts: str, lang: str = "zh", intent: str | None = "weather") -> list[dict]:
     return [
-        {"conversation_id": cid, "turn": i, "role": "user" if i % 2 == 0 else "assistant", "content": t,
-         "lang": lang, "intent": intent, "source": "unit", "origin_id": None, "method": "original"}
+        {
+            "conversation_id": cid,
+            "turn": i,
+            "role": "user" if i % 2 == 0 else "assistant",
+            "content": t,
+            "lang": lang,
+            "intent": intent,
+            "source": "unit",
+            "origin_id": None,
+            "method": "original",
+        }
         for i, t in enumerate(texts)
     ]
 
@@ -56,20 +65,24 @@ def frame(*convs: list[dict]) -> pl.DataFrame:
 def cleaned_text(texts: list[str], lang: str = "zh", **params) -> list[str]:
     """Each text as the single user turn of its own conversation, through the whole clean."""
     turns = frame(*(conv(f"c{i:03d}", t, f"answer {i}", lang=lang) for i, t in enumerate(texts)))
-    out, _ = clean_turns(turns, params=CleanParams(dedup_exact=False, dedup_near=False, min_chars=0, **params))
+    out, _ = clean_turns(
+        turns, params=CleanParams(dedup_exact=False, dedup_near=False, min_chars=0, **params)
+    )
     return out.filter(pl.col("turn") == 0)["content"].to_list()
 
 
 # ------------------------------------------------------------------------------------- rules
 def test_html_tags_comments_breaks_and_entities():
-    out = strip_html(s(
-        "<p>查询北京天气&nbsp;</p>",
-        "a<br>b<br/>c<BR />d",
-        "<div class='x'>hi <b>there</b><!-- hidden --></div><script>alert(1)</script>",
-        "&lt;b&gt; is &amp;lt; and &#20013;&#x6587; &quot;q&quot; &unknown;",
-        "a < b and c > d, x<y",
-        "联系<PHONE>客服",
-    ))
+    out = strip_html(
+        s(
+            "<p>查询北京天气&nbsp;</p>",
+            "a<br>b<br/>c<BR />d",
+            "<div class='x'>hi <b>there</b><!-- hidden --></div><script>alert(1)</script>",
+            "&lt;b&gt; is &amp;lt; and &#20013;&#x6587; &quot;q&quot; &unknown;",
+            "a < b and c > d, x<y",
+            "联系<PHONE>客服",
+        )
+    )
     assert out.to_list() == [
         "\n查询北京天气\xa0\n",
         "a\nb\nc\nd",
@@ -81,21 +94,28 @@ def test_html_tags_comments_breaks_and_entities():
 
 
 def test_whole_clean_of_the_issue_examples_zh_and_en():
-    assert cleaned_text(["<p>查询北京天气&nbsp;😊</p>", "今日北京晴，15-25℃！★※", "###  优惠  ### ~~活动~~"]) == [
-        "查询北京天气", "今日北京晴，15-25°C！", "优惠 活动",
+    assert cleaned_text(
+        ["<p>查询北京天气&nbsp;😊</p>", "今日北京晴，15-25℃！★※", "###  优惠  ### ~~活动~~"]
+    ) == [
+        "查询北京天气",
+        "今日北京晴，15-25°C！",
+        "优惠 活动",
     ]
     assert cleaned_text(["<b>Hello</b>&nbsp;&nbsp;world 👍🏻 ★", "ＡＢＣ１２３，ＯＫ？"], lang="en") == [
-        "Hello world", "ABC123,OK?",
+        "Hello world",
+        "ABC123,OK?",
     ]
 
 
 def test_control_zero_width_replacement_and_symbols():
-    out = remove_control_symbols(s(
-        "x\u200by\u200fz\ufeffw\x07\x1b\x85v\u00adu",
-        "好的😊👍🏻🇨🇳❤️★☆■◆♥※〓 ok",
-        "保留：，。！？、；：“”（）《》 and .,!?;:'\"()-/",
-        "温度15~25℃ 价格¥99 涨幅5% 北京→上海 #1",
-    ))
+    out = remove_control_symbols(
+        s(
+            "x\u200by\u200fz\ufeffw\x07\x1b\x85v\u00adu",
+            "好的😊👍🏻🇨🇳❤️★☆■◆♥※〓 ok",
+            "保留：，。！？、；：“”（）《》 and .,!?;:'\"()-/",
+            "温度15~25℃ 价格¥99 涨幅5% 北京→上海 #1",
+        )
+    )
     assert out.to_list() == [
         "xyzwvu",
         "好的 ok",
@@ -131,25 +151,59 @@ def test_whitespace_collapse_keeps_single_line_breaks():
     assert out.to_list() == ["a b", "line1\nline2\nline3", ""]
 
 
-LEXICON = {"好": "好的", "好滴": "好的", "嗯嗯": "好的", "OK": "okay", "ok": "okay", "thx": "thanks", "thank u": "thanks"}
+LEXICON = {
+    "好": "好的",
+    "好滴": "好的",
+    "嗯嗯": "好的",
+    "OK": "okay",
+    "ok": "okay",
+    "thx": "thanks",
+    "thank u": "thanks",
+}
 
 
 def test_synonyms_chinese_runs_and_whole_words():
     out = normalize_synonyms(
-        s("好滴，谢谢", "好滴", "好滴谢谢", "嗯嗯 好！", "你好，好评", "OK, thx! thank u", "a token is ok", "Ok THX",
-          "ok，我知道了", "ok谢谢", "好ok"),
+        s(
+            "好滴，谢谢",
+            "好滴",
+            "好滴谢谢",
+            "嗯嗯 好！",
+            "你好，好评",
+            "OK, thx! thank u",
+            "a token is ok",
+            "Ok THX",
+            "ok，我知道了",
+            "ok谢谢",
+            "好ok",
+        ),
         synonyms=LEXICON,
     )
     assert out.to_list() == [
-        "好的，谢谢", "好的", "好滴谢谢", "好的 好的！", "你好，好评", "okay, thanks! thanks", "a token is okay", "Ok THX",
-        "okay，我知道了", "ok谢谢", "好的ok",  # no word boundary between 好 and ok
+        "好的，谢谢",
+        "好的",
+        "好滴谢谢",
+        "好的 好的！",
+        "你好，好评",
+        "okay, thanks! thanks",
+        "a token is okay",
+        "Ok THX",
+        "okay，我知道了",
+        "ok谢谢",
+        "好的ok",  # no word boundary between 好 and ok
     ]
 
 
 def test_synonyms_lexicon_file(tmp_path):
     path = tmp_path / "synonyms.tsv"
-    path.write_text("# variant<TAB>canonical\n好滴\t好的\n\n好哒\t好滴\r\nOK\tokay\nokay\tokay\n", encoding="utf-8")
-    assert load_synonyms(path) == {"好滴": "好的", "好哒": "好的", "OK": "okay"}  # chain resolved, no-op dropped
+    path.write_text(
+        "# variant<TAB>canonical\n好滴\t好的\n\n好哒\t好滴\r\nOK\tokay\nokay\tokay\n", encoding="utf-8"
+    )
+    assert load_synonyms(path) == {
+        "好滴": "好的",
+        "好哒": "好的",
+        "OK": "okay",
+    }  # chain resolved, no-op dropped
 
 
 @pytest.mark.parametrize(
@@ -188,13 +242,19 @@ def test_lexicon_conflict_cycle_missing_and_encoding(tmp_path):
 
 # ---------------------------------------------------------------------------------------- PII
 def test_pii_positives():
-    out = mask_phones(mask_numbers(mask_emails(s(
-        "电话13812345678,13912345678。",
-        "call +86 138 1234 5678 or +1 415-555-2671 or 010-12345678 or (021)62345678",
-        "邮箱 John.Doe+cs@mail.example.com.cn 谢谢",
-        "身份证11010519491231002X，另一个440304199001011233",
-        "卡号6222021234567890128 / 4111 1111 1111 1111 / 5500-0000-0000-0004",
-    )))[0])
+    out = mask_phones(
+        mask_numbers(
+            mask_emails(
+                s(
+                    "电话13812345678,13912345678。",
+                    "call +86 138 1234 5678 or +1 415-555-2671 or 010-12345678 or (021)62345678",
+                    "邮箱 John.Doe+cs@mail.example.com.cn 谢谢",
+                    "身份证11010519491231002X，另一个440304199001011233",
+                    "卡号6222021234567890128 / 4111 1111 1111 1111 / 5500-0000-0000-0004",
+                )
+            )
+        )[0]
+    )
     assert out.to_list() == [
         "电话<PHONE>,<PHONE>。",
         "call <PHONE> or <PHONE> or <PHONE> or <PHONE>",
@@ -224,7 +284,9 @@ def test_pii_negatives_order_numbers_and_near_misses_survive():
 def test_pii_kinds_and_switch():
     text = "13812345678 a@b.cn 4111111111111111 11010519491231002X"
     assert cleaned_text([text]) == ["<PHONE> <EMAIL> <CARD> <ID>"]
-    assert cleaned_text([text], pii_kinds=["email"]) == ["13812345678 <EMAIL> 4111111111111111 11010519491231002X"]
+    assert cleaned_text([text], pii_kinds=["email"]) == [
+        "13812345678 <EMAIL> 4111111111111111 11010519491231002X"
+    ]
     assert cleaned_text([text], pii_kinds=["card"]) == ["13812345678 a@b.cn <CARD> 11010519491231002X"]
     assert cleaned_text([text], mask_pii=False) == [text]
 
@@ -245,16 +307,36 @@ def test_drops_whole_conversations_and_counts_each_reason_once():
     out, counts = clean_turns(turns.reverse(), params=CleanParams(max_chars=20))
     assert out["conversation_id"].unique(maintain_order=True).to_list() == ["c01", "c06", "c08"]
     assert out.columns == list(TURNS_SCHEMA)
-    assert out.filter(pl.col("conversation_id") == "c01")["content"].to_list() == ["查询北京天气", "今日北京晴，15-25°C"]
-    assert out.group_by("conversation_id").agg(pl.col("turn").sort()).sort("conversation_id")["turn"].to_list() == [
-        [0, 1], [0, 1], [0, 1, 2],
+    assert out.filter(pl.col("conversation_id") == "c01")["content"].to_list() == [
+        "查询北京天气",
+        "今日北京晴，15-25°C",
+    ]
+    assert out.group_by("conversation_id").agg(pl.col("turn").sort()).sort("conversation_id")[
+        "turn"
+    ].to_list() == [
+        [0, 1],
+        [0, 1],
+        [0, 1, 2],
     ]
     assert set(counts) == set(COUNT_KEYS)
-    assert {k: counts[k] for k in ("dropped_empty", "dropped_length", "dropped_exact_duplicate", "dropped_near_duplicate")} == {
-        "dropped_empty": 2, "dropped_length": 1, "dropped_exact_duplicate": 1, "dropped_near_duplicate": 2,
+    assert {
+        k: counts[k]
+        for k in ("dropped_empty", "dropped_length", "dropped_exact_duplicate", "dropped_near_duplicate")
+    } == {
+        "dropped_empty": 2,
+        "dropped_length": 1,
+        "dropped_exact_duplicate": 1,
+        "dropped_near_duplicate": 2,
     }
-    assert (counts["rows_in"], counts["conversations_in"], counts["rows_out"], counts["conversations_out"]) == (19, 9, 7, 3)
-    assert counts["changed_html"] == 1 and counts["changed_control_symbols"] == 1 and counts["changed_nfkc"] == 3
+    assert (
+        counts["rows_in"],
+        counts["conversations_in"],
+        counts["rows_out"],
+        counts["conversations_out"],
+    ) == (19, 9, 7, 3)
+    assert (
+        counts["changed_html"] == 1 and counts["changed_control_symbols"] == 1 and counts["changed_nfkc"] == 3
+    )
 
 
 def test_length_bounds_and_dedup_switches():
@@ -264,7 +346,10 @@ def test_length_bounds_and_dedup_switches():
     out, counts = clean_turns(turns, params=CleanParams(dedup_exact=False, dedup_near=False))
     assert out["conversation_id"].n_unique() == 3 and counts["dropped_exact_duplicate"] == 0
     out, counts = clean_turns(turns, params=CleanParams(dedup_exact=False))
-    assert out["conversation_id"].unique().sort().to_list() == ["a", "c"] and counts["dropped_near_duplicate"] == 1
+    assert (
+        out["conversation_id"].unique().sort().to_list() == ["a", "c"]
+        and counts["dropped_near_duplicate"] == 1
+    )
 
 
 def test_rule_counts_name_the_rows_each_rule_changed():
@@ -275,23 +360,37 @@ def test_rule_counts_name_the_rows_each_rule_changed():
     )
     _, counts = clean_turns(turns, params=DEFAULTS, synonyms=LEXICON)
     assert counts == dict.fromkeys(COUNT_KEYS, 0) | {
-        "rows_in": 6, "conversations_in": 3, "rows_out": 6, "conversations_out": 3,
-        "changed_html": 1, "changed_replacement_char": 1, "replacement_chars_removed": 2,
-        "changed_nfkc": 1, "changed_whitespace": 1, "changed_synonyms": 3,
-        "masked_email": 1, "masked_card": 1, "masked_id_number": 1, "masked_phone": 1,
+        "rows_in": 6,
+        "conversations_in": 3,
+        "rows_out": 6,
+        "conversations_out": 3,
+        "changed_html": 1,
+        "changed_replacement_char": 1,
+        "replacement_chars_removed": 2,
+        "changed_nfkc": 1,
+        "changed_whitespace": 1,
+        "changed_synonyms": 3,
+        "masked_email": 1,
+        "masked_card": 1,
+        "masked_id_number": 1,
+        "masked_phone": 1,
     }
 
 
 def test_null_content_drops_the_conversation_and_is_counted():
     turns = frame(conv("a", "ok", "fine"), conv("b", "hello", "x")).with_columns(
-        content=pl.when((pl.col("conversation_id") == "b") & (pl.col("turn") == 1)).then(None).otherwise(pl.col("content"))
+        content=pl.when((pl.col("conversation_id") == "b") & (pl.col("turn") == 1))
+        .then(None)
+        .otherwise(pl.col("content"))
     )
     out, counts = clean_turns(turns, params=DEFAULTS)
     assert out["conversation_id"].unique().to_list() == ["a"] and counts["dropped_empty"] == 1
 
 
 def test_same_input_twice_gives_identical_frames_and_parquet(tmp_path):
-    turns = frame(*(conv(f"c{i:04d}", f"<p>问题{i % 7}&amp;😊</p>", f"回答 {i % 5} 13812345678") for i in range(300)))
+    turns = frame(
+        *(conv(f"c{i:04d}", f"<p>问题{i % 7}&amp;😊</p>", f"回答 {i % 5} 13812345678") for i in range(300))
+    )
     shuffled = turns.sample(fraction=1.0, shuffle=True, seed=3)
     a, ca = clean_turns(turns, params=DEFAULTS, synonyms=LEXICON)
     b, cb = clean_turns(shuffled, params=DEFAULTS, synonyms=LEXICON)
@@ -310,7 +409,7 @@ def _corrupt(text: str, every: int) -> str:
         raw = lines[i].encode("utf-8")
         cut = raw.find("。".encode()) + 1  # inside the first 3-byte full stop
         if cut > 0:
-            lines[i] = (raw[:cut] + raw[cut + 1:]).decode("utf-8", errors="replace")
+            lines[i] = (raw[:cut] + raw[cut + 1 :]).decode("utf-8", errors="replace")
     return "\n".join(lines)
 
 
@@ -338,7 +437,9 @@ def test_xdailydialog_replacement_chars_are_removed_and_counted(shared_datasets,
     out, counts = clean_turns(turns, params=DEFAULTS)
     assert int(out["content"].str.contains("\ufffd", literal=True).sum()) == 0
     assert counts["changed_replacement_char"] == rows_with and counts["replacement_chars_removed"] == chars
-    assert counts["rows_out"] == out.height and counts["conversations_in"] == turns["conversation_id"].n_unique()
+    assert (
+        counts["rows_out"] == out.height and counts["conversations_in"] == turns["conversation_id"].n_unique()
+    )
     # well formed: every kept conversation still has turns 0..n-1
     gaps = out.group_by("conversation_id").agg((pl.col("turn").max() + 1 - pl.len()).alias("gap"))
     assert gaps["gap"].max() == 0
@@ -346,11 +447,23 @@ def test_xdailydialog_replacement_chars_are_removed_and_counted(shared_datasets,
 
 # -------------------------------------------------------------------------------- stage script
 def _run_stage(tmp_path: Path, params: dict, turns: pl.DataFrame) -> subprocess.CompletedProcess:
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"clean": params}, allow_unicode=True), encoding="utf-8")
+    (tmp_path / "params.yaml").write_text(
+        yaml.safe_dump({"clean": params}, allow_unicode=True), encoding="utf-8"
+    )
     write_parquet(turns, tmp_path / "turns.parquet")
     return subprocess.run(
-        [sys.executable, str(ROOT / "stages" / "clean.py"), "turns.parquet", "out/clean.parquet", "reports/clean.json"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
+        [
+            sys.executable,
+            str(ROOT / "stages" / "clean.py"),
+            "turns.parquet",
+            "out/clean.parquet",
+            "reports/clean.json",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 
@@ -369,7 +482,11 @@ def test_stage_writes_parquet_and_flat_metrics(tmp_path):
 def test_stage_bad_params_and_bad_lexicon_give_clear_errors(tmp_path):
     turns = frame(conv("a", "hi", "ho"))
     done = _run_stage(tmp_path, {"max_char": 10}, turns)
-    assert done.returncode == 2 and "clean.max_char: unknown key" in done.stderr and "Traceback" not in done.stderr
+    assert (
+        done.returncode == 2
+        and "clean.max_char: unknown key" in done.stderr
+        and "Traceback" not in done.stderr
+    )
     done = _run_stage(tmp_path, {"min_chars": "lots"}, turns)
     assert done.returncode == 2 and "clean.min_chars = 'lots'" in done.stderr
     (tmp_path / "syn.tsv").write_text("好滴\t好的\n坏行\n", encoding="utf-8")
