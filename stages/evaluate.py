@@ -22,6 +22,7 @@ def main(
     test_path: Annotated[Path, typer.Argument(help="Test split parquet (turns table).")],
     metrics_path: Annotated[Path, typer.Argument(help="Metrics JSON to write.")],
     details_path: Annotated[Path, typer.Argument(help="Details JSON to write (answers, confusion).")],
+    plot_path: Annotated[Path, typer.Argument(help="CSV for `dvc plots`: quality, size, latency per variant.")],
     variant: Annotated[list[str], typer.Option(help="NAME=FOLDER of a variant (repeat).")],
     report: Annotated[list[str], typer.Option(help="NAME=JSON of an earlier stage's metrics (repeat).")] = [],  # noqa: B006
 ) -> None:
@@ -35,7 +36,7 @@ def main(
     import polars as pl
 
     from chatforge.evaluation import evaluate as ev
-    from chatforge.io import setup_logging, write_json
+    from chatforge.io import setup_logging, write_json, write_text
 
     log = setup_logging("evaluate")
     folders = {k: Path(v) for k, v in (item.split("=", 1) for item in variant)}
@@ -60,6 +61,7 @@ def main(
                "gates_failed": sum(g["status"] == "fail" for g in gates.values())}
     write_json({**results, "gates": gates, "summary": summary}, metrics_path)
     write_json(details, details_path)
+    write_text(ev.variants_csv(results), plot_path)
     for name, g in gates.items():
         log.info("gate %s: %s (value %s, limit %s)", name, g["status"], g["value"], g["limit"])
     if params.fail_on_gate and summary["gates_failed"]:

@@ -283,6 +283,15 @@ def evaluate_variant(
     return out, {"answers": answers}
 
 
+def variants_csv(results: dict[str, dict[str, Any]]) -> str:
+    """Plot data for `dvc plots`: one row per variant; quality = BLEU (causal LM) or accuracy."""
+    lines = ["variant,quality,size_mb,latency_p50_ms"]
+    for name, r in results.items():
+        quality = r.get("bleu", r.get("accuracy", float("nan")))
+        lines.append(f"{name},{quality:.4f},{r.get('size_mb', float('nan')):.3f},{r.get('latency_p50_ms', float('nan')):.2f}")
+    return "\n".join(lines) + "\n"
+
+
 # ----------------------------------------------------------------------------------------------- gates
 def gate(value: float | None, *, ok: bool | None, limit: str, warn_only: bool = False) -> dict[str, Any]:
     status = "missing" if value is None or ok is None else ("pass" if ok else ("warn" if warn_only else "fail"))

@@ -67,6 +67,7 @@ def collate_classifier(batch: list[Example], *, pad_id: int) -> dict[str, torch.
         "input_ids": torch.tensor([e.input_ids + [pad_id] * (width - len(e.input_ids)) for e in batch]),
         "attention_mask": torch.tensor([[1] * len(e.input_ids) + [0] * (width - len(e.input_ids)) for e in batch]),
         "labels": torch.tensor([e.labels[0] for e in batch]),
+        "num_tokens": torch.tensor(sum(len(e.input_ids) for e in batch)),  # non-padding
     }
 
 

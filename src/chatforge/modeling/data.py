@@ -185,6 +185,7 @@ def collate_packed(rows: list[list[Example]], *, pad_id: int) -> dict[str, torch
         "input_ids": torch.tensor(ids, dtype=torch.long),
         "labels": torch.tensor(labels, dtype=torch.long),
         "position_ids": torch.tensor(pos, dtype=torch.long),
+        "num_tokens": torch.tensor(sum(len(e.input_ids) for row in rows for e in row)),  # non-padding
     }
 
 
@@ -198,6 +199,7 @@ def collate_padded(batch: list[Example], *, pad_id: int) -> dict[str, torch.Tens
         "input_ids": torch.tensor(ids, dtype=torch.long),
         "labels": torch.tensor(labels, dtype=torch.long),
         "attention_mask": torch.tensor(mask, dtype=torch.long),
+        "num_tokens": torch.tensor(sum(len(e.input_ids) for e in batch)),  # non-padding
     }
 
 

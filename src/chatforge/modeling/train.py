@@ -25,6 +25,7 @@ import re
 import shutil
 import socket
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +72,8 @@ class TrainOutcome:
     history: list[dict[str, float]]
     details: dict[str, Any] = field(default_factory=dict)
     responses: dict[str, dict[str, str]] | None = None
+    # this run only, kept out of the metrics (they must be identical on CPU for the same inputs)
+    timing: dict[str, float] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------------ input checks
@@ -446,6 +449,7 @@ def train(
     frozen_now = -1
     window_nll, window_tokens = 0.0, 0
     stopped_early = False
+    step_seconds, trained_tokens = 0.0, 0  # this run's optimizer-step time and non-padding tokens
     log.info("training %s: %d steps (%d per epoch), %d train examples, %d processes, %s batching",
              family, total_steps, steps_per_epoch, len(train_ex), world, tp.batching if family == "causal_lm" else "length_group")
 
@@ -476,7 +480,9 @@ def train(
                     log.info("freezing: %d of %d layers frozen, %d trainable parameters", frozen, len(stack.layers), trainable)
                 frozen_now = frozen
 
+        started = time.perf_counter()
         n_targets = sum(target_count(b, family) for b in group)  # every process sees the whole step
+        trained_tokens += sum(int(b["num_tokens"]) for b in group)
         nll_sum = torch.zeros((), device=acc.device)
         for batch in group[rank::world]:
             batch = {k: v.to(acc.device) for k, v in batch.items()}
@@ -493,6 +499,7 @@ def train(
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        step_seconds += time.perf_counter() - started
         done = step + 1
         train_loss = float(nll_sum) / max(1, n_targets)
         window_nll += float(nll_sum)
@@ -565,7 +572,11 @@ def train(
             log.warning("no response for intents %s: serving answers them with its fallback", missing)
     for p in model.parameters():
         p.requires_grad_(True)
-    return TrainOutcome(model, tokenizer, metrics, state["history"], details, responses)
+    timing = {"train_seconds": step_seconds, "trained_tokens": trained_tokens,
+              "tokens_per_second": trained_tokens / step_seconds if step_seconds else 0.0}
+    log.info("%d optimizer steps in %.1f s, %.1f trained tokens/s", state["step"] - (state["resumed_from"] or 0),
+             step_seconds, timing["tokens_per_second"])
+    return TrainOutcome(model, tokenizer, metrics, state["history"], details, responses, timing)
 
 
 def _sample(convs: list[Conversation], n: int | None, seed: int) -> list[Conversation]:

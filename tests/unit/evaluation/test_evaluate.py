@@ -136,7 +136,7 @@ def _run_stage(tmp_path: Path, repo_root: Path, args: list[str]) -> subprocess.C
 def test_stage_evaluates_present_variants_and_names_missing(tmp_path, repo_root, tiny_lm):
     TEST.write_parquet(tmp_path / "test.parquet")
     proc = _run_stage(tmp_path, repo_root, [
-        "test.parquet", "metrics.json", "details.json",
+        "test.parquet", "metrics.json", "details.json", "variants.csv",
         "--variant", f"teacher={tiny_lm}", "--variant", "student=models/student",
     ])
     assert proc.returncode == 0, proc.stderr
@@ -144,10 +144,12 @@ def test_stage_evaluates_present_variants_and_names_missing(tmp_path, repo_root,
     assert "teacher" in metrics and "student" not in metrics
     assert metrics["summary"]["variants_missing"] == "base,student,pruned,int8"
     assert "variant student" in proc.stderr and "missing" in proc.stderr
+    lines = (tmp_path / "variants.csv").read_text().splitlines()
+    assert lines[0] == "variant,quality,size_mb,latency_p50_ms" and lines[1].startswith("teacher,") and len(lines) == 2
 
 
 def test_stage_empty_test_split_fails_clearly(tmp_path, repo_root, tiny_lm):
     TEST.head(0).write_parquet(tmp_path / "test.parquet")
-    proc = _run_stage(tmp_path, repo_root, ["test.parquet", "m.json", "d.json", "--variant", f"teacher={tiny_lm}"])
+    proc = _run_stage(tmp_path, repo_root, ["test.parquet", "m.json", "d.json", "v.csv", "--variant", f"teacher={tiny_lm}"])
     assert proc.returncode == 1
     assert "test split is empty" in proc.stderr and "Traceback" not in proc.stderr
