@@ -107,6 +107,7 @@ def bench_folder(folder: Path, zh: list[str], en: list[str], *, batch_size: int,
 
 def main(
     folders: Annotated[list[Path] | None, typer.Argument(help="Extra translator folders to benchmark.")] = None,
+    default: Annotated[Path, typer.Option(help="The default translator folder.")] = ROOT / "models/translator",
     limit: Annotated[int, typer.Option(help="Aligned XDailyDialog utterances per direction.")] = 300,
     speed_n: Annotated[int, typer.Option(help="Sentences for the throughput comparison.")] = 64,
     out: Annotated[Path, typer.Option(help="JSON to write.")] = ROOT / "reports/bench/backtranslation_quality.json",
@@ -119,7 +120,6 @@ def main(
     from chatforge.params import load_section
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    default = ROOT / "models/translator"
     targets = [default, *(folders or [])]
     if not default.exists():
         typer.echo(f"{default} missing: build it with `dvc repro translator` first.", err=True)

@@ -48,9 +48,11 @@ def main(
     bt, es = params.back_translation, params.entity_swap
     translator = None
     try:
-        gazetteers = read_gazetteers(gazetteer_dir, langs=("zh", "en"), kinds=es.kinds) if es.enabled else None
+        use_gazetteers = es.enabled or (bt.enabled and bt.keep_entities)
+        gazetteers = read_gazetteers(gazetteer_dir, langs=("zh", "en"), kinds=es.kinds) if use_gazetteers else None
         if bt.enabled and bt.ratio > 0:
-            options = tr.DecodeOptions(batch_size=bt.batch_size, num_beams=bt.num_beams, max_new_tokens=bt.max_new_tokens)
+            options = tr.DecodeOptions(batch_size=bt.batch_size, num_beams=bt.num_beams, max_new_tokens=bt.max_new_tokens,
+                                       no_repeat_ngram_size=bt.no_repeat_ngram_size)
             translator = tr.load_translator(bt.translator or translator_dir, kind=bt.kind, options=options,
                                             trust_remote_code=bt.trust_remote_code)
             if bt.cache:

@@ -195,5 +195,31 @@ def ab_report(
     typer.echo(format_report([counts.get(v, VariantStats(v, 0, 0, 0)) for v in order], alpha=alpha))
 
 
+# ---- issue 4: try the translator behind back-translation ----
+@app.command("translate")
+def translate(
+    texts: Annotated[list[str], typer.Argument(help="Sentences to translate.")],
+    src: Annotated[str, typer.Option(help="Source language: zh or en.")] = "zh",
+    tgt: Annotated[str, typer.Option(help="Target language: zh or en.")] = "en",
+    model: Annotated[str, typer.Option(help="Translator folder or hub id.")] = "models/translator",
+    round_trip: Annotated[bool, typer.Option(help="Also translate back, as augment does.")] = False,
+) -> None:
+    """Translate TEXTS with the pipeline's translator (what back-translation sees)."""
+    from chatforge.modeling.translate import TranslatorLoadError, load_translator
+
+    if {src, tgt} != {"zh", "en"}:
+        typer.echo("--src and --tgt must be zh and en (one each).", err=True)
+        raise typer.Exit(2)
+    try:
+        translator = load_translator(model)
+    except TranslatorLoadError as exc:
+        typer.echo(f"{exc} (build the default with `dvc repro translator`)", err=True)
+        raise typer.Exit(1) from None
+    out = translator.translate(texts, src=src, tgt=tgt)  # type: ignore[arg-type]
+    back = translator.translate(out, src=tgt, tgt=src) if round_trip else [None] * len(out)  # type: ignore[arg-type]
+    for text, there, again in zip(texts, out, back, strict=True):
+        typer.echo(f"{text}\t{there}" + (f"\t{again}" if again is not None else ""))
+
+
 if __name__ == "__main__":
     app()

@@ -249,8 +249,13 @@ class BackTranslationParams(Section):
     batch_size: int = Field(default=32, ge=1, le=1024)
     num_beams: int = Field(default=1, ge=1, le=8)
     max_new_tokens: int = Field(default=96, ge=4, le=1024)
+    no_repeat_ngram_size: int = Field(default=3, ge=0, le=10)  # blocks loops in small models; 0 allows repeats
     min_length_ratio: float = Field(default=0.5, gt=0.0)  # output chars / input chars, lower bound
     max_length_ratio: float = Field(default=2.0, gt=0.0)  # ... upper bound
+    # chrF (0-100) of the result against the input: below it the meaning has drifted (0 disables)
+    min_similarity: float = Field(default=40.0, ge=0.0, le=100.0)
+    keep_numbers: bool = True  # reject a result whose numbers (order ids, prices) or <TAGS> differ from the input's
+    keep_entities: bool = True  # reject a result whose gazetteer entities (entity_swap.kinds) differ from the input's
     cache: bool = True  # reuse translations across runs (keyed by translator fingerprint)
 
     @model_validator(mode="after")
@@ -335,6 +340,7 @@ class TrainParams(Section):
     eval_max_conversations: int | None = Field(default=None, ge=1)  # val subset for the loss (None: all)
     bleu_samples: int = Field(default=32, ge=0)  # val conversations generated greedily for BLEU (0: off)
     bleu_max_new_tokens: int = Field(default=64, ge=1)
+    eval_base: bool = True  # evaluate the untouched base first (base_* metrics: what the fine-tune must beat)
     early_stopping_patience: int = Field(default=3, ge=0)  # evals without val-loss improvement; 0: off
     early_stopping_min_delta: float = Field(default=0.0, ge=0.0)
     max_gap: float = Field(default=0.1, ge=0.0)  # flag when val loss - train loss exceeds this

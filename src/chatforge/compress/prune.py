@@ -28,6 +28,7 @@ from typing import Any
 import polars as pl
 import torch
 
+from chatforge.modeling.data import conversations
 from chatforge.modeling.distill import (
     CompressError,
     fit,
@@ -40,7 +41,6 @@ from chatforge.modeling.distill import (
     size_mb,
     target_logits,
 )
-from chatforge.modeling.data import conversations
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def layer_parts(model: Any) -> list[LayerParts]:
 
 
 def _round_keep(width: int, ratio: float, round_to: int) -> int:
-    keep = max(round_to, int(round(width * (1 - ratio) / round_to)) * round_to)
+    keep = max(round_to, round(width * (1 - ratio) / round_to) * round_to)
     return min(width, keep)
 
 
@@ -115,7 +115,7 @@ def prune_heads(model: Any, *, ratio: float) -> tuple[int, int]:
     group = heads // kv
     if group == 1:
         return heads, heads  # MHA: removing a head would change the KV layout too; left alone
-    drop_per_group = min(group - 1, int(round(group * ratio)))
+    drop_per_group = min(group - 1, round(group * ratio))
     if drop_per_group == 0:
         return heads, heads
     for part in layer_parts(model):

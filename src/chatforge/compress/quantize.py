@@ -84,7 +84,7 @@ def _share_tied_embedding(model: Any, *, block_size: int, symmetric: bool) -> bo
     packed = numpy_helper.to_array(inits[head.input[1]])
     if packed.shape != (vocab, hidden // block_size, block_size) or hidden % block_size:
         return False
-    scales = numpy_helper.to_array(inits[head.input[2]]).reshape(vocab, hidden // block_size)
+    numpy_helper.to_array(inits[head.input[2]]).reshape(vocab, hidden // block_size)
     if symmetric:
         zero = np.full((vocab, hidden // block_size), 128, dtype=np.uint8)
     else:

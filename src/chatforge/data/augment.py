@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 METHODS = ("back_translation", "entity_swap", "voice_swap")
 _SUFFIX = {"back_translation": "bt", "entity_swap": "es", "voice_swap": "vs"}
 _SPACE_PUNCT = re.compile(r"[\s\W_]+", re.UNICODE)
-BT_FILTERS = ("empty", "identical", "wrong_language", "length_ratio")
+BT_FILTERS = ("empty", "identical", "wrong_language", "length_ratio", "numbers", "entities", "low_similarity")
+_DIGITS = re.compile(r"\d+|<[A-Z_]+>")  # digit runs and PII mask tags such as <PHONE>
 TURN_PROBLEMS = ("empty", "too_long", "symbols_only", "mixed_language")
 _BT_CHUNK = 64  # conversations translated per round; small enough not to overshoot the cap by much
 
@@ -156,7 +157,8 @@ def augment_turns(
         if method == "back_translation":
             if translator is None:
                 raise ValueError("back_translation is enabled but no translator was given; load one or disable it")
-            _back_translate(order, convs, bad, cfg, translator, metrics, accept, budget)
+            matchers = _matchers(gazetteers, params.entity_swap) if gazetteers and cfg.keep_entities else {}
+            _back_translate(order, convs, bad, cfg, translator, metrics, accept, budget, matchers)
         elif method == "entity_swap":
             if gazetteers is None:
                 raise ValueError("entity_swap is enabled but no gazetteers were given; read them or disable it")
@@ -178,7 +180,14 @@ def _eligible(conv: _Conversation, bad: dict, roles: list[str], *, allow: tuple[
     ]
 
 
-def _back_translate(order, convs, bad, cfg, translator, metrics, accept, budget) -> None:
+def _matchers(gazetteers: dict[str, dict[str, list[str]]], cfg) -> dict[str, EntityMatcher]:
+    return {
+        lang: EntityMatcher(g, lang=lang, match_inside_words=cfg.match_inside_words, case_sensitive=cfg.case_sensitive_en)
+        for lang, g in gazetteers.items()
+    }
+
+
+def _back_translate(order, convs, bad, cfg, translator, metrics, accept, budget, matchers) -> None:
     rows_per_conv = max(1.0, sum(len(c.rows) for c in convs.values()) / max(len(convs), 1))
     start = 0
     while start < len(order) and budget.fits(1):
@@ -203,7 +212,8 @@ def _back_translate(order, convs, bad, cfg, translator, metrics, accept, budget)
             for i, text in zip(usable, back_usable, strict=True):
                 back[i] = text
             for (c, r), mid, out in zip(items, there, back, strict=True):
-                reason = _bt_problem(r["content"], mid, out, lang=lang, pivot=pivot, cfg=cfg)
+                reason = _bt_problem(r["content"], mid, out, lang=lang, pivot=pivot, cfg=cfg,
+                                     matcher=matchers.get(lang))
                 if reason:
                     metrics[f"rejected_back_translation_{reason}"] += 1
                 else:
@@ -219,7 +229,8 @@ def _back_translate(order, convs, bad, cfg, translator, metrics, accept, budget)
                 break
 
 
-def _bt_problem(source: str, pivot_text: str, out: str, *, lang: str, pivot: str, cfg) -> str | None:
+def _bt_problem(source: str, pivot_text: str, out: str, *, lang: str, pivot: str, cfg,
+                matcher: EntityMatcher | None = None) -> str | None:
     if not pivot_text.strip() or not out.strip():
         return "empty"
     if _fold(out) == _fold(source):
@@ -229,6 +240,17 @@ def _bt_problem(source: str, pivot_text: str, out: str, *, lang: str, pivot: str
     ratio = len(out) / max(len(source), 1)
     if not cfg.min_length_ratio <= ratio <= cfg.max_length_ratio:
         return "length_ratio"
+    # a changed order number or price is a wrong fact, not a paraphrase
+    if cfg.keep_numbers and sorted(_DIGITS.findall(out)) != sorted(_DIGITS.findall(source)):
+        return "numbers"
+    # a weak translator swaps rare names for frequent ones (东京 -> 北京): that is entity_swap's job, done right
+    if matcher is not None and sorted(m.key for m in matcher.find(out)) != sorted(m.key for m in matcher.find(source)):
+        return "entities"
+    if cfg.min_similarity > 0:
+        import sacrebleu
+
+        if sacrebleu.sentence_chrf(out, [source]).score < cfg.min_similarity:
+            return "low_similarity"
     return None
 
 
@@ -237,10 +259,7 @@ def _fold(text: str) -> str:
 
 
 def _swap_entities(order, convs, bad, cfg, gazetteers, seed, accept, budget) -> None:
-    matchers = {
-        lang: EntityMatcher(g, lang=lang, match_inside_words=cfg.match_inside_words, case_sensitive=cfg.case_sensitive_en)
-        for lang, g in gazetteers.items()
-    }
+    matchers = _matchers(gazetteers, cfg)
     for cid in progress(order, total=len(order), desc="entity swap"):
         if not budget.fits(1):
             break

@@ -20,24 +20,28 @@ turn intent, else `options.intent`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import logging
 import operator
 import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import polars as pl
 
 from chatforge.data.lang import lang_expr
 from chatforge.data.readers import (
     READERS,
+    ConversationColumns,
     RawConversation,
     RawReject,
     TableLayoutError,
+    conversations_json_columns,
     encoding_hint,
     raw_prefix,
 )
@@ -131,8 +135,10 @@ class _Collector:
             "lang": [],
             "intent": [],
         }
+        self.frames: list[pl.DataFrame] = []  # conversations accepted column-wise (add_columns)
         self.rejects: list[dict[str, str]] = []
         self.seen: set[str] = set()
+        self.seen_columns: list[pl.Series] = []  # ids accepted column-wise, not yet in `seen`
         self.stats = SourceStats()
 
     def reject(self, location: str, reason: str, raw: str) -> None:
@@ -175,15 +181,13 @@ class _Collector:
                 f"{dialogue} user/assistant messages after merging, need >= {self.min_turns}, both roles: "
                 + raw_prefix(conv.raw),
             )
-        lang = conv.lang
-        if lang is not None:
-            lang = str(lang).strip().lower().replace("_", "-").split("-")[0] or None  # zh-CN, en_US -> zh, en
-            if lang not in (None, "zh", "en"):
-                return self.reject(
-                    conv.location,
-                    "unsupported_lang",
-                    f"declared lang {conv.lang!r}; only zh and en are supported",
-                )
+        lang = _declared_lang(conv.lang)
+        if lang is False:
+            return self.reject(
+                conv.location,
+                "unsupported_lang",
+                f"declared lang {conv.lang!r}; only zh and en are supported",
+            )
         lang = lang or self.forced_lang
         intent = (
             _text_or_none(conv.intent) or next((i for i in out_intents if i), None) or self.options.intent
@@ -195,7 +199,7 @@ class _Collector:
                 "bad_encoding",
                 "id or intent " + encoding_hint(self.options.encoding or "utf-8"),
             )
-        if cid in self.seen:
+        if cid in self._seen():
             return self.reject(
                 conv.location,
                 "duplicate_id",
@@ -280,8 +284,162 @@ class _Collector:
             out_intents.append(turn_intent)
         return out_roles, out_contents, out_intents, merges
 
+    def add_item(self, item: RawConversation | RawReject) -> None:
+        if isinstance(item, RawReject):
+            self.reject(item.location, item.reason, item.raw)
+        else:
+            self.add(item)
+
+    def add_columns(self, columns: ConversationColumns) -> None:
+        """Every item of one file, with the same outcome as `add_item` on each in order, but the checks
+        of the regular conversations run over all their messages at once (polars/numpy).
+
+        A conversation any rule would reject is handed to `add` (it names the first problem, exactly as
+        for every other format); so are the non-regular items. The accepted ones keep their order
+        against those for the duplicate-id check.
+        """
+        n_convs = len(columns.positions)
+        lengths = np.asarray(columns.lengths, dtype=np.int64)
+        roles, contents = columns.roles, columns.contents
+        regular = np.ones(n_convs, dtype=bool)
+        conv_of = np.repeat(np.arange(n_convs, dtype=np.int64), lengths)
+        try:  # nulls become nulls (rejected below); other non-text values raise
+            role_names = pl.Series("role_name", roles, dtype=pl.String, strict=True)
+            content = pl.Series("content", contents, dtype=pl.String, strict=True)
+        except TypeError:
+            # a conversation with a role or content that is a number, a list, ... is judged by `add`
+            odd = np.fromiter(
+                (type(r) is not str or type(c) is not str for r, c in zip(roles, contents, strict=True)),
+                dtype=bool,
+                count=len(roles),
+            )
+            regular[conv_of[odd]] = False
+            role_names = pl.Series("role_name", [r if type(r) is str else None for r in roles], dtype=pl.String)
+            content = pl.Series("content", [c if type(c) is str else None for c in contents], dtype=pl.String)
+        starts = np.cumsum(lengths) - lengths
+        position = np.arange(len(roles), dtype=np.int64) - starts[conv_of]
+        lookup = {name: self._role_of(name) for name in role_names.drop_nulls().unique().to_list()}
+        messages = pl.DataFrame(
+            {
+                "conv": conv_of,
+                "k": position,
+                "role": role_names.replace_strict(lookup, default=None, return_dtype=pl.String),
+                "content": content,
+            }
+        )
+        role, k = pl.col("role"), pl.col("k")
+        same = ((k > 0) & (role == role.shift(1))).fill_null(False)
+        bad = (
+            role.is_null()
+            | ~pl.col("content").str.contains(_non_space_pattern())
+            | ((role == "system") & (k > 0) & ~same)
+        )
+        if self.same_role == "drop_conversation":
+            bad = bad | same
+        flags = messages.select(
+            same=same, bad=bad.fill_null(True), system=(role == "system").fill_null(False)
+        )
+        same_np, bad_np, system_np = (flags[c].to_numpy() for c in ("same", "bad", "system"))
+        regular[conv_of[bad_np]] = False
+        merges = np.bincount(conv_of[same_np], minlength=n_convs)
+        first_system = np.zeros(n_convs, dtype=bool)
+        nonempty = lengths > 0
+        first_system[nonempty] = system_np[starts[nonempty]]
+        regular &= lengths - merges - first_system >= self.min_turns
+        langs = _map_values(_declared_lang, columns.langs, unsupported="?")
+        regular &= (langs != "?").fill_null(True).to_numpy()
+        if self.forced_lang:
+            langs = langs.fill_null(self.forced_lang)
+
+        # In file order, accepted conversations (a repeated id is rejected) interleave with the items
+        # `add` judges. Those that failed a check above are rejected by `add` before it looks at ids;
+        # so are reader rejects. Only another kind of item (one `add` may accept) needs one ordered pass.
+        accepted = np.flatnonzero(regular)
+        positions = np.asarray(columns.positions, dtype=np.int64)
+        is_other = np.ones(columns.size, dtype=bool)
+        is_other[positions] = False
+        events: list[tuple[int, Any]] = [
+            *((k, columns.item_at(k)) for k in np.flatnonzero(is_other).tolist()),
+            *((k, None) for k in positions[~regular].tolist()),
+        ]
+        cids = f"{self.name}:" + pl.Series("cid", columns.local_ids, dtype=pl.String)
+        keep = np.zeros(n_convs, dtype=bool)
+        if all(isinstance(item, RawReject | None) for _, item in events):
+            accepted_ids = cids.gather(accepted)
+            fresh = accepted_ids.is_first_distinct()
+            earlier = pl.concat([pl.Series(list(self.seen), dtype=pl.String), *self.seen_columns])
+            if earlier.len():
+                fresh &= ~accepted_ids.is_in(earlier.implode())
+            keep[accepted[fresh.to_numpy()]] = True
+            self.seen_columns.append(accepted_ids.filter(fresh))
+            events += [(columns.positions[i], self._duplicate(columns, i)) for i in accepted[~fresh.to_numpy()]]
+        else:
+            events += [(columns.positions[i], i) for i in accepted.tolist()]
+            cid_list = cids.to_list()
+        for at, item in sorted(events, key=operator.itemgetter(0)):
+            if type(item) is int:  # an accepted conversation, in the ordered pass
+                if cid_list[item] in self._seen():
+                    self.add_item(self._duplicate(columns, item))
+                else:
+                    self.seen.add(cid_list[item])
+                    keep[item] = True
+            else:  # None: failed a check above; `add` names the problem
+                self.add_item(item or columns.item_at(at))
+        if not keep.any():
+            return
+
+        kept = keep[conv_of]
+        rows = messages.filter(pl.Series(kept))
+        if same_np[kept].any():
+            # merge same-role runs: a message's turn is its position less the merges before it
+            merged_before = np.cumsum(same_np)
+            turn = position - (merged_before - merged_before[starts[conv_of]])
+            rows = (
+                rows.with_columns(k=pl.Series(turn[kept]))
+                .group_by("conv", "k", maintain_order=True)
+                .agg(pl.col("role").first(), pl.col("content").str.join(self.separator))
+            )
+        conv = rows["conv"]
+        intents = _map_values(_text_or_none, columns.intents)
+        if self.options.intent:
+            intents = intents.fill_null(self.options.intent)
+        frame = pl.DataFrame(
+            {
+                "conversation_id": cids.gather(conv),
+                "turn": rows["k"].cast(pl.Int32),
+                "role": rows["role"],
+                "content": rows["content"],
+                "lang": langs.gather(conv),
+                "intent": intents.gather(conv),
+            }
+        )
+        self.frames.append(frame)
+        self.stats.conversations += int(keep.sum())
+        self.stats.turns += frame.height
+        self.stats.same_role_merged_messages += int(merges[keep].sum())
+
+    def _duplicate(self, columns: ConversationColumns, index: int) -> RawReject:
+        item = columns.item_at(columns.positions[index])
+        return RawReject(
+            item.location,
+            "duplicate_id",
+            f"conversation id {columns.local_ids[index]!r} appears earlier in this source",
+        )
+
+    def _seen(self) -> set[str]:
+        for ids in self.seen_columns:
+            self.seen.update(ids.to_list())
+        self.seen_columns.clear()
+        return self.seen
+
+    def _role_of(self, name: str) -> str | None:
+        role = self.role_map.get(name)
+        return role if role is not None else self.role_map.get(name.strip().lower())
+
     def frame(self) -> pl.DataFrame:
-        frame = pl.DataFrame(self.cols, schema={c: TURNS_SCHEMA[c] for c in self.cols})
+        frame = pl.concat(
+            [pl.DataFrame(self.cols, schema={c: TURNS_SCHEMA[c] for c in self.cols}), *self.frames]
+        )
         if frame["lang"].null_count():
             # detect only where no language was declared; the caller sorts, so the order may change here
             undeclared = pl.col("lang").is_null()
@@ -303,6 +461,39 @@ def _text_or_none(value: Any) -> str | None:
         return None
     text = str(value).strip()
     return text or None
+
+
+def _declared_lang(value: Any) -> str | None | Literal[False]:
+    """zh-CN, en_US -> zh, en; None when none is declared; False for a language other than zh/en."""
+    if value is None:
+        return None
+    lang = str(value).strip().lower().replace("_", "-").split("-")[0] or None
+    return lang if lang in (None, "zh", "en") else False
+
+
+def _map_values(
+    function: Callable[[Any], str | None | Literal[False]], values: list[Any], *, unsupported: str = ""
+) -> pl.Series:
+    """A text column of `function` (None -> None) on each value, False written as `unsupported`;
+    computed once per distinct value when all are text or null (intents and langs repeat a lot)."""
+    try:
+        texts = pl.Series(values, dtype=pl.String, strict=True)
+    except TypeError:  # numbers, lists, ...: one by one
+        return pl.Series([unsupported if (v := function(x)) is False else v for x in values], dtype=pl.String)
+    table = {x: function(x) for x in texts.drop_nulls().unique().to_list()}
+    return texts.replace_strict(
+        {x: unsupported if v is False else v for x, v in table.items()}, default=None, return_dtype=pl.String
+    )
+
+
+# Every character str.isspace() (and so str.strip()) treats as whitespace; regex `\s` lacks \x1c-\x1f.
+PYTHON_SPACES = "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+
+
+@functools.cache
+def _non_space_pattern() -> str:
+    """A regex matching any character that is not whitespace to str.strip()."""
+    return "[^" + "".join(f"\\x{{{ord(c):x}}}" for c in PYTHON_SPACES) + "]"
 
 
 @contextlib.contextmanager
@@ -328,6 +519,46 @@ def source_files(path: Path, fmt: str) -> list[Path]:
     )
 
 
+def _collect_file(
+    collector: _Collector,
+    file: Path,
+    *,
+    fmt: str,
+    label: str,
+    id_prefix: str,
+    max_items: int | None,
+    vectorised: bool,
+) -> int:
+    """Feed one file's items to the collector; returns how many were read. What was parsed is freed
+    on return, while the cyclic collector is still paused (it would otherwise scan it all once)."""
+    options = collector.options
+    if vectorised and fmt == "conversations_json":
+        # one JSON document: taken apart column-wise, no Python object per conversation
+        columns = conversations_json_columns(
+            file, options=options, label=label, id_prefix=id_prefix, max_items=max_items
+        )
+        collector.add_columns(columns)
+        return columns.size
+    items: list[RawConversation | RawReject] = []
+    read = 0
+    reader = READERS[fmt][0]  # type: ignore[index]
+    for item in progress(
+        reader(file, options=options, label=label, id_prefix=id_prefix),
+        desc=f"ingest {collector.name}",
+        every=50_000,
+    ):
+        if max_items is not None and read >= max_items:
+            break
+        read += 1
+        if vectorised:
+            items.append(item)
+        else:
+            collector.add_item(item)
+    if items:
+        collector.add_columns(ConversationColumns.from_items(items))
+    return read
+
+
 def read_source(
     source: Source,
     *,
@@ -336,8 +567,13 @@ def read_source(
     merge_separator: str = "\n",
     min_turns: int = 2,
     base_dir: Path | str = ".",
+    vectorised: bool = True,
 ) -> tuple[pl.DataFrame, pl.DataFrame, SourceStats]:
-    """One source -> (turns, rejects, stats). Raises IngestError when the source cannot be read at all."""
+    """One source -> (turns, rejects, stats). Raises IngestError when the source cannot be read at all.
+
+    `vectorised=False` judges every conversation on its own (`_Collector.add`): the reference the
+    column-wise checks are tested against, with the same result.
+    """
     path = Path(base_dir) / source.path
     collector = _Collector(source, same_role=same_role, merge_separator=merge_separator, min_turns=min_turns)
     where = f"ingest.sources[{index}] (name {source.source_name!r}, format {source.format})"
@@ -359,7 +595,6 @@ def read_source(
             f"{where}: {source.path!r} must be a folder holding movie_lines.txt and movie_conversations.txt. "
             f"Fix ingest.sources[{index}].path."
         )
-    reader = READERS[source.format][0]
     files = source_files(path, source.format)
     if not files:
         log.warning(
@@ -376,16 +611,18 @@ def read_source(
                 else f"{source.path.rstrip('/')}/{file.relative_to(path).as_posix()}"
             )
             id_prefix = "" if file == path else f"{file.relative_to(path).with_suffix('').as_posix()}:"
-            items = reader(file, options=source.options, label=label, id_prefix=id_prefix)
+            if limit is not None and read >= limit:
+                break
             try:
-                for item in progress(items, desc=f"ingest {source.source_name}", every=50_000):
-                    if limit is not None and read >= limit:
-                        break
-                    read += 1
-                    if isinstance(item, RawReject):
-                        collector.reject(item.location, item.reason, item.raw)
-                    else:
-                        collector.add(item)
+                read += _collect_file(
+                    collector,
+                    file,
+                    fmt=source.format,
+                    label=label,
+                    id_prefix=id_prefix,
+                    max_items=None if limit is None else limit - read,
+                    vectorised=vectorised,
+                )
             except TableLayoutError as exc:
                 raise IngestError(f"{where}: {exc} (ingest.sources[{index}].options)") from None
             except OSError as exc:
@@ -417,7 +654,8 @@ def ingest(params: IngestParams, *, base_dir: Path | str = ".") -> IngestResult:
         frames.append(turns)
         reject_frames.append(rejects)
         stats[source.source_name] = source_stats
-    turns = sort_turns(pl.concat(frames, how="vertical"))
+    # each source's frame is sorted already; one source needs no second sort of a million rows
+    turns = frames[0] if len(frames) == 1 else sort_turns(pl.concat(frames, how="vertical"))
     return IngestResult(turns=turns, rejects=pl.concat(reject_frames, how="vertical"), stats=stats)
 
 

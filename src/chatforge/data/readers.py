@@ -14,12 +14,17 @@ its line number or position, prefixed with the file's relative path when the sou
 from __future__ import annotations
 
 import ast
+import codecs
 import csv
+import functools
 import io
+import itertools
 import json
+import operator
 import re
 import zipfile
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -127,54 +132,237 @@ def _text_parts(content: Any) -> Any:
     return content
 
 
-def read_conversations_json(
-    path: Path, *, options: SourceOptions, label: str, id_prefix: str
-) -> Iterator[Item]:
-    """The seed format: {"conversations": [{"id", "messages": [{"role", "content"}], "intent"?, "lang"?}]}."""
+def _conversations_document(path: Path, options: SourceOptions, label: str) -> tuple[list[Any], bool] | RawReject:
+    """The seed format's list of conversations and whether it was decoded leniently, or a reject for the file."""
     data = path.read_bytes()
     text, lenient = decode_document(data, options.encoding or "utf-8")
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
-        yield RawReject(
+        return RawReject(
             f"{label}:{exc.lineno}",
             "malformed_json",
             f"{exc.msg}: " + raw_prefix(text[max(0, exc.pos - 40) : exc.pos + 60]),
         )
-        return
     conversations = doc.get("conversations") if isinstance(doc, dict) else doc
     if not isinstance(conversations, list):
-        yield RawReject(label, "missing_field", 'expected {"conversations": [...]}: ' + raw_prefix(text))
-        return
-    for index, conv in enumerate(conversations):
-        if not isinstance(conv, dict):
-            yield RawReject(
-                f"{label}#{index}", "missing_field", "conversation is not an object: " + raw_prefix(conv)
-            )
-            continue
-        cid = conv.get("id")
-        explicit = isinstance(cid, (str, int)) and not isinstance(cid, bool) and str(cid) != ""
-        local_id = str(cid) if explicit else f"{id_prefix}{index}"
-        fields = _message_fields(conv.get("messages"), "role", "content")
-        if fields is None:
-            yield RawReject(
-                f"{label}#{local_id}",
-                "missing_field",
-                '"messages" must be a list of {"role", "content"} objects: ' + raw_prefix(conv),
-            )
-            continue
-        yield RawConversation(
-            local_id,
+        return RawReject(label, "missing_field", 'expected {"conversations": [...]}: ' + raw_prefix(text))
+    return conversations, lenient
+
+
+def _explicit_id(cid: Any) -> bool:
+    return isinstance(cid, (str, int)) and not isinstance(cid, bool) and str(cid) != ""
+
+
+def _conversation_item(conv: Any, index: int, *, label: str, id_prefix: str, lenient: bool) -> Item:
+    """One entry of the seed format's "conversations" list."""
+    if not isinstance(conv, dict):
+        return RawReject(f"{label}#{index}", "missing_field", "conversation is not an object: " + raw_prefix(conv))
+    cid = conv.get("id")
+    explicit = _explicit_id(cid)
+    local_id = str(cid) if explicit else f"{id_prefix}{index}"
+    fields = _message_fields(conv.get("messages"), "role", "content")
+    if fields is None:
+        return RawReject(
             f"{label}#{local_id}",
-            fields[0],
-            fields[1],
-            conv.get("intent"),
-            conv.get("lang"),
-            None,
-            conv,
-            lenient,
-            explicit,
+            "missing_field",
+            '"messages" must be a list of {"role", "content"} objects: ' + raw_prefix(conv),
         )
+    return RawConversation(
+        local_id,
+        f"{label}#{local_id}",
+        fields[0],
+        fields[1],
+        conv.get("intent"),
+        conv.get("lang"),
+        None,
+        conv,
+        lenient,
+        explicit,
+    )
+
+
+def read_conversations_json(
+    path: Path, *, options: SourceOptions, label: str, id_prefix: str
+) -> Iterator[Item]:
+    """The seed format: {"conversations": [{"id", "messages": [{"role", "content"}], "intent"?, "lang"?}]}."""
+    document = _conversations_document(path, options, label)
+    if isinstance(document, RawReject):
+        yield document
+        return
+    conversations, lenient = document
+    for index, conv in enumerate(conversations):
+        yield _conversation_item(conv, index, label=label, id_prefix=id_prefix, lenient=lenient)
+
+
+@dataclass
+class ConversationColumns:
+    """The items of one file column-wise, for checks that run over all messages at once.
+
+    Positions 0..size-1 follow the file. The regular conversations (plain role/content messages, no
+    per-turn intents, strictly decoded) are listed in `positions` with their fields, messages
+    flattened in order (`lengths` says how many belong to each). Every other position (a reject, a
+    conversation only the message-by-message path handles) is fetched with `item_at`, as are the
+    regular ones when a reject needs their location or raw record.
+    """
+
+    size: int
+    positions: list[int]
+    local_ids: list[str]
+    intents: list[Any]
+    langs: list[Any]
+    lengths: list[int]
+    roles: list[Any]
+    contents: list[Any]
+    item_at: Callable[[int], Item]
+
+    @classmethod
+    def from_items(cls, items: list[Item]) -> ConversationColumns:
+        regular = [
+            (k, item)
+            for k, item in enumerate(items)
+            if isinstance(item, RawConversation) and item.turn_intents is None and not item.check_encoding
+        ]
+        return cls(
+            size=len(items),
+            positions=[k for k, _ in regular],
+            local_ids=[item.local_id for _, item in regular],
+            intents=[item.intent for _, item in regular],
+            langs=[item.lang for _, item in regular],
+            lengths=[len(item.roles) for _, item in regular],
+            roles=list(itertools.chain.from_iterable(item.roles for _, item in regular)),
+            contents=list(itertools.chain.from_iterable(item.contents for _, item in regular)),
+            item_at=items.__getitem__,
+        )
+
+
+@functools.cache
+def _typed_decoders() -> tuple[Any, Any] | None:
+    """msgspec decoders for the usual shape of the seed format (text fields, ids text or integer),
+    and for the raw bytes of each conversation; None without msgspec."""
+    try:
+        import msgspec
+    except ImportError:
+        return None
+
+    # defstruct: real types, not the string annotations this module's `from __future__` would give
+    message = msgspec.defstruct("Message", [("role", str | None, None), ("content", str | None, None)])
+    conversation = msgspec.defstruct(
+        "Conversation",
+        [
+            ("id", str | int | None, None),
+            ("intent", str | None, None),
+            ("lang", str | None, None),
+            ("messages", list[message] | None, None),  # type: ignore[valid-type]
+        ],
+    )
+    document = msgspec.defstruct("Document", [("conversations", list[conversation])])  # type: ignore[valid-type]
+    raw_document = msgspec.defstruct("RawDocument", [("conversations", list[msgspec.Raw])])
+    return (
+        msgspec.json.Decoder(document | list[conversation]),  # type: ignore[valid-type]
+        msgspec.json.Decoder(raw_document | list[msgspec.Raw]),
+    )
+
+
+def _typed_columns(
+    data: bytes, *, options: SourceOptions, label: str, id_prefix: str, max_items: int | None
+) -> ConversationColumns | None:
+    """Columns straight from msgspec structs (no dict per message, ~3x faster than json.loads), or
+    None when the file is not plain UTF-8 JSON of the usual shape (a number where text belongs, a
+    BOM, NaN, ...): json.loads then reads it as the row-wise reader does."""
+    decoders = _typed_decoders()
+    if decoders is None or codecs.lookup(options.encoding or "utf-8").name != "utf-8":
+        return None
+    import msgspec
+
+    try:
+        doc = decoders[0].decode(data)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return None
+    conversations = doc if isinstance(doc, list) else doc.conversations
+    if max_items is not None:
+        conversations = conversations[:max_items]
+    raw: list[Any] = []
+
+    def item_at(index: int) -> Item:
+        # the reader's item needs the record as json.loads gives it; parse just this conversation's bytes
+        if not raw:
+            spans = decoders[1].decode(data)
+            raw.append(spans if isinstance(spans, list) else spans.conversations)
+        conv = json.loads(bytes(raw[0][index]).decode("utf-8"))
+        return _conversation_item(conv, index, label=label, id_prefix=id_prefix, lenient=False)
+
+    get = operator.attrgetter
+    message_lists = list(map(get("messages"), conversations))
+    positions, convs = list(range(len(conversations))), conversations
+    if None in message_lists:  # no "messages": a reject, through item_at
+        positions = [k for k, ms in enumerate(message_lists) if ms is not None]
+        convs = [conversations[k] for k in positions]
+        message_lists = [message_lists[k] for k in positions]
+    ids = list(map(get("id"), convs))
+    if {*map(type, ids)} != {str} or "" in ids:
+        ids = [
+            cid if type(cid) is str and cid else str(cid) if _explicit_id(cid) else f"{id_prefix}{index}"
+            for index, cid in zip(positions, ids, strict=True)
+        ]
+    messages = list(itertools.chain.from_iterable(message_lists))
+    return ConversationColumns(
+        size=len(conversations),
+        positions=positions,
+        local_ids=ids,
+        intents=list(map(get("intent"), convs)),
+        langs=list(map(get("lang"), convs)),
+        lengths=list(map(len, message_lists)),
+        roles=list(map(get("role"), messages)),
+        contents=list(map(get("content"), messages)),
+        item_at=item_at,
+    )
+
+
+def conversations_json_columns(
+    path: Path, *, options: SourceOptions, label: str, id_prefix: str, max_items: int | None = None
+) -> ConversationColumns:
+    """`read_conversations_json` column-wise: the same items at the same positions, without a Python
+    object per conversation where the file allows (a million turns in about a second).
+
+    Conversations whose shape is not the usual one (not an object, messages not a list of
+    objects) and every conversation of a leniently decoded file are left to `item_at`, which
+    builds exactly what the row-wise reader yields.
+    """
+    data = path.read_bytes()
+    typed = _typed_columns(data, options=options, label=label, id_prefix=id_prefix, max_items=max_items)
+    if typed is not None:
+        return typed
+    document = _conversations_document(path, options, label)
+    if isinstance(document, RawReject):
+        return ConversationColumns(1, [], [], [], [], [], [], [], lambda _: document)
+    conversations, lenient = document
+    if max_items is not None:
+        conversations = conversations[:max_items]
+
+    def item_at(index: int) -> Item:
+        return _conversation_item(conversations[index], index, label=label, id_prefix=id_prefix, lenient=lenient)
+
+    columns = ConversationColumns(len(conversations), [], [], [], [], [], [], [], item_at)
+    if lenient:  # undecodable bytes are found message by message
+        return columns
+    regular = [
+        type(c) is dict and type(ms := c.get("messages")) is list and all(type(m) is dict for m in ms)
+        for c in conversations
+    ]
+    columns.positions = list(itertools.compress(range(len(conversations)), regular))
+    convs = list(itertools.compress(conversations, regular))
+    columns.local_ids = [
+        cid if type(cid) is str and cid else str(cid) if _explicit_id(cid) else f"{id_prefix}{index}"
+        for index, cid in zip(columns.positions, (c.get("id") for c in convs), strict=True)
+    ]
+    columns.intents = [c.get("intent") for c in convs]
+    columns.langs = [c.get("lang") for c in convs]
+    columns.lengths = [len(c["messages"]) for c in convs]
+    messages = list(itertools.chain.from_iterable(c["messages"] for c in convs))
+    columns.roles = [m.get("role") for m in messages]
+    columns.contents = [m.get("content") for m in messages]
+    return columns
 
 
 def _jsonl_records(
@@ -213,7 +401,7 @@ def _chat_record(obj: dict[str, Any], number: int, *, label: str, id_prefix: str
     else:
         fields = None
     cid = obj.get("id")
-    explicit = isinstance(cid, (str, int)) and not isinstance(cid, bool) and str(cid) != ""
+    explicit = _explicit_id(cid)
     if fields is None or (required_id and not explicit):
         what = '"id" and ' if required_id and not explicit else ""
         return RawReject(
@@ -595,9 +783,11 @@ READERS: dict[SourceFormat, tuple[Reader, tuple[str, ...]]] = {
 
 __all__ = [
     "READERS",
+    "ConversationColumns",
     "RawConversation",
     "RawReject",
     "TableLayoutError",
+    "conversations_json_columns",
     "encoding_hint",
     "iter_lines",
     "raw_prefix",

@@ -52,7 +52,7 @@ def classifier_examples(
         if not text.strip():
             stats.extra["no_user_text"] += 1
             continue
-        ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+        ids = tokenizer(text, add_special_tokens=True, verbose=False)["input_ids"]
         if len(ids) > max_seq_len:
             stats.truncated += 1
             ids = ids[: max_seq_len - 1] + ids[-1:]  # keep the closing [SEP]

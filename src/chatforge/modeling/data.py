@@ -95,7 +95,7 @@ def tokenize_chat(tokenizer: Any, conv: Conversation) -> Example:
         start = len(tokenizer.apply_chat_template(msgs[:i], tokenize=False, add_generation_prompt=True)) if i else 0
         end = len(tokenizer.apply_chat_template(msgs[: i + 1], tokenize=False))
         spans.append((start, end))
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)  # cut later, by rule
     ids: list[int] = enc["input_ids"]
     labels = [IGNORE] * len(ids)
     k = 0

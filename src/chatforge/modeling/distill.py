@@ -26,7 +26,13 @@ import torch.nn.functional as F
 from chatforge.evaluation.metrics import classification_scores, latency_stats, perplexity, retention
 from chatforge.io import progress
 from chatforge.modeling import classifier as clf
-from chatforge.modeling.data import IGNORE, Conversation, collate_padded, conversations, tokenize_conversations
+from chatforge.modeling.data import (
+    IGNORE,
+    Conversation,
+    collate_padded,
+    conversations,
+    tokenize_conversations,
+)
 from chatforge.modeling.manifest import MANIFEST_NAME, Manifest, read_manifest
 
 LAYER_INDEX = re.compile(r"(\.(?:layers|layer)\.)(\d+)\.")

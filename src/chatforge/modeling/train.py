@@ -323,15 +323,27 @@ def bleu_by_lang(hypotheses: list[str], references: list[str], langs: list[str])
     return out
 
 
-def bleu_prompts(convs: list[Conversation], *, samples: int, seed: int) -> list[tuple[list[dict[str, str]], str, str]]:
-    """(messages before the first assistant reply, that reply, lang) for a seeded sample of conversations."""
+def bleu_prompts(
+    convs: list[Conversation], tokenizer: Any, *, samples: int, seed: int, max_prompt_tokens: int
+) -> list[tuple[list[dict[str, str]], str, str]]:
+    """(messages before the first assistant reply, that reply, lang) for a seeded sample of conversations.
+
+    Prompts longer than max_prompt_tokens are not eligible: one pasted 3,000-token message would make
+    every greedy step of its batch attend over it, and the model never trained on such lengths."""
     items = []
     for conv in convs:
         k = next((i for i, m in enumerate(conv.messages) if m["role"] == "assistant"), None)
         if k and conv.messages[k]["content"].strip():
             items.append((conv.messages[:k], conv.messages[k]["content"], conv.lang))
     random.Random(seed).shuffle(items)
-    return items[:samples]
+    picked = []
+    for item in items:
+        if len(picked) == samples:
+            break
+        text = tokenizer.apply_chat_template(item[0], tokenize=False, add_generation_prompt=True)
+        if len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]) <= max_prompt_tokens:
+            picked.append(item)
+    return picked
 
 
 # ------------------------------------------------------------------------------------ launch
@@ -436,7 +448,7 @@ def train(
 
     # --- resume
     state: dict[str, Any] = {"step": 0, "epoch": 0, "position": 0, "history": [], "best_val_loss": None,
-                             "bad_evals": 0, "gap_flags": 0, "unfreeze_events": [], "resumed_from": None}
+                             "bad_evals": 0, "gap_flags": 0, "unfreeze_events": [], "resumed_from": None, "base_eval": {}}
     ckpt = latest_checkpoint(checkpoint_dir) if checkpoint_dir else None
     if ckpt is not None:
         state = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler, acc=acc)
@@ -445,7 +457,27 @@ def train(
     live = _open_live(live_dir, state["history"]) if live_dir and acc.is_main_process else None
 
     loss_fn = causal_loss_sums if family == "causal_lm" else classifier_loss_sums
-    bleu_items = bleu_prompts(val_convs, samples=tp.bleu_samples, seed=tp.seed) if family == "causal_lm" else []
+    bleu_items = (
+        bleu_prompts(val_convs, tokenizer, samples=tp.bleu_samples, seed=tp.seed,
+                     max_prompt_tokens=max(8, tp.max_seq_len - tp.bleu_max_new_tokens))
+        if family == "causal_lm" else []
+    )
+
+    def evaluate() -> dict[str, float]:
+        out = {"val/loss": evaluate_loss(model, val_batches, family=family, device=acc.device, autocast=acc.autocast)}
+        if family == "causal_lm":
+            out["val/perplexity"] = math.exp(min(out["val/loss"], 50.0))
+            if bleu_items:
+                hyps = generate_replies(model, tokenizer, [p for p, _, _ in bleu_items], max_new_tokens=tp.bleu_max_new_tokens, device=acc.device)
+                out.update({f"val/{k}": v for k, v in bleu_by_lang(hyps, [r for _, r, _ in bleu_items], [la for _, _, la in bleu_items]).items()})
+        else:
+            out["val/accuracy"] = _accuracy(model, val_batches, acc)
+        return out
+
+    if tp.eval_base and state["step"] == 0:
+        # the untouched base on the same val sample: what the fine-tune has to beat
+        state["base_eval"] = evaluate()
+        log.info("base before training: %s", ", ".join(f"{k}={v:.4g}" for k, v in state["base_eval"].items()))
     frozen_now = -1
     window_nll, window_tokens = 0.0, 0
     stopped_early = False
@@ -507,18 +539,12 @@ def train(
         record: dict[str, float] = {"step": done, "epoch": epoch, "train/loss": train_loss, "train/lr": lr_used}
 
         if done % tp.eval_every_steps == 0 or done == total_steps:
-            val_loss = evaluate_loss(model, val_batches, family=family, device=acc.device, autocast=acc.autocast)
+            record.update(evaluate())
+            val_loss = record["val/loss"]
             window_loss = window_nll / max(1, window_tokens)
             window_nll, window_tokens = 0.0, 0
             gap = val_loss - window_loss
-            record.update({"val/loss": val_loss, "val/gap": gap})
-            if family == "causal_lm":
-                record["val/perplexity"] = math.exp(min(val_loss, 50.0))
-                if bleu_items:
-                    hyps = generate_replies(model, tokenizer, [p for p, _, _ in bleu_items], max_new_tokens=tp.bleu_max_new_tokens, device=acc.device)
-                    record.update({f"val/{k}": v for k, v in bleu_by_lang(hyps, [r for _, r, _ in bleu_items], [la for _, _, la in bleu_items]).items()})
-            else:
-                record["val/accuracy"] = _accuracy(model, val_batches, acc)
+            record["val/gap"] = gap
             if gap > tp.max_gap:
                 state["gap_flags"] += 1
                 log.warning("step %d: val loss %.4f exceeds train loss %.4f by %.4f > train.max_gap %.2f (overfitting?)",
@@ -559,6 +585,7 @@ def train(
         "best_val_loss": state["best_val_loss"], "num_processes": world, "process_index": rank,
         "train_loss": state["history"][-1]["train/loss"] if state["history"] else None,
         **{k.replace("/", "_"): v for k, v in last.items() if k.startswith("val/")},
+        **{"base_" + k.replace("/", "_"): v for k, v in state["base_eval"].items()},
         **train_stats.as_metrics("train"), **val_stats.as_metrics("val"),
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
     }

@@ -56,6 +56,7 @@ class DecodeOptions:
     batch_size: int = 32
     num_beams: int = 1
     max_new_tokens: int = 96
+    no_repeat_ngram_size: int = 3  # small models loop ("until until until"); 0 allows repeats
 
 
 def fingerprint_folder(folder: Path, *, extra: str = "") -> str:
@@ -110,7 +111,7 @@ class Seq2SeqTranslator:
             with torch.inference_mode():
                 ids = self.model.generate(
                     **enc, num_beams=self.options.num_beams, max_new_tokens=self.options.max_new_tokens,
-                    do_sample=False, **extra,
+                    no_repeat_ngram_size=self.options.no_repeat_ngram_size, do_sample=False, **extra,
                 )
             self.generate_calls += 1
             self.texts_translated += len(idx)
@@ -163,7 +164,8 @@ class CausalLMTranslator:
             with torch.inference_mode():
                 ids = self.model.generate(
                     **enc, num_beams=self.options.num_beams, max_new_tokens=self.options.max_new_tokens,
-                    do_sample=False, pad_token_id=self.tokenizer.pad_token_id,
+                    no_repeat_ngram_size=self.options.no_repeat_ngram_size, do_sample=False,
+                    pad_token_id=self.tokenizer.pad_token_id,
                 )
             self.generate_calls += 1
             self.texts_translated += len(idx)
@@ -245,6 +247,11 @@ def _resolve(source: str | Path) -> tuple[Path | None, str]:
         return path, str(path)
     if path.exists():
         raise TranslatorLoadError(f"{source}: a file, not a model folder; point at the folder holding config.json")
+    if str(source).startswith((".", "/", "~")) or str(source).count("/") > 1:
+        raise TranslatorLoadError(
+            f"{source}: translator folder not found. Build the default with `dvc repro translator`, or point "
+            "at a folder holding config.json, weights and tokenizer files."
+        )
     return None, str(source)
 
 

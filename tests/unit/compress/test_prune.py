@@ -13,7 +13,7 @@ from chatforge.modeling.distill import CompressError
 from chatforge.params import ParamsError, PruneParams, validate_section
 
 torch.set_num_threads(1)
-FAST = dict(bleu_samples=2, max_new_tokens=4, latency_requests=2, eval_max_conversations=8, recovery_steps=4)
+FAST = {"bleu_samples": 2, "max_new_tokens": 4, "latency_requests": 2, "eval_max_conversations": 8, "recovery_steps": 4}
 
 
 def _prunable(model) -> int:

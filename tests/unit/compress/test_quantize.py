@@ -66,11 +66,12 @@ def test_tied_embedding_is_stored_once(built: tuple[Path, Path, dict]) -> None:
 
 
 def test_naive_dynamic_scheme_is_measurably_worse_or_equal(built: tuple[Path, Path, dict], tmp_path: Path) -> None:
-    source, folder, m = built
+    _source, folder, m = built
     out = tmp_path / "dyn.onnx"
     quantize_onnx(folder / "model.onnx", out, options=QuantizeOptions(scheme="dynamic"))
-    from chatforge.modeling.data import conversations, tokenize_conversations
     from transformers import AutoTokenizer
+
+    from chatforge.modeling.data import conversations, tokenize_conversations
 
     tok = AutoTokenizer.from_pretrained(folder)
     seqs = [e.input_ids for e in tokenize_conversations(conversations(tiny_turns(6)), tok, max_seq_len=256, overlong="truncate")[0]]

@@ -14,6 +14,7 @@ import polars as pl
 import pytest
 
 from chatforge.data.ingest import REJECT_REASONS, IngestError, ingest, read_source
+from chatforge.data.readers import _typed_columns
 from chatforge.data.schema import TURNS_SCHEMA
 from chatforge.io import write_parquet
 from chatforge.params import IngestParams, ParamsError, Source, validate_section
@@ -700,3 +701,175 @@ def test_xdailydialog_parallel_files_stay_aligned(shared_datasets: Path) -> None
     # same ids and turn structure line by line, so the pairs can serve as a translation reference
     assert zh.select("conversation_id", "turn", "role").equals(en.select("conversation_id", "turn", "role"))
     assert set(zh["lang"]) == {"zh"} and set(en["lang"]) == {"en"}
+
+
+# ------------------------------------------------------- column-wise path == row-wise reference
+def _both_paths(source: dict[str, Any], **kwargs: Any) -> tuple[Any, Any]:
+    """read_source column-wise (the default) and message by message; asserts they agree exactly."""
+    fast = read_source(Source(**source), **kwargs)
+    slow = read_source(Source(**source), vectorised=False, **kwargs)
+    assert fast[0].equals(slow[0]), "turns differ"
+    assert fast[1].equals(slow[1]), "rejects differ"
+    assert fast[2] == slow[2], "stats differ"
+    return fast
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"same_role": "drop_conversation"}, {"min_turns": 4, "merge_separator": " | "}],
+)
+def test_vectorised_matches_row_wise_on_demo_corpus(kwargs: dict[str, Any]) -> None:
+    path = ROOT / "data" / "raw" / "demo" / "conversations.json"
+    turns, rejects, stats = _both_paths({"path": str(path), "format": "conversations_json", "name": "demo"}, **kwargs)
+    assert stats.conversations > 2000 and turns.height == stats.turns
+    assert not rejects.is_empty()  # the demo corpus carries deliberately broken conversations
+
+
+def _messy_conversations() -> list[Any]:
+    conv = _conv
+    return [
+        GOOD,
+        conv("unknown", ("user", "hi"), ("narrator", "He smiled.")),
+        conv("null_role", ("user", "hi"), (None, "x")),
+        conv("empty", ("user", "hi"), ("assistant", "")),
+        conv("spaces", ("user", "\u3000\x1c \t"), ("assistant", "ok")),  # whitespace to str.strip()
+        conv("not_space", ("user", "\u200b"), ("assistant", "ok")),  # zero-width space is no whitespace
+        conv("int_content", ("user", 42), ("assistant", "ok")),
+        conv("null_content", ("user", None), ("assistant", "ok")),
+        conv("list_content", ("user", ["a"]), ("assistant", "ok")),
+        conv("sys_late", ("user", "hi"), ("system", "rules"), ("assistant", "ok")),
+        conv("sys_twice", ("system", "a"), ("system", "b"), ("user", "hi"), ("assistant", "ok")),
+        conv("runs", ("user", "a"), ("User", "b"), ("assistant", "c"), ("assistant", "d"), ("user", "e")),
+        conv("one", ("user", "hello?")),
+        conv("none"),
+        conv("sys_user", ("system", "s"), ("user", "u")),
+        conv("good"),  # a duplicate id, but rejected first for too few turns
+        {**GOOD, "messages": [{"role": "user", "content": "again"}, {"role": "assistant", "content": "yes"}]},
+        conv("fr", ("user", "bonjour"), ("assistant", "salut"), lang="fr"),
+        conv("cn", ("user", "hello"), ("assistant", "hi"), lang="zh_CN"),
+        conv("detect", ("user", "我想退货"), ("assistant", "好的 OK")),
+        conv("blank_intent", ("user", "a"), ("assistant", "b"), intent="  "),
+        conv("num_intent", ("user", "a"), ("assistant", "b"), intent=7),
+        conv("list_intent", ("user", "a"), ("assistant", "b"), intent=["x"]),
+        {"id": 17, "messages": GOOD["messages"]},
+        {"id": "", "messages": GOOD["messages"]},
+        {"id": True, "messages": GOOD["messages"]},
+        {"id": 1.5, "messages": GOOD["messages"]},
+        {"id": 10**30, "messages": GOOD["messages"]},
+        {"messages": GOOD["messages"], "extra": {"nested": [1, None]}},
+        {"id": "no_messages", "turns": []},
+        {"id": "bad_messages", "messages": ["hi", "there"]},
+        "not an object",
+        conv("last", ("assistant", "I open"), ("user", "ok"), ("assistant", "bye")),
+    ]
+
+
+def _text_fields_only(conv: Any) -> bool:
+    text = (str, type(None))
+    return (
+        isinstance(conv, dict)
+        and isinstance(conv.get("id"), (str, int, type(None)))
+        and not isinstance(conv.get("id"), bool)
+        and conv.get("id") != 10**30
+        and isinstance(conv.get("intent"), text)
+        and isinstance(conv.get("lang"), text)
+        and (
+            conv.get("messages") is None
+            or all(isinstance(m, dict) and isinstance(m.get("role"), text) and isinstance(m.get("content"), text) for m in conv["messages"])
+        )
+    )
+
+
+@pytest.mark.parametrize("same_role", ["merge", "drop_conversation"])
+@pytest.mark.parametrize(
+    "layout", ["object", "typed", "list", "bom", "nan", "gbk", "folder", "malformed", "limit", "options"]
+)
+def test_vectorised_matches_row_wise_on_bad_input(tmp_path: Path, layout: str, same_role: str) -> None:
+    conversations = _messy_conversations()
+    typed_layouts = ("typed", "list", "limit", "options")
+    if layout in typed_layouts:  # only text (or null) where text belongs: read without json.loads
+        conversations = [c for c in conversations if _text_fields_only(c)]
+    if layout == "nan":  # NaN is read by json.loads only: the other parser defers to it
+        conversations.append({"id": "nan", "messages": GOOD["messages"], "score": float("nan")})
+    doc: Any = conversations if layout == "list" else {"conversations": conversations}
+    text = json.dumps(doc, ensure_ascii=False)
+    path = tmp_path / "c.json"
+    options: dict[str, Any] = {}
+    if layout == "bom":
+        text = "\ufeff" + text
+    if layout == "malformed":
+        text = text[:-5]
+    if layout == "gbk":  # mis-encoded: decoded leniently, judged message by message
+        path.write_bytes(text.encode("gbk", errors="replace"))
+    else:
+        path.write_text(text, encoding="utf-8")
+    if layout == "folder":  # ids repeat across the files of one source
+        (tmp_path / "b").mkdir()
+        path.rename(tmp_path / "b" / "x.json")
+        _json_source(tmp_path / "b", GOOD, _conv("tail", ("user", "a"), ("assistant", "b")))
+        path = tmp_path / "b"
+    if layout == "limit":
+        options = {"limit": 20}
+    if layout == "options":
+        options = {"lang": "zh", "intent": "misc", "role_map": {"Narrator": "assistant", "bot ": "user"}}
+    source = {"path": str(path), "format": "conversations_json", "name": "t", "options": options}
+    turns, rejects, _ = _both_paths(source, same_role=same_role)
+    typed = _typed_columns(
+        path.read_bytes() if path.is_file() else b"", options=Source(**source).options, label="", id_prefix="", max_items=None
+    )
+    assert (typed is not None) == (layout in typed_layouts)
+    if layout in ("object", "typed", "list", "bom", "nan", "folder"):
+        _assert_good_kept(turns)
+        assert set(rejects["reason"]) == set(REJECT_REASONS) - {
+            "malformed_json", "malformed_yaml", "malformed_line", "bad_encoding", "dangling_reference"
+        } - ({"same_role_sequence"} if same_role == "merge" else set()) - (
+            {"non_string_content"} if layout in typed_layouts else set()
+        )
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_vectorised_matches_row_wise_on_random_conversations(tmp_path: Path, seed: int) -> None:
+    import random
+
+    rng = random.Random(seed)
+    roles = ["user", "assistant", "system", "User", " BOT ", "narrator", None, 3]
+    contents = ["hi", "你好", "OK 好的", "", " ", "\u3000", "\x1f", "a\nb", 5, None, True]
+    conversations = [
+        {
+            **({"id": rng.choice(["a", "b", "c", 7, "", None])} if rng.random() < 0.9 else {}),
+            **({"lang": rng.choice(["zh", "en", "EN-us", "de", None, 3])} if rng.random() < 0.5 else {}),
+            **({"intent": rng.choice(["x", " y ", "", None])} if rng.random() < 0.5 else {}),
+            "messages": [
+                {"role": rng.choices(roles, weights=[8, 8, 2, 1, 1, 1, 1, 1])[0],
+                 "content": rng.choices(contents, weights=[8, 8, 4, 1, 1, 1, 1, 1, 1, 1, 1])[0]}
+                for _ in range(rng.randrange(0, 7))
+            ],
+        }
+        for _ in range(400)
+    ]
+    typed = [c for c in conversations if _text_fields_only(c)]
+    for records in (conversations, typed):
+        path = _json_source(tmp_path, *records)
+        for kwargs in ({}, {"same_role": "drop_conversation"}, {"min_turns": 3}):
+            _both_paths({"path": str(path), "format": "conversations_json", "name": "r"}, **kwargs)
+    # the same records as JSONL lines go through the column-wise checks of every other format
+    jsonl = tmp_path / "r.jsonl"
+    jsonl.write_text("".join(json.dumps(c) + "\n" for c in conversations), encoding="utf-8")
+    _both_paths({"path": str(jsonl), "format": "messages_jsonl"})
+
+
+@pytest.mark.parametrize(
+    ("path", "fmt", "options"),
+    [
+        ("openai.jsonl", "messages_jsonl", {}),
+        ("sharegpt.jsonl", "messages_jsonl", {}),
+        ("feedback", "feedback", {}),
+        ("cornell", "cornell", {}),
+        ("dailydialog.txt", "dailydialog", {}),
+        ("crosswoz.json", "crosswoz", {}),
+        ("exchanges.csv", "csv", {"conversation_column": "session"}),
+        ("chatterbot.yml", "chatterbot_yaml", {}),
+    ],
+)
+def test_vectorised_matches_row_wise_on_every_format(path: str, fmt: str, options: dict[str, Any]) -> None:
+    _both_paths({"path": str(FIXTURES / path), "format": fmt, "options": options})

@@ -10,11 +10,18 @@ import torch
 from conftest import tiny_turns, write_tiny_causal_lm, write_tiny_classifier
 
 from chatforge.evaluation.metrics import retention
-from chatforge.modeling.distill import CompressError, build_student, distill, kd_loss, open_source, pick_layers
+from chatforge.modeling.distill import (
+    CompressError,
+    build_student,
+    distill,
+    kd_loss,
+    open_source,
+    pick_layers,
+)
 from chatforge.params import DistillParams
 
 torch.set_num_threads(1)
-FAST = dict(bleu_samples=2, max_new_tokens=4, latency_requests=2, eval_max_conversations=8)
+FAST = {"bleu_samples": 2, "max_new_tokens": 4, "latency_requests": 2, "eval_max_conversations": 8}
 
 
 def test_picked_layers_are_evenly_spaced_with_first_and_last() -> None:

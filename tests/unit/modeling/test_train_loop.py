@@ -220,3 +220,22 @@ def test_overlong_conversations_are_truncated_or_dropped_and_counted(causal_base
     assert truncated.metrics["train_truncated"] > 0 and truncated.metrics["train_dropped_overlong"] == 0
     assert dropped.metrics["train_dropped_overlong"] == truncated.metrics["train_truncated"]
     assert dropped.metrics["train_truncated"] == 0
+
+
+def test_lora_trains_adapters_and_publishes_a_plain_merged_model(causal_base, data):
+    from transformers import LlamaForCausalLM
+
+    before = _base_state(causal_base)
+    out = _run(causal_base, data, max_steps=3, lr=1e-2, lora={"enabled": True, "r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]})
+    assert type(out.model) is LlamaForCausalLM
+    after = out.model.state_dict()
+    assert set(after) == set(before)  # no adapter keys left: merged
+    assert not torch.equal(before["model.layers.0.self_attn.q_proj.weight"], after["model.layers.0.self_attn.q_proj.weight"])
+    assert torch.equal(before["model.layers.0.mlp.up_proj.weight"], after["model.layers.0.mlp.up_proj.weight"])
+
+
+def test_gradient_checkpointing_gives_the_same_updates(causal_base, data):
+    plain = _run(causal_base, data, max_steps=3)
+    ckpt = _run(causal_base, data, max_steps=3, gradient_checkpointing=True)
+    assert [r["train/loss"] for r in ckpt.history] == pytest.approx([r["train/loss"] for r in plain.history], rel=1e-6)
+    assert not ckpt.model.is_gradient_checkpointing

@@ -120,6 +120,8 @@ def test_load_errors_say_what_to_do(tmp_path: Path):
     (tmp_path / "weights.bin").write_bytes(b"x")
     with pytest.raises(tr.TranslatorLoadError, match="a file, not a model folder"):
         tr.load_translator(tmp_path / "weights.bin")
+    with pytest.raises(tr.TranslatorLoadError, match="translator folder not found"):
+        tr.load_translator(tmp_path / "models" / "translator")
     with pytest.raises(tr.TranslatorLoadError, match="hub id"):
         tr.load_translator("no-such-org/no-such-model")
 
