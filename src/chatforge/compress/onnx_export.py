@@ -26,9 +26,9 @@ class ExportError(ValueError):
     """The model cannot be exported; the message says why and what would work."""
 
 
-def _architecture(config: Any, *, key: str) -> str:
+def _architecture(config: Any, *, key: str, model: Any = None) -> str:
     archs = list(getattr(config, "architectures", None) or [])
-    arch = archs[0] if archs else type(config).__name__
+    arch = type(model).__name__ if model is not None else archs[0] if archs else type(config).__name__
     if arch not in SUPPORTED_CAUSAL_LM + SUPPORTED_CLASSIFIER:
         raise ExportError(
             f"{key}: architecture {arch!r} is not supported for ONNX export; supported: "
@@ -83,7 +83,7 @@ def export_causal_lm(model: Any, target: Path, *, key: str = "quantize.source") 
     """Write `target` (a single .onnx file, weights inside) for a decoder-only LM with KV cache."""
     import torch
 
-    _architecture(model.config, key=key)
+    _architecture(model.config, key=key, model=model)
     num_layers = model.config.num_hidden_layers
     kv_heads, head_dim = _kv_shape(model.config)
     # a 2-token prompt on a 3-token past: every dynamic axis gets a value distinct from the others
@@ -153,7 +153,7 @@ def _untie_copy(target: Path) -> None:
 def export_classifier(model: Any, target: Path, *, key: str = "quantize.source") -> Path:
     import torch
 
-    _architecture(model.config, key=key)
+    _architecture(model.config, key=key, model=model)
 
     class Logits(torch.nn.Module):
         def __init__(self) -> None:

@@ -314,8 +314,10 @@ class _Collector:
                 count=len(roles),
             )
             regular[conv_of[odd]] = False
-            role_names = pl.Series("role_name", [r if type(r) is str else None for r in roles], dtype=pl.String)
-            content = pl.Series("content", [c if type(c) is str else None for c in contents], dtype=pl.String)
+            roles = [r if type(r) is str else None for r in roles]
+            role_names = pl.Series("role_name", roles, dtype=pl.String)
+            contents = [c if type(c) is str else None for c in contents]
+            content = pl.Series("content", contents, dtype=pl.String)
         starts = np.cumsum(lengths) - lengths
         position = np.arange(len(roles), dtype=np.int64) - starts[conv_of]
         lookup = {name: self._role_of(name) for name in role_names.drop_nulls().unique().to_list()}
@@ -372,7 +374,8 @@ class _Collector:
                 fresh &= ~accepted_ids.is_in(earlier.implode())
             keep[accepted[fresh.to_numpy()]] = True
             self.seen_columns.append(accepted_ids.filter(fresh))
-            events += [(columns.positions[i], self._duplicate(columns, i)) for i in accepted[~fresh.to_numpy()]]
+            repeated = accepted[~fresh.to_numpy()].tolist()
+            events += [(columns.positions[i], self._duplicate(columns, i)) for i in repeated]
         else:
             events += [(columns.positions[i], i) for i in accepted.tolist()]
             cid_list = cids.to_list()
@@ -401,7 +404,7 @@ class _Collector:
             )
         conv = rows["conv"]
         intents = _map_values(_text_or_none, columns.intents)
-        if self.options.intent:
+        if self.options.intent is not None:
             intents = intents.fill_null(self.options.intent)
         frame = pl.DataFrame(
             {

@@ -132,7 +132,9 @@ def _text_parts(content: Any) -> Any:
     return content
 
 
-def _conversations_document(path: Path, options: SourceOptions, label: str) -> tuple[list[Any], bool] | RawReject:
+def _conversations_document(
+    path: Path, options: SourceOptions, label: str
+) -> tuple[list[Any], bool] | RawReject:
     """The seed format's list of conversations and whether it was decoded leniently, or a reject for the file."""
     data = path.read_bytes()
     text, lenient = decode_document(data, options.encoding or "utf-8")
@@ -157,7 +159,9 @@ def _explicit_id(cid: Any) -> bool:
 def _conversation_item(conv: Any, index: int, *, label: str, id_prefix: str, lenient: bool) -> Item:
     """One entry of the seed format's "conversations" list."""
     if not isinstance(conv, dict):
-        return RawReject(f"{label}#{index}", "missing_field", "conversation is not an object: " + raw_prefix(conv))
+        return RawReject(
+            f"{label}#{index}", "missing_field", "conversation is not an object: " + raw_prefix(conv)
+        )
     cid = conv.get("id")
     explicit = _explicit_id(cid)
     local_id = str(cid) if explicit else f"{id_prefix}{index}"
@@ -341,7 +345,9 @@ def conversations_json_columns(
         conversations = conversations[:max_items]
 
     def item_at(index: int) -> Item:
-        return _conversation_item(conversations[index], index, label=label, id_prefix=id_prefix, lenient=lenient)
+        return _conversation_item(
+            conversations[index], index, label=label, id_prefix=id_prefix, lenient=lenient
+        )
 
     columns = ConversationColumns(len(conversations), [], [], [], [], [], [], [], item_at)
     if lenient:  # undecodable bytes are found message by message

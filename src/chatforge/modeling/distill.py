@@ -224,7 +224,7 @@ def quality(model: Any, tokenizer: Any, convs: list[Conversation], *, family: st
     if bleu_samples:
         from chatforge.modeling.train import bleu_by_lang, bleu_prompts, generate_replies
 
-        items = bleu_prompts(convs, samples=bleu_samples, seed=seed)
+        items = bleu_prompts(convs, tokenizer, samples=bleu_samples, seed=seed, max_prompt_tokens=max_seq_len)
         if items:
             replies = generate_replies(model, tokenizer, [p for p, _, _ in items], max_new_tokens=max_new_tokens, device="cpu")
             model.eval()

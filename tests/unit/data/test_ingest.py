@@ -720,7 +720,8 @@ def _both_paths(source: dict[str, Any], **kwargs: Any) -> tuple[Any, Any]:
 )
 def test_vectorised_matches_row_wise_on_demo_corpus(kwargs: dict[str, Any]) -> None:
     path = ROOT / "data" / "raw" / "demo" / "conversations.json"
-    turns, rejects, stats = _both_paths({"path": str(path), "format": "conversations_json", "name": "demo"}, **kwargs)
+    source = {"path": str(path), "format": "conversations_json", "name": "demo"}
+    turns, rejects, stats = _both_paths(source, **kwargs)
     assert stats.conversations > 2000 and turns.height == stats.turns
     assert not rejects.is_empty()  # the demo corpus carries deliberately broken conversations
 
@@ -775,7 +776,10 @@ def _text_fields_only(conv: Any) -> bool:
         and isinstance(conv.get("lang"), text)
         and (
             conv.get("messages") is None
-            or all(isinstance(m, dict) and isinstance(m.get("role"), text) and isinstance(m.get("content"), text) for m in conv["messages"])
+            or all(
+                isinstance(m, dict) and isinstance(m.get("role"), text) and isinstance(m.get("content"), text)
+                for m in conv["messages"]
+            )
         )
     )
 
@@ -814,17 +818,16 @@ def test_vectorised_matches_row_wise_on_bad_input(tmp_path: Path, layout: str, s
         options = {"lang": "zh", "intent": "misc", "role_map": {"Narrator": "assistant", "bot ": "user"}}
     source = {"path": str(path), "format": "conversations_json", "name": "t", "options": options}
     turns, rejects, _ = _both_paths(source, same_role=same_role)
-    typed = _typed_columns(
-        path.read_bytes() if path.is_file() else b"", options=Source(**source).options, label="", id_prefix="", max_items=None
-    )
+    data = path.read_bytes() if path.is_file() else b""
+    options_model = Source(**source).options
+    typed = _typed_columns(data, options=options_model, label="", id_prefix="", max_items=None)
     assert (typed is not None) == (layout in typed_layouts)
     if layout in ("object", "typed", "list", "bom", "nan", "folder"):
         _assert_good_kept(turns)
-        assert set(rejects["reason"]) == set(REJECT_REASONS) - {
-            "malformed_json", "malformed_yaml", "malformed_line", "bad_encoding", "dangling_reference"
-        } - ({"same_role_sequence"} if same_role == "merge" else set()) - (
-            {"non_string_content"} if layout in typed_layouts else set()
-        )
+        unreachable = {"malformed_json", "malformed_yaml", "malformed_line", "bad_encoding", "dangling_reference"}
+        if same_role == "merge":
+            unreachable.add("same_role_sequence")
+        assert set(rejects["reason"]) == set(REJECT_REASONS) - unreachable
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -840,8 +843,10 @@ def test_vectorised_matches_row_wise_on_random_conversations(tmp_path: Path, see
             **({"lang": rng.choice(["zh", "en", "EN-us", "de", None, 3])} if rng.random() < 0.5 else {}),
             **({"intent": rng.choice(["x", " y ", "", None])} if rng.random() < 0.5 else {}),
             "messages": [
-                {"role": rng.choices(roles, weights=[8, 8, 2, 1, 1, 1, 1, 1])[0],
-                 "content": rng.choices(contents, weights=[8, 8, 4, 1, 1, 1, 1, 1, 1, 1, 1])[0]}
+                {
+                    "role": rng.choices(roles, weights=[8, 8, 2, 1, 1, 1, 1, 1])[0],
+                    "content": rng.choices(contents, weights=[8, 8, 4, 1, 1, 1, 1, 1, 1, 1, 1])[0],
+                }
                 for _ in range(rng.randrange(0, 7))
             ],
         }
