@@ -31,7 +31,14 @@ def main(
     import polars as pl
 
     from chatforge.modeling.classifier import read_responses
-    from chatforge.modeling.train import TrainError, check_inputs, clear_checkpoints, fingerprint, relaunch_command, train
+    from chatforge.modeling.train import (
+        TrainError,
+        check_inputs,
+        clear_checkpoints,
+        fingerprint,
+        relaunch_command,
+        train,
+    )
 
     try:
         mp, tp = load_section("model"), load_section("train")

@@ -162,7 +162,14 @@ def _load_pretrained(name: str, params: ModelParams, kind: str) -> ResolvedBase:
 
 def build_scratch(params: ModelParams, corpus: Iterable[str]) -> ResolvedBase:
     import torch
-    from transformers import BertConfig, BertModel, DistilBertConfig, DistilBertModel, LlamaConfig, LlamaForCausalLM
+    from transformers import (
+        BertConfig,
+        BertModel,
+        DistilBertConfig,
+        DistilBertModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
 
     from chatforge.modeling.tokenizer import train_bpe_tokenizer
 

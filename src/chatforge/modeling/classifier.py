@@ -11,6 +11,7 @@ softmax(logits / T)), and the expected calibration error is reported before and 
 from __future__ import annotations
 
 from collections import Counter
+from itertools import pairwise
 from typing import Any, Literal
 
 import torch
@@ -93,7 +94,7 @@ def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, *, bin
     correct = (pred == labels).float()
     edges = torch.linspace(0, 1, bins + 1)
     ece = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+    for lo, hi in pairwise(edges.tolist()):
         in_bin = (conf > lo) & (conf <= hi)
         if in_bin.any():
             ece += in_bin.float().mean().item() * abs(correct[in_bin].mean().item() - conf[in_bin].mean().item())

@@ -34,9 +34,9 @@ def find_layer_stack(model: nn.Module) -> LayerStack:
     layer_ids = {id(m) for layer in layers for m in layer.modules()}
     embeddings: list[nn.Module] = []
     for name, module in model.named_modules():
-        if name.rsplit(".", 1)[-1] in EMBEDDING_NAMES and id(module) not in layer_ids:
-            if not any(module in e.modules() for e in embeddings):
-                embeddings.append(module)
+        wanted = name.rsplit(".", 1)[-1] in EMBEDDING_NAMES and id(module) not in layer_ids
+        if wanted and not any(module in e.modules() for e in embeddings):
+            embeddings.append(module)
     return LayerStack(embeddings, list(layers))
 
 

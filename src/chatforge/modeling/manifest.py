@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 MANIFEST_NAME = "chatforge.json"
-Family = Literal["causal_lm", "classifier"]
+Family = Literal["causal_lm", "classifier", "translator"]
 
 
 class Manifest(BaseModel):

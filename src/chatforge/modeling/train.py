@@ -41,8 +41,6 @@ from chatforge.modeling import classifier as clf
 from chatforge.modeling.data import (
     IGNORE,
     Conversation,
-    Example,
-    TokenStats,
     collate_packed,
     conversations,
     epoch_batches,
@@ -126,7 +124,12 @@ def check_inputs(
 
 # ----------------------------------------------------------------------------- model loading
 def load_for_training(mp: ModelParams, tp: TrainParams, base_dir: Path, *, labels: list[str] | None) -> tuple[Any, Any]:
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
 
     tokenizer = AutoTokenizer.from_pretrained(base_dir, trust_remote_code=mp.trust_remote_code)
     config = AutoConfig.from_pretrained(base_dir, trust_remote_code=mp.trust_remote_code)

@@ -50,7 +50,7 @@ def test_two_processes_match_one_process_with_double_accumulation(tmp_path):
     assert cmd is not None and "--num_processes" in cmd and cmd[cmd.index("--num_processes") + 1] == "2"
     env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "ACCELERATE_LAUNCHED")}
     env["OMP_NUM_THREADS"] = "1"
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     ddp = json.loads(out.read_text())
     single = train(model_params=tk.scratch_params(), train_params=tk.tparams(**opts, grad_accum_steps=2), base_dir=base,
