@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import tiny_turns, write_tiny_causal_lm
+from tinymodels import tiny_turns, write_tiny_causal_lm
 
 from chatforge.compress.onnx_export import ExportError, export_causal_lm, load_for_export
 from chatforge.compress.quantize import QuantizeOptions, build_onnx_folder, quantize_onnx, top1_agreement

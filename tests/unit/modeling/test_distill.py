@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_turns, write_tiny_causal_lm, write_tiny_classifier
+from tinymodels import tiny_turns, write_tiny_causal_lm, write_tiny_classifier
 
 from chatforge.evaluation.metrics import retention
 from chatforge.modeling.distill import (
