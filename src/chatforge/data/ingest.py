@@ -24,7 +24,6 @@ import functools
 import gc
 import logging
 import operator
-import re
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -36,14 +35,16 @@ import polars as pl
 
 from chatforge.data.lang import lang_expr
 from chatforge.data.readers import (
+    LONE_SURROGATE,
     READERS,
     ConversationColumns,
     RawConversation,
     RawReject,
     TableLayoutError,
     conversations_json_columns,
-    encoding_hint,
+    printable,
     raw_prefix,
+    surrogate_hint,
 )
 from chatforge.data.schema import REJECTS_SCHEMA, TURNS_SCHEMA, conform, sort_turns
 from chatforge.io import progress
@@ -56,7 +57,7 @@ REJECT_REASONS = (
     "malformed_yaml",  # a YAML file that does not parse
     "malformed_line",  # a text/CSV line without the fields its format needs
     "missing_field",  # a required key/column is absent or of the wrong shape
-    "bad_encoding",  # bytes that do not decode with the source's encoding
+    "bad_encoding",  # bytes that do not decode with the source's encoding, or a lone \ud800-style escape
     "unknown_role",  # a role name that role mapping does not know
     "non_string_content",  # a message content that is not text (number, object, null)
     "empty_content",  # a message that is empty or only whitespace
@@ -75,8 +76,6 @@ DEFAULT_ROLE_MAP: dict[str, str] = {
     ),
     "system": "system",
 }
-
-_SURROGATE = re.compile("[\udc80-\udcff]")
 
 
 class IngestError(ValueError):
@@ -142,7 +141,10 @@ class _Collector:
         self.stats = SourceStats()
 
     def reject(self, location: str, reason: str, raw: str) -> None:
-        self.rejects.append({"source": self.name, "location": location, "reason": reason, "raw": raw})
+        # a location may name an id holding a lone surrogate; the rejects table must stay valid UTF-8
+        self.rejects.append(
+            {"source": self.name, "location": printable(location), "reason": reason, "raw": printable(raw)}
+        )
         self.stats.rejects += 1
 
     def add(self, conv: RawConversation) -> None:
@@ -193,12 +195,6 @@ class _Collector:
             _text_or_none(conv.intent) or next((i for i in out_intents if i), None) or self.options.intent
         )
         cid = f"{self.name}:{conv.local_id}"
-        if conv.check_encoding and (_SURROGATE.search(cid) or (intent and _SURROGATE.search(intent))):
-            return self.reject(
-                conv.location,
-                "bad_encoding",
-                "id or intent " + encoding_hint(self.options.encoding or "utf-8"),
-            )
         if cid in self._seen():
             return self.reject(
                 conv.location,
@@ -234,7 +230,16 @@ class _Collector:
         role_map, out_roles, out_contents, out_intents = self.role_map, [], [], []
         turn_intents = conv.turn_intents
         merges = 0
+        if conv.check_encoding:
+            # the conversation's own text fields end up in every row, so they are checked first
+            fields = [("id", conv.local_id), ("intent", conv.intent), ("lang", conv.lang)]
+            fields += [(f"message {k} intent", i) for k, i in enumerate(turn_intents or ())]
+            for what, value in fields:
+                if isinstance(value, str) and LONE_SURROGATE.search(value):
+                    return self._surrogate_reject(conv, what, value)
         for k, (role_name, content) in enumerate(zip(conv.roles, conv.contents, strict=True)):
+            if conv.check_encoding and isinstance(role_name, str) and LONE_SURROGATE.search(role_name):
+                return self._surrogate_reject(conv, f"message {k} role", role_name)
             role = role_map.get(role_name) if isinstance(role_name, str) else None
             if role is None and isinstance(role_name, str):
                 role = role_map.get(role_name.strip().lower())
@@ -257,9 +262,8 @@ class _Collector:
                     "empty_content",
                     f"message {k} ({role_name}) is empty: " + raw_prefix(conv.raw),
                 )
-            if conv.check_encoding and _SURROGATE.search(content):
-                enc = self.options.encoding or "utf-8"
-                return self.reject(conv.location, "bad_encoding", f"message {k} {encoding_hint(enc)}")
+            if conv.check_encoding and LONE_SURROGATE.search(content):
+                return self._surrogate_reject(conv, f"message {k} content", content)
             turn_intent = turn_intents[k] if turn_intents is not None and role == "user" else None
             if out_roles and out_roles[-1] == role:
                 if self.same_role == "drop_conversation":
@@ -283,6 +287,11 @@ class _Collector:
             out_contents.append(content)
             out_intents.append(turn_intent)
         return out_roles, out_contents, out_intents, merges
+
+    def _surrogate_reject(self, conv: RawConversation, what: str, text: str) -> None:
+        char = LONE_SURROGATE.search(text).group()  # type: ignore[union-attr]
+        hint = surrogate_hint(char, self.options.encoding or "utf-8")
+        return self.reject(conv.location, "bad_encoding", f"{what} {hint}: " + raw_prefix(conv.raw))
 
     def add_item(self, item: RawConversation | RawReject) -> None:
         if isinstance(item, RawReject):

@@ -44,7 +44,9 @@ class RawConversation(NamedTuple):
     lang: Any = None  # the conversation's declared language, if any
     turn_intents: list[str | None] | None = None  # per message (CrossWOZ acts, CSV intent column)
     raw: Any = None  # the record as read, shown (prefix) in a reject row
-    check_encoding: bool = False  # decoded leniently: strings may hold undecodable bytes as surrogates
+    # strings may hold lone surrogates (undecodable bytes of a leniently decoded file, or a \ud800-style
+    # escape in JSON/YAML text): the conversation is judged message by message
+    check_encoding: bool = False
     explicit_id: bool = True  # the id comes from the data (duplicates are then rejected)
 
 
@@ -59,11 +61,50 @@ Item = RawConversation | RawReject
 
 def raw_prefix(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
-    return text[:RAW_PREFIX_CHARS]
+    return printable(text[:RAW_PREFIX_CHARS])
+
+
+def printable(text: str) -> str:
+    """`text` with lone surrogates written as \\udXXX escapes: UTF-8 (and so polars/parquet) cannot hold them."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def encoding_hint(encoding: str) -> str:
     return f"not valid {encoding}; set options.encoding for this source (e.g. gbk, big5, iso-8859-1)"
+
+
+# U+D800..U+DFFF: only ever half of a UTF-16 pair, never text on its own
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+# the JSON (\uD800) and YAML (\uD800, \U0000D800) escapes that decode to one; json.loads and YAML let a
+# lone one through (msgspec refuses it), so text without such an escape needs no per-string check
+_SURROGATE_ESCAPE = re.compile(r"\\(?:u|U0000)[dD][89a-fA-F]")
+
+
+def surrogate_hint(char: str, encoding: str) -> str:
+    """Why a lone surrogate is there and what to do about it."""
+    code = f"\\u{ord(char):04x}"
+    if "\udc80" <= char <= "\udcff":  # the range a leniently decoded byte lands in
+        return (
+            f"holds {code}: a byte that is {encoding_hint(encoding)}; "
+            "or, if the file spells that escape, repair or remove it in the source"
+        )
+    return (
+        f"holds {code}, half of a UTF-16 surrogate pair (a broken escape); repair or remove it in the source"
+    )
+
+
+def holds_surrogates(*values: Any) -> bool:
+    """Whether any string inside these (parsed JSON/YAML) values holds a lone surrogate."""
+    for value in values:
+        if isinstance(value, str):
+            if not value.isascii() and LONE_SURROGATE.search(value):
+                return True
+        elif isinstance(value, dict):
+            if holds_surrogates(*value.values()):
+                return True
+        elif isinstance(value, list) and holds_surrogates(*value):
+            return True
+    return False
 
 
 # ------------------------------------------------------------------------------------ decoding
@@ -134,8 +175,9 @@ def _text_parts(content: Any) -> Any:
 
 def _conversations_document(
     path: Path, options: SourceOptions, label: str
-) -> tuple[list[Any], bool] | RawReject:
-    """The seed format's list of conversations and whether it was decoded leniently, or a reject for the file."""
+) -> tuple[list[Any], bool, bool] | RawReject:
+    """The seed format's list of conversations, whether it was decoded leniently and whether its text
+    holds an escape that may decode to a lone surrogate; or a reject for the file."""
     data = path.read_bytes()
     text, lenient = decode_document(data, options.encoding or "utf-8")
     try:
@@ -149,15 +191,17 @@ def _conversations_document(
     conversations = doc.get("conversations") if isinstance(doc, dict) else doc
     if not isinstance(conversations, list):
         return RawReject(label, "missing_field", 'expected {"conversations": [...]}: ' + raw_prefix(text))
-    return conversations, lenient
+    return conversations, lenient, _SURROGATE_ESCAPE.search(text) is not None
 
 
 def _explicit_id(cid: Any) -> bool:
     return isinstance(cid, (str, int)) and not isinstance(cid, bool) and str(cid) != ""
 
 
-def _conversation_item(conv: Any, index: int, *, label: str, id_prefix: str, lenient: bool) -> Item:
-    """One entry of the seed format's "conversations" list."""
+def _conversation_item(
+    conv: Any, index: int, *, label: str, id_prefix: str, lenient: bool, escapes: bool = False
+) -> Item:
+    """One entry of the seed format's "conversations" list; `escapes`: the file spells a surrogate escape."""
     if not isinstance(conv, dict):
         return RawReject(
             f"{label}#{index}", "missing_field", "conversation is not an object: " + raw_prefix(conv)
@@ -181,7 +225,7 @@ def _conversation_item(conv: Any, index: int, *, label: str, id_prefix: str, len
         conv.get("lang"),
         None,
         conv,
-        lenient,
+        lenient or (escapes and holds_surrogates(conv)),
         explicit,
     )
 
@@ -194,9 +238,11 @@ def read_conversations_json(
     if isinstance(document, RawReject):
         yield document
         return
-    conversations, lenient = document
+    conversations, lenient, escapes = document
     for index, conv in enumerate(conversations):
-        yield _conversation_item(conv, index, label=label, id_prefix=id_prefix, lenient=lenient)
+        yield _conversation_item(
+            conv, index, label=label, id_prefix=id_prefix, lenient=lenient, escapes=escapes
+        )
 
 
 @dataclass
@@ -330,8 +376,8 @@ def conversations_json_columns(
     object per conversation where the file allows (a million turns in about a second).
 
     Conversations whose shape is not the usual one (not an object, messages not a list of
-    objects) and every conversation of a leniently decoded file are left to `item_at`, which
-    builds exactly what the row-wise reader yields.
+    objects), those holding a lone surrogate and every conversation of a leniently decoded file are
+    left to `item_at`, which builds exactly what the row-wise reader yields.
     """
     data = path.read_bytes()
     typed = _typed_columns(data, options=options, label=label, id_prefix=id_prefix, max_items=max_items)
@@ -340,20 +386,24 @@ def conversations_json_columns(
     document = _conversations_document(path, options, label)
     if isinstance(document, RawReject):
         return ConversationColumns(1, [], [], [], [], [], [], [], lambda _: document)
-    conversations, lenient = document
+    conversations, lenient, escapes = document
     if max_items is not None:
         conversations = conversations[:max_items]
 
     def item_at(index: int) -> Item:
         return _conversation_item(
-            conversations[index], index, label=label, id_prefix=id_prefix, lenient=lenient
+            conversations[index], index, label=label, id_prefix=id_prefix, lenient=lenient, escapes=escapes
         )
 
     columns = ConversationColumns(len(conversations), [], [], [], [], [], [], [], item_at)
     if lenient:  # undecodable bytes are found message by message
         return columns
     regular = [
-        type(c) is dict and type(ms := c.get("messages")) is list and all(type(m) is dict for m in ms)
+        type(c) is dict
+        and type(ms := c.get("messages")) is list
+        and all(type(m) is dict for m in ms)
+        # a lone surrogate (msgspec refused it, json.loads did not) is found message by message
+        and not (escapes and holds_surrogates(c))
         for c in conversations
     ]
     columns.positions = list(itertools.compress(range(len(conversations)), regular))
@@ -373,7 +423,8 @@ def conversations_json_columns(
 
 def _jsonl_records(
     path: Path, options: SourceOptions, label: str
-) -> Iterator[tuple[int, dict[str, Any]] | RawReject]:
+) -> Iterator[tuple[int, dict[str, Any], bool] | RawReject]:
+    """(line number, object, whether a string in it holds a lone surrogate) per JSON line, or a reject."""
     for item in iter_lines(path.read_bytes(), options.encoding or "utf-8", label):
         if isinstance(item, RawReject):
             yield item
@@ -391,10 +442,13 @@ def _jsonl_records(
                 f"{label}:{number}", "missing_field", "line is not a JSON object: " + raw_prefix(line)
             )
             continue
-        yield number, obj
+        # the regex first: walking every string of every line would cost more than parsing it
+        yield number, obj, _SURROGATE_ESCAPE.search(line) is not None and holds_surrogates(obj)
 
 
-def _chat_record(obj: dict[str, Any], number: int, *, label: str, id_prefix: str, required_id: bool) -> Item:
+def _chat_record(
+    obj: dict[str, Any], number: int, *, label: str, id_prefix: str, required_id: bool, surrogates: bool
+) -> Item:
     """OpenAI {"messages": [{"role","content"}]} or ShareGPT {"conversations": [{"from","value"}]}."""
     if "messages" in obj:
         fields = _message_fields(obj["messages"], "role", "content")
@@ -426,7 +480,7 @@ def _chat_record(obj: dict[str, Any], number: int, *, label: str, id_prefix: str
         obj.get("lang"),
         None,
         obj,
-        False,
+        surrogates,
         explicit,
     )
 
@@ -436,7 +490,9 @@ def read_messages_jsonl(path: Path, *, options: SourceOptions, label: str, id_pr
         yield (
             rec
             if isinstance(rec, RawReject)
-            else _chat_record(rec[1], rec[0], label=label, id_prefix=id_prefix, required_id=False)
+            else _chat_record(
+                rec[1], rec[0], label=label, id_prefix=id_prefix, required_id=False, surrogates=rec[2]
+            )
         )
 
 
@@ -446,7 +502,9 @@ def read_feedback(path: Path, *, options: SourceOptions, label: str, id_prefix: 
         yield (
             rec
             if isinstance(rec, RawReject)
-            else _chat_record(rec[1], rec[0], label=label, id_prefix=id_prefix, required_id=True)
+            else _chat_record(
+                rec[1], rec[0], label=label, id_prefix=id_prefix, required_id=True, surrogates=rec[2]
+            )
         )
 
 
@@ -502,6 +560,7 @@ def read_crosswoz(path: Path, *, options: SourceOptions, label: str, id_prefix: 
                 doc_label, "missing_field", "expected an object keyed by dialogue id: " + raw_prefix(text)
             )
             continue
+        escapes = _SURROGATE_ESCAPE.search(text) is not None
         for dialogue_id, dialogue in doc.items():
             messages = dialogue.get("messages") if isinstance(dialogue, dict) else None
             fields = _message_fields(messages, "role", "content")
@@ -529,7 +588,7 @@ def read_crosswoz(path: Path, *, options: SourceOptions, label: str, id_prefix: 
                 None,
                 turn_intents,
                 dialogue,
-                lenient,
+                lenient or (escapes and holds_surrogates(dialogue_id, dialogue)),
                 True,
             )
 
@@ -758,6 +817,8 @@ def read_chatterbot_yaml(path: Path, *, options: SourceOptions, label: str, id_p
         if isinstance(categories, str)
         else None
     )
+    # YAML's double-quoted "\ud800" decodes to a lone surrogate (the category too: it is the intent)
+    escapes = _SURROGATE_ESCAPE.search(text) is not None
     for index, conv in enumerate(conversations):
         if not isinstance(conv, list):
             yield RawReject(
@@ -767,8 +828,18 @@ def read_chatterbot_yaml(path: Path, *, options: SourceOptions, label: str, id_p
             )
             continue
         roles = ["user" if k % 2 == 0 else "assistant" for k in range(len(conv))]
+        surrogates = escapes and holds_surrogates(intent, conv)
         yield RawConversation(
-            f"{id_prefix}{index}", f"{label}#{index}", roles, conv, intent, None, None, conv, False, False
+            f"{id_prefix}{index}",
+            f"{label}#{index}",
+            roles,
+            conv,
+            intent,
+            None,
+            None,
+            conv,
+            surrogates,
+            False,
         )
 
 
@@ -788,6 +859,7 @@ READERS: dict[SourceFormat, tuple[Reader, tuple[str, ...]]] = {
 }
 
 __all__ = [
+    "LONE_SURROGATE",
     "READERS",
     "ConversationColumns",
     "RawConversation",
@@ -795,6 +867,9 @@ __all__ = [
     "TableLayoutError",
     "conversations_json_columns",
     "encoding_hint",
+    "holds_surrogates",
     "iter_lines",
+    "printable",
     "raw_prefix",
+    "surrogate_hint",
 ]

@@ -16,7 +16,7 @@ import pytest
 from chatforge.data.ingest import REJECT_REASONS, IngestError, ingest, read_source
 from chatforge.data.readers import _typed_columns
 from chatforge.data.schema import TURNS_SCHEMA
-from chatforge.io import write_parquet
+from chatforge.io import write_jsonl, write_parquet
 from chatforge.params import IngestParams, ParamsError, Source, validate_section
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "ingest"
@@ -450,6 +450,137 @@ def test_wrong_encoding_yaml_whole_file(tmp_path: Path) -> None:
     assert turns.is_empty() and reject_rows(rejects) == [(f"{path}:3", "bad_encoding")]
 
 
+# A lone surrogate escape ("\ud800", half of a UTF-16 pair) is valid JSON/YAML in a valid UTF-8 file,
+# but json.loads and YAML turn it into a str no UTF-8 table can hold; json.dumps writes one that way.
+LONE_HINT = "message 0 content holds \\ud800, half of a UTF-16 surrogate pair (a broken escape)"
+
+
+def _surrogate_file(tmp_path: Path, fmt: str) -> tuple[Path, str, str]:
+    """GOOD and a conversation whose first message has a lone surrogate escape, as a `fmt` file:
+    (path, the bad conversation's reject location, the good one's conversation id)."""
+    bad = _conv("bad", ("user", "bad \ud800 text"), ("assistant", "ok"))
+    if fmt == "conversations_json":
+        path = tmp_path / "c.json"
+        path.write_text(json.dumps({"conversations": [bad, GOOD]}), encoding="utf-8")
+        return path, f"{path}#bad", "t:good"
+    if fmt in ("messages_jsonl", "feedback"):
+        path = tmp_path / "c.jsonl"
+        path.write_text(json.dumps(GOOD) + "\n" + json.dumps(bad) + "\n", encoding="utf-8")
+        return path, f"{path}:2", "t:good"
+    if fmt == "crosswoz":
+        path = tmp_path / "w.json"
+        doc = {
+            conv["id"]: {"messages": [{**m, "dialog_act": []} for m in conv["messages"]]}
+            for conv in (bad, GOOD)
+        }
+        path.write_text(json.dumps(doc), encoding="utf-8")
+        return path, f"{path}#bad", "t:good"
+    path = tmp_path / "c.yml"  # chatterbot_yaml: a double-quoted YAML scalar takes the same escape
+    path.write_text(
+        'conversations:\n- - "bad \\ud800 text"\n  - ok\n- - Where is my order?\n  - It ships today.\n',
+        encoding="utf-8",
+    )
+    return path, f"{path}#0", "t:1"
+
+
+@pytest.mark.parametrize(
+    "fmt", ["conversations_json", "messages_jsonl", "feedback", "crosswoz", "chatterbot_yaml"]
+)
+def test_lone_surrogate_escape_is_a_bad_encoding_reject(tmp_path: Path, fmt: str) -> None:
+    path, location, good_id = _surrogate_file(tmp_path, fmt)
+    assert "\\ud800" in path.read_text(encoding="utf-8")  # the file spells the escape, in valid UTF-8
+    turns, rejects, stats = _both_paths({"path": str(path), "format": fmt, "name": "t"})
+    assert reject_rows(rejects) == [(location, "bad_encoding")]
+    raw = rejects["raw"][0]
+    assert raw.startswith(LONE_HINT) and "repair or remove it" in raw
+    assert "bad \\ud800 text" in raw  # the raw prefix shows the escape as text
+    _assert_good_kept(turns, good_id)
+    assert (stats.conversations, stats.rejects) == (1, 1)
+    # both outputs are writable as the stage writes them
+    write_parquet(turns, tmp_path / "out" / "turns.parquet")
+    write_jsonl(rejects.iter_rows(named=True), tmp_path / "out" / "rejects.jsonl")
+    written = json.loads((tmp_path / "out" / "rejects.jsonl").read_text(encoding="utf-8"))
+    assert written["raw"] == raw
+
+
+def test_lone_surrogate_in_any_text_field(tmp_path: Path) -> None:
+    base = GOOD["messages"]
+    conversations = [
+        {"id": "id\ud800", "messages": base},
+        {"id": "intent", "messages": base, "intent": "refund\udfff"},
+        {"id": "lang", "messages": base, "lang": "e\udbffn"},
+        _conv("role", ("user", "hi"), ("assist\ud800ant", "ok")),
+        _conv("lenient_range", ("user", "hi"), ("assistant", "ok \udc80")),
+        # a surrogate where nothing reads it: the conversation is rejected for its empty message,
+        # and its raw prefix shows the surrogate escaped
+        _conv("empty", ("user", " "), ("assistant", "ok"), note="\ud800"),
+        _conv("unused", ("user", "hi"), ("assistant", "ok"), note="\ud800"),  # kept
+        _conv("pair", ("user", "ok \U0001f600"), ("assistant", "fine")),  # an escaped pair is one emoji
+        GOOD,
+    ]
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"conversations": conversations}), encoding="utf-8")
+    turns, rejects, _ = _both_paths({"path": str(path), "format": "conversations_json", "name": "t"})
+    assert rejects.select("location", "reason").rows() == [
+        (f"{path}#id\\ud800", "bad_encoding"),
+        (f"{path}#intent", "bad_encoding"),
+        (f"{path}#lang", "bad_encoding"),
+        (f"{path}#role", "bad_encoding"),
+        (f"{path}#lenient_range", "bad_encoding"),
+        (f"{path}#empty", "empty_content"),
+    ]
+    raws = rejects["raw"].to_list()
+    starts = [
+        "id holds \\ud800, ",
+        "intent holds \\udfff, ",
+        "lang holds \\udbff, ",
+        "message 1 role holds \\ud800, ",
+        "message 1 content holds \\udc80: ",
+    ]
+    assert [raw[: len(start)] for raw, start in zip(raws, starts, strict=False)] == starts
+    # U+DC80..U+DCFF is also where a mis-decoded byte lands: the hint names the encoding option too
+    assert "set options.encoding" in raws[4] and "repair or remove it" in raws[4]
+    assert '"note": "\\ud800"' in raws[5]
+    assert sorted(set(turns["conversation_id"])) == ["t:good", "t:pair", "t:unused"]
+    assert turns.filter(pl.col("conversation_id") == "t:pair")["content"].to_list() == [
+        "ok \U0001f600",
+        "fine",
+    ]
+    _assert_good_kept(turns)
+
+
+def test_lone_surrogate_in_per_turn_intents(tmp_path: Path) -> None:
+    # CrossWOZ: each user turn's intent comes from its dialogue act and lands in the intent column
+    def turn(role: str, content: str, domain: str) -> dict[str, Any]:
+        return {"role": role, "content": content, "dialog_act": [["Inform", domain, "名称", ""]]}
+
+    bad = [
+        turn("usr", "hotel?", "酒店"),
+        turn("sys", "ok", "酒店"),
+        turn("usr", "and?", "景点\ud800"),
+        turn("sys", "ok", ""),
+    ]
+    doc = {
+        "bad": {"messages": bad},
+        "good": {"messages": [{**m, "dialog_act": []} for m in GOOD["messages"]]},
+    }
+    path = tmp_path / "w.json"
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    turns, rejects, _ = _both_paths({"path": str(path), "format": "crosswoz", "name": "t"})
+    assert reject_rows(rejects) == [(f"{path}#bad", "bad_encoding")]
+    assert rejects["raw"][0].startswith("message 2 intent holds \\ud800")
+    _assert_good_kept(turns)
+    # CSV read as UTF-8 but written in GBK: undecodable bytes in the intent column only
+    path = tmp_path / "x.csv"
+    path.write_bytes(
+        "utterance,response,intent\nhi,hello,天气\nWhere is my order?,It ships today.,\n".encode("gbk")
+    )
+    turns, rejects, _ = _both_paths({"path": str(path), "format": "csv", "name": "t"})
+    assert reject_rows(rejects) == [(f"{path}:2", "bad_encoding")]
+    assert rejects["raw"][0].startswith("message 0 intent holds \\udccc: a byte that is not valid utf-8")
+    _assert_good_kept(turns, "t:3")
+
+
 def test_unknown_encoding_name_is_a_params_error() -> None:
     with pytest.raises(ParamsError, match="unknown encoding 'utf-9'"):
         validate_section(
@@ -786,7 +917,8 @@ def _text_fields_only(conv: Any) -> bool:
 
 @pytest.mark.parametrize("same_role", ["merge", "drop_conversation"])
 @pytest.mark.parametrize(
-    "layout", ["object", "typed", "list", "bom", "nan", "gbk", "folder", "malformed", "limit", "options"]
+    "layout",
+    ["object", "typed", "list", "bom", "nan", "gbk", "folder", "malformed", "limit", "options", "surrogate"],
 )
 def test_vectorised_matches_row_wise_on_bad_input(tmp_path: Path, layout: str, same_role: str) -> None:
     conversations = _messy_conversations()
@@ -795,8 +927,15 @@ def test_vectorised_matches_row_wise_on_bad_input(tmp_path: Path, layout: str, s
         conversations = [c for c in conversations if _text_fields_only(c)]
     if layout == "nan":  # NaN is read by json.loads only: the other parser defers to it
         conversations.append({"id": "nan", "messages": GOOD["messages"], "score": float("nan")})
+    if layout == "surrogate":  # lone surrogate escapes (msgspec refuses them, json.loads does not)
+        conversations += [
+            _conv("lone", ("user", "bad \ud800 text"), ("assistant", "ok")),
+            _conv("lone_empty", ("user", "hi"), ("assistant", ""), intent="x\udc80"),
+            _conv("pair", ("user", "ok \U0001f600"), ("assistant", "fine"), note="\udfff"),
+        ]
     doc: Any = conversations if layout == "list" else {"conversations": conversations}
-    text = json.dumps(doc, ensure_ascii=False)
+    # ASCII-only JSON for "surrogate": every non-ASCII character is an escape, emoji a surrogate pair
+    text = json.dumps(doc, ensure_ascii=layout == "surrogate")
     path = tmp_path / "c.json"
     options: dict[str, Any] = {}
     if layout == "bom":
@@ -822,11 +961,25 @@ def test_vectorised_matches_row_wise_on_bad_input(tmp_path: Path, layout: str, s
     options_model = Source(**source).options
     typed = _typed_columns(data, options=options_model, label="", id_prefix="", max_items=None)
     assert (typed is not None) == (layout in typed_layouts)
-    if layout in ("object", "typed", "list", "bom", "nan", "folder"):
+    if layout in ("object", "typed", "list", "bom", "nan", "folder", "surrogate"):
         _assert_good_kept(turns)
-        unreachable = {"malformed_json", "malformed_yaml", "malformed_line", "bad_encoding", "dangling_reference"}
+        unreachable = {
+            "malformed_json",
+            "malformed_yaml",
+            "malformed_line",
+            "bad_encoding",
+            "dangling_reference",
+        }
         if same_role == "merge":
             unreachable.add("same_role_sequence")
+        if layout == "surrogate":
+            unreachable.remove("bad_encoding")
+            bad = rejects.filter(pl.col("reason") == "bad_encoding")["location"].to_list()
+            assert bad == [f"{path}#lone", f"{path}#lone_empty"]  # surrogates come before the empty message
+            assert turns.filter(pl.col("conversation_id") == "t:pair")["content"].to_list() == [
+                "ok \U0001f600",
+                "fine",
+            ]
         assert set(rejects["reason"]) == set(REJECT_REASONS) - unreachable
 
 
