@@ -447,7 +447,7 @@ class QuantizeParams(Section):
 
 # ==== section: evaluate (issue 6) ====
 class EvaluateGates(Section):
-    max_gap: float = Field(default=0.1, ge=0.0)  # |val loss - train loss| at the end of training
+    max_gap: float = Field(default=0.1, ge=0.0)  # val loss - train loss at the end of training
     perplexity_band: tuple[float, float] = (5.0, 15.0)  # teacher test perplexity; outside = warning
     min_retention: float = Field(default=0.9, gt=0.0, le=1.0)  # student quality / teacher quality
     min_int8_size_reduction: float = Field(default=0.7, ge=0.0, lt=1.0)  # 1 - int8 bytes / float bytes

@@ -301,8 +301,9 @@ def gate(value: float | None, *, ok: bool | None, limit: str, warn_only: bool = 
 def compute_gates(variants: dict[str, dict[str, Any]], reports: dict[str, dict[str, Any]], params: EvaluateParams) -> dict[str, dict[str, Any]]:
     g = params.gates
     out: dict[str, dict[str, Any]] = {}
-    gap = _first_number(reports.get("train", {}), ("train_val_gap", "gap", "final_gap"))
-    out["train_val_gap"] = gate(gap, ok=None if gap is None else abs(gap) <= g.max_gap, limit=f"<= {g.max_gap}")
+    # val loss - train loss at the end of training (signed: val below train is no overfitting)
+    gap = _first_number(reports.get("train", {}), ("val_gap", "train_val_gap"))
+    out["train_val_gap"] = gate(gap, ok=None if gap is None else gap <= g.max_gap, limit=f"<= {g.max_gap}")
     teacher = variants.get("teacher", {})
     ppl = teacher.get("perplexity")
     lo, hi = g.perplexity_band

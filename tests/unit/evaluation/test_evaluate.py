@@ -113,13 +113,14 @@ def test_gates_on_known_numbers():
         "pruned": {"bleu": 16.0},
         "int8": {"bleu": 15.5},
     }
-    reports = {"train": {"train_val_gap": 0.15}, "quantize": {"size_ratio": 0.26, "source": "pruned"}}
+    reports = {"train": {"val_gap": 0.15}, "quantize": {"size_ratio": 0.26, "source": "pruned"}}
     gates = ev.compute_gates(variants, reports, EvaluateParams())
     assert gates["train_val_gap"]["status"] == "fail"
     assert gates["teacher_perplexity_band"]["status"] == "pass"
     assert gates["distill_retention"]["value"] == pytest.approx(0.85) and gates["distill_retention"]["status"] == "fail"
     assert gates["int8_size_reduction"]["value"] == pytest.approx(0.74) and gates["int8_size_reduction"]["status"] == "pass"
     assert gates["int8_bleu_drop"]["value"] == pytest.approx(0.5) and gates["int8_bleu_drop"]["status"] == "pass"
+    assert ev.compute_gates({}, {"train": {"val_gap": -0.4}}, EvaluateParams())["train_val_gap"]["status"] == "pass"
     gates = ev.compute_gates({"teacher": {"perplexity": 30.0}}, {}, EvaluateParams())
     assert gates["teacher_perplexity_band"]["status"] == "warn"
     assert gates["distill_retention"]["status"] == "missing"
