@@ -330,10 +330,14 @@ def compute_gates(variants: dict[str, dict[str, Any]], reports: dict[str, dict[s
 
 
 def _retention(teacher: dict[str, Any], student: dict[str, Any]) -> float | None:
+    """Classifier: macro-F1 ratio. Causal LM: teacher/student test perplexity, the same measure
+    the distill stage gates on by default (BLEU on a few dozen samples is too noisy to gate on;
+    the BLEU ratio is still visible in the variant table)."""
     if "macro_f1" in teacher and "macro_f1" in student:
         return metrics.retention(student["macro_f1"], teacher["macro_f1"])
-    if "bleu" in teacher and "bleu" in student and teacher["bleu"] > 0:
-        return metrics.retention(student["bleu"], teacher["bleu"])
+    t, s = teacher.get("perplexity"), student.get("perplexity")
+    if isinstance(t, float) and isinstance(s, float) and not (_nan(t) or _nan(s)):
+        return metrics.retention(s, t, higher_is_better=False)
     return None
 
 
