@@ -397,9 +397,10 @@ class DistillParams(Section):
 # ==== section: prune (issue 5) — replace this placeholder block with the real model ====
 class PruneParams(Section):
     source: Literal["teacher", "student"] = "student"  # which model folder is pruned
-    ratio: float = Field(default=0.25, gt=0.0, lt=1.0)  # share of MLP channels and attention heads removed
-    heads: bool = True  # also remove attention heads (query heads within each KV group under GQA)
-    criterion: Literal["magnitude", "taylor"] = "magnitude"  # tp GroupMagnitudeImportance | GroupTaylorImportance
+    ratio: float = Field(default=0.2, gt=0.0, lt=1.0)  # share of MLP channels and attention heads removed
+    heads: bool = False  # also remove attention heads (query heads within each KV group under GQA)
+    criterion: Literal["magnitude", "taylor"] = "taylor"  # tp GroupTaylorImportance | GroupMagnitudeImportance
+    calibration_batches: int = Field(default=4, ge=1)  # taylor: train batches whose gradients score channels
     round_to: int = Field(default=8, ge=1)  # MLP widths kept a multiple of this (fast kernels)
     magnitude_threshold: float | None = Field(default=0.01, ge=0.0)  # zero |w| < this in linear layers; null: off
     keep_layers: list[int] = Field(default_factory=list)  # layers excluded from magnitude zeroing (see README)

@@ -1,7 +1,8 @@
 """Structural pruning with torch-pruning: fewer MLP channels and attention heads, a really smaller model.
 
 MLP channels: torch-pruning's dependency graph couples gate/up output channels with down_proj input
-channels; its group importance (magnitude, or first-order Taylor from one calibration batch)
+channels; its group importance (first-order Taylor over a few calibration batches,
+or weight magnitude)
 ranks them and the group prune slices all three at once. Every layer loses the same number of
 channels: transformers configs have one `intermediate_size` for all layers, and the output must
 reload with plain `from_pretrained`.
@@ -75,9 +76,16 @@ def _round_keep(width: int, ratio: float, round_to: int) -> int:
     return min(width, keep)
 
 
-def prune_mlp(model: Any, example: dict[str, torch.Tensor], *, ratio: float, criterion: str, round_to: int,
+def prune_mlp(model: Any, examples: list[dict[str, torch.Tensor]], *, ratio: float, criterion: str, round_to: int,
               family: str) -> tuple[int, int]:
-    """Remove the least important MLP channels in every layer; return (width before, after)."""
+    """Remove the least important MLP channels in every layer; return (width before, after).
+
+    `taylor` scores a channel group by |w * dL/dw| with the gradient summed over `examples` (the
+    calibration batches); `magnitude` by the L2 norm of its weights (the first example only traces
+    the graph). On the default SmolLM2 student, removing 10% of MLP channels before any recovery
+    moved validation perplexity from 4.05 to 4.59 with taylor and to 360 with magnitude: the weight
+    norm of a channel says little about what it contributes in a small LM.
+    """
     import torch_pruning as tp
 
     parts = layer_parts(model)
@@ -87,12 +95,13 @@ def prune_mlp(model: Any, example: dict[str, torch.Tensor], *, ratio: float, cri
         return width, width
     if criterion == "taylor":
         model.zero_grad()
-        logits, targets = target_logits(model, example, family)
-        torch.nn.functional.cross_entropy(logits, targets).backward()
+        for example in examples:
+            logits, targets = target_logits(model, example, family)
+            (torch.nn.functional.cross_entropy(logits, targets) / len(examples)).backward()
         importance = tp.importance.GroupTaylorImportance()
     else:
         importance = tp.importance.GroupMagnitudeImportance(p=2)
-    inputs = {k: v for k, v in example.items() if k in ("input_ids", "attention_mask")}
+    inputs = {k: v for k, v in examples[0].items() if k in ("input_ids", "attention_mask")}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tp warns about norm weights it will not touch here
         graph = tp.DependencyGraph().build_dependency(model, example_inputs=inputs, output_transform=lambda out: out.logits)
@@ -180,7 +189,10 @@ def prune(source_dir: Path, train_turns: pl.DataFrame, val_turns: pl.DataFrame, 
         return {**q, "params": parameter_count(m), "size_mb": size_mb(m)}
 
     before = measure(model)
-    width = prune_mlp(model, batches[len(batches) // 2], ratio=params.ratio, criterion=params.criterion,
+    # calibration batches spread over the train split (taylor sums their gradients)
+    step = max(1, len(batches) // params.calibration_batches)
+    calibration = batches[::step][: params.calibration_batches]
+    width = prune_mlp(model, calibration, ratio=params.ratio, criterion=params.criterion,
                       round_to=params.round_to, family=family)
     model.config.intermediate_size = width[1]
     if hasattr(model.config, "hidden_dim") and family == "classifier":  # DistilBERT's name for it

@@ -27,7 +27,7 @@ def test_causal_lm_prune_drops_the_ratio_and_reloads(tmp_path: Path, criterion: 
     source = write_tiny_causal_lm(tmp_path / "student", layers=2)
     before = AutoModelForCausalLM.from_pretrained(source)
     turns = tiny_turns(16)
-    out = prune(source, turns, turns, params=PruneParams(ratio=0.5, criterion=criterion, **FAST))
+    out = prune(source, turns, turns, params=PruneParams(ratio=0.5, criterion=criterion, heads=True, **FAST))
     # MLP channels and query heads: half of each goes; k/v projections (KV groups) stay
     expected = _prunable(before) - before.model.layers[0].self_attn.k_proj.weight.numel() * 2 * 2
     kept = _prunable(out.model) - out.model.model.layers[0].self_attn.k_proj.weight.numel() * 2 * 2
@@ -42,6 +42,36 @@ def test_causal_lm_prune_drops_the_ratio_and_reloads(tmp_path: Path, criterion: 
     ids = torch.tensor([[5, 6, 7, 8, 9]])
     with torch.no_grad():
         assert reloaded(input_ids=ids).logits.shape == before(input_ids=ids).logits.shape
+
+
+@pytest.mark.parametrize("criterion", ["taylor", "magnitude"])
+def test_taylor_drops_dead_channels_that_magnitude_keeps(tmp_path: Path, criterion: str) -> None:
+    """Channels with big gate/up weights but a zero down_proj column contribute nothing: Taylor
+    (|w * grad|) scores them 0 and removes exactly them, so the logits do not move; magnitude keeps them."""
+    from chatforge.compress.prune import prune_mlp
+    from chatforge.modeling.data import conversations
+    from chatforge.modeling.distill import load_model, make_batches
+
+    model, tokenizer = load_model(write_tiny_causal_lm(tmp_path / "m", layers=2), "causal_lm")
+    dead = list(range(0, 128, 8))  # 16 of 128 channels per layer
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.mlp.down_proj.weight[:, dead] = 0.0
+            layer.mlp.gate_proj.weight[dead] *= 10
+            layer.mlp.up_proj.weight[dead] *= 10
+    batches = make_batches(conversations(tiny_turns(16)), tokenizer, family="causal_lm", labels=None, max_seq_len=64, batch_size=4)
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    model.eval()
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+    assert prune_mlp(model, batches[:2], ratio=0.125, criterion=criterion, round_to=8, family="causal_lm") == (128, 112)
+    with torch.no_grad():
+        after = model(input_ids=ids).logits
+    large_rows_left = int((model.model.layers[0].mlp.gate_proj.weight.norm(dim=1) > 0.5).sum())
+    if criterion == "taylor":
+        assert torch.allclose(before, after, atol=1e-5) and large_rows_left == 0
+    else:
+        assert not torch.allclose(before, after, atol=1e-3) and large_rows_left == 16
 
 
 def test_magnitude_zeros_stay_zero_through_recovery(tmp_path: Path) -> None:
