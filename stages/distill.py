@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from chatforge.io import atomic_path, setup_logging, write_json
+from chatforge.io import setup_logging, write_json
 from chatforge.params import ParamsError, load_section
 
 
@@ -40,16 +40,11 @@ def main(
         typer.echo(str(exc), err=True)
         raise typer.Exit(code=2) from None
 
-    from chatforge.modeling.manifest import read_manifest, write_manifest
+    from chatforge.modeling.manifest import publish_derived
 
-    parent = read_manifest(teacher_dir)
-    with atomic_path(out_dir) as tmp:
-        outcome.model.save_pretrained(tmp)
-        outcome.tokenizer.save_pretrained(tmp)
-        if (teacher_dir / "responses.json").exists():
-            (tmp / "responses.json").write_bytes((teacher_dir / "responses.json").read_bytes())
-        details = {**parent.details, "distill": {k: outcome.metrics[k] for k in ("retention", "retention_metric", "student_layers_from_teacher")}}
-        write_manifest(tmp, parent.model_copy(update={"variant": "student", "parent": str(teacher_dir), "details": details}))
+    keys = ("retention", "retention_metric", "student_layers_from_teacher")
+    publish_derived(out_dir, outcome.model, outcome.tokenizer, parent_dir=teacher_dir, variant="student",
+                    details={"distill": {k: outcome.metrics[k] for k in keys}})
     write_json(outcome.metrics, metrics_path)
     log.info("student: %s retention %.3f (min %.2f)", outcome.metrics["retention_metric"], outcome.metrics["retention"], params.min_retention)
     if params.enforce and not outcome.passed:

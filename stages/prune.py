@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from chatforge.io import atomic_path, setup_logging, write_json
+from chatforge.io import setup_logging, write_json
 from chatforge.params import ParamsError, load_section
 
 
@@ -42,16 +42,11 @@ def main(
         typer.echo(str(exc), err=True)
         raise typer.Exit(code=2) from None
 
-    from chatforge.modeling.manifest import read_manifest, write_manifest
+    from chatforge.modeling.manifest import publish_derived
 
-    parent = read_manifest(source_dir)
-    with atomic_path(out_dir) as tmp:
-        outcome.model.save_pretrained(tmp)
-        outcome.tokenizer.save_pretrained(tmp)
-        if (source_dir / "responses.json").exists():
-            (tmp / "responses.json").write_bytes((source_dir / "responses.json").read_bytes())
-        details = {**parent.details, "prune": {k: outcome.metrics[k] for k in ("ratio", "criterion", "params_reduction", "magnitude_sparsity")}}
-        write_manifest(tmp, parent.model_copy(update={"variant": "pruned", "parent": str(source_dir), "details": details}))
+    keys = ("ratio", "criterion", "params_reduction", "magnitude_sparsity")
+    publish_derived(out_dir, outcome.model, outcome.tokenizer, parent_dir=source_dir, variant="pruned",
+                    details={"prune": {k: outcome.metrics[k] for k in keys}})
     write_json(outcome.metrics, metrics_path)
     log.info("pruned %s: params -%.1f%%, sparsity %.1f%%", source_dir, 100 * outcome.metrics["params_reduction"],
              100 * outcome.metrics["magnitude_sparsity"])

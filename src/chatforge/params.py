@@ -469,6 +469,7 @@ class EvaluateParams(Section):
     )
     max_samples_per_lang: int = Field(default=40, ge=1)  # assistant turns generated per language and variant
     max_new_tokens: int = Field(default=48, ge=1, le=1024)  # generation length for BLEU/chrF
+    batch_size: int = Field(default=8, ge=1)  # prompts decoded together for BLEU/chrF (latency stays batch 1)
     max_ppl_conversations: int = Field(default=200, ge=1)  # test conversations scored for perplexity
     latency_runs: int = Field(default=8, ge=1)  # timed batch-1 generations per variant
     latency_new_tokens: int = Field(default=32, ge=1)

@@ -126,11 +126,17 @@ def assistant_perplexity(generator: Any, convs: Sequence[Conversation], *, max_s
     return out
 
 
-def generate_answers(generator: Any, samples: Sequence[Sample], *, max_new_tokens: int) -> list[str]:
+def generate_answers(generator: Any, samples: Sequence[Sample], *, max_new_tokens: int, batch_size: int = 8) -> list[str]:
+    """Greedy answers, `batch_size` prompts at a time (torch decodes them as one batch; the tokens
+    are the ones batch-1 decoding gives)."""
     from chatforge.modeling.generate import GenerationConfig
 
     config = GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.0)
-    return [generator.generate(s.prompt, config).text.strip() for s in progress(samples, total=len(samples), desc="generate")]
+    chunks = [list(samples[i : i + batch_size]) for i in range(0, len(samples), batch_size)]
+    answers: list[str] = []
+    for chunk in progress(chunks, total=len(chunks), desc="generate", every=1):
+        answers += [g.text.strip() for g in generator.generate_many([s.prompt for s in chunk], config, batch_size=batch_size)]
+    return answers
 
 
 def text_scores(samples: Sequence[Sample], answers: Sequence[str]) -> dict[str, float]:
@@ -223,7 +229,7 @@ def parameter_count(path: Path) -> int:
     from safetensors import safe_open
 
     with safe_open(str(path), framework="np") as fh:
-        return int(sum(int(np.prod(fh.get_slice(k).get_shape())) for k in fh.keys()))
+        return int(sum(int(np.prod(fh.get_slice(k).get_shape())) for k in fh.keys()))  # noqa: SIM118 (safe_open is not a dict)
 
 
 def check_variants(folders: dict[str, Path], wanted: Sequence[str]) -> tuple[dict[str, Path], list[str]]:
@@ -271,7 +277,7 @@ def evaluate_variant(
 
     generator = load_generator(folder, backend=backend_name)
     ppl_convs = list(convs)[: params.max_ppl_conversations]
-    answers = generate_answers(generator, samples, max_new_tokens=params.max_new_tokens)
+    answers = generate_answers(generator, samples, max_new_tokens=params.max_new_tokens, batch_size=params.batch_size)
     out = {
         **common,
         **text_scores(samples, answers),

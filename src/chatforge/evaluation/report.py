@@ -260,8 +260,9 @@ def render(
     out = ["# chatforge build report", ""]
     summary = ev.get("summary", {})
     if summary:
-        out += [f"Variants evaluated: {', '.join(v for v in VARIANTS if v in ev) or 'none'}; missing: {summary.get('variants_missing', 'none')}; "
-                f"gates failed: {summary.get('gates_failed', 0)}.", ""]
+        evaluated = ", ".join(v for v in VARIANTS if v in ev) or "none"
+        out += [f"Variants evaluated: {evaluated}; missing: {summary.get('variants_missing', 'none')}; "
+                + f"gates failed: {summary.get('gates_failed', 0)}.", ""]
     out += ["## Data", ""]
     out += ["### Ingest", "", key_values(reports["ingest"]) if "ingest" in reports else "_ingest has not run._", ""]
     out += ["### Clean (rows changed and conversations dropped per rule)", "", key_values(reports["clean"]) if "clean" in reports else "_clean has not run._", ""]

@@ -47,3 +47,23 @@ def manifest_json(manifest: Manifest) -> str:
 def write_manifest(folder: Path | str, manifest: Manifest) -> None:
     """Write into a folder being built (the caller publishes the whole folder atomically)."""
     (Path(folder) / MANIFEST_NAME).write_text(manifest_json(manifest), encoding="utf-8")
+
+
+def publish_derived(out_dir: Path, model: Any, tokenizer: Any, *, parent_dir: Path, variant: str,
+                    details: dict[str, Any]) -> None:
+    """Atomically publish a model derived from the folder `parent_dir` (distilled, pruned, ...).
+
+    The folder gets the weights, the tokenizer, the parent's `responses.json` (classifiers answer
+    with it) and a manifest that inherits the parent's and records `variant`, the parent and
+    `details` (merged into the parent's details under their own keys).
+    """
+    from chatforge.io import atomic_path
+
+    parent = read_manifest(parent_dir)
+    with atomic_path(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if (parent_dir / "responses.json").exists():
+            (tmp / "responses.json").write_bytes((parent_dir / "responses.json").read_bytes())
+        update = {"variant": variant, "parent": str(parent_dir), "details": {**parent.details, **details}}
+        write_manifest(tmp, parent.model_copy(update=update))

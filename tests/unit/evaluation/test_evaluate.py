@@ -10,7 +10,6 @@ import torch
 
 from chatforge.data.schema import conform
 from chatforge.evaluation import evaluate as ev
-from chatforge.modeling.data import Conversation
 from chatforge.modeling.generate import load_generator
 from chatforge.params import EvaluateParams
 from chatforge.serving.tiny import build_tiny_causal_lm, build_tiny_classifier
@@ -130,7 +129,7 @@ def _run_stage(tmp_path: Path, repo_root: Path, args: list[str]) -> subprocess.C
     (tmp_path / "params.yaml").write_text((repo_root / "params.yaml").read_text(encoding="utf-8"), encoding="utf-8")
     return subprocess.run(
         [sys.executable, str(repo_root / "stages" / "evaluate.py"), *args],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        check=False, cwd=tmp_path, capture_output=True, text=True, timeout=600,
     )
 
 

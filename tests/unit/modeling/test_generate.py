@@ -123,3 +123,43 @@ def test_bad_folders_are_clear_errors(tiny_classifier: Path, tiny_causal_lm: Pat
     with pytest.raises(ValueError, match="messages is empty"):
         load_generator(tiny_causal_lm, backend="torch").generate([], GenerationConfig())
     assert json.loads((tiny_causal_lm / "chatforge.json").read_text())["family"] == "causal_lm"
+
+
+@pytest.mark.parametrize("batch_size", [2, 3])
+def test_batched_greedy_equals_one_at_a_time(tiny_causal_lm: Path, batch_size: int) -> None:
+    gen = load_generator(tiny_causal_lm, backend="torch")
+    prompts = PROMPTS + [[{"role": "user", "content": "退货要多久？我上周买的耳机还没有收到退款。"}]]
+    assert len({len(gen.prompt_ids(p)) for p in prompts}) == len(prompts)  # left padding really happens
+    cfg = GenerationConfig(max_new_tokens=16)
+    single = [gen.generate(p, cfg) for p in prompts]
+    many = gen.generate_many(prompts, cfg, batch_size=batch_size)
+    assert [g.token_ids for g in many] == [g.token_ids for g in single]
+    assert [g.text for g in many] == [g.text for g in single]
+    assert [g.finish_reason for g in many] == [g.finish_reason for g in single]
+    for a, b in zip(many, single, strict=True):
+        assert a.token_logprobs == pytest.approx(b.token_logprobs, abs=1e-4)
+
+
+def test_batched_rows_end_on_their_own_eos_and_stop_strings(tiny_causal_lm: Path) -> None:
+    gen = load_generator(tiny_causal_lm, backend="torch")
+    cfg = GenerationConfig(max_new_tokens=12)
+    free = [gen.generate(p, cfg) for p in PROMPTS]
+    # the second prompt's 4th greedy token ends its reply; a stop string taken from the first reply
+    gen.eos_ids = gen.eos_ids | {free[1].token_ids[3]}
+    stop = free[0].text[2:4]
+    cfg = GenerationConfig(max_new_tokens=12, stop_strings=(stop,))
+    single = [gen.generate(p, cfg) for p in PROMPTS]
+    many = gen.generate_many(PROMPTS, cfg, batch_size=3)
+    assert many == single
+    assert many[1].finish_reason == "stop" and len(many[1].token_ids) <= 3
+    assert many[0].finish_reason == "stop" and stop not in many[0].text
+
+
+def test_generate_many_keeps_sampling_and_onnx_per_request(tiny_causal_lm: Path, onnx_lm: Path) -> None:
+    torch_gen, onnx_gen = load_generator(tiny_causal_lm, backend="torch"), load_generator(onnx_lm, backend="onnx")
+    sampled = GenerationConfig(max_new_tokens=10, temperature=0.9, seed=4)
+    assert torch_gen.generate_many(PROMPTS, sampled) == [torch_gen.generate(p, sampled) for p in PROMPTS]
+    greedy = GenerationConfig(max_new_tokens=10)
+    assert [g.token_ids for g in onnx_gen.generate_many(PROMPTS, greedy)] == [
+        g.token_ids for g in torch_gen.generate_many(PROMPTS, greedy, batch_size=3)
+    ]
