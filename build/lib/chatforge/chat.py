@@ -1,0 +1,82 @@
+"""`chatforge chat`: talk to any built variant in a terminal (torch or ONNX, both families).
+
+Commands inside the chat: /reset (forget the conversation), /persona NAME, /temperature X, /exit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from chatforge.data.lang import detect_lang
+from chatforge.modeling.generate import GenerationConfig
+
+
+@dataclass(frozen=True)
+class Persona:
+    name: str
+    temperature: float
+    top_p: float
+    system_prompt: str | None
+
+
+def chat_loop(
+    backend: Any,
+    lines: Iterable[str],
+    write: Callable[[str], None],
+    *,
+    config: GenerationConfig,
+    persona: Persona | None = None,
+    personas: dict[str, Persona] | None = None,
+) -> list[dict[str, str]]:
+    """Read user lines, write answers; returns the conversation (for tests and transcripts)."""
+    personas = personas or {}
+    messages: list[dict[str, str]] = []
+
+    def system() -> list[dict[str, str]]:
+        return [{"role": "system", "content": persona.system_prompt}] if persona and persona.system_prompt else []
+
+    for raw in lines:
+        line = raw.strip()
+        if not line:
+            continue
+        if line in ("/exit", "/quit"):
+            break
+        if line == "/reset":
+            messages = []
+            write("(conversation reset)\n")
+            continue
+        if line.startswith("/persona"):
+            name = line.partition(" ")[2].strip()
+            if name not in personas:
+                write(f"(unknown persona {name!r}; choose one of: {', '.join(sorted(personas)) or 'none configured'})\n")
+                continue
+            persona = personas[name]
+            config = replace(config, temperature=persona.temperature, top_p=persona.top_p)
+            write(f"(persona {name}: temperature {persona.temperature}, top_p {persona.top_p})\n")
+            continue
+        if line.startswith("/temperature"):
+            try:
+                config = replace(config, temperature=float(line.partition(" ")[2]))
+            except ValueError as exc:
+                write(f"(temperature must be a number >= 0: {exc})\n")
+                continue
+            write(f"(temperature {config.temperature})\n")
+            continue
+        messages.append({"role": "user", "content": line})
+        prompt = system() + messages
+        write("bot> ")
+        generator = getattr(backend, "generator", None)
+        if generator is not None:  # causal LM: print tokens as they come
+            for delta in generator.stream(prompt, config):
+                write(delta)
+            text = generator.last.text if generator.last else ""
+            confidence = generator.last.confidence if generator.last else 0.0
+        else:
+            answer = backend.answer(prompt, config, lang=detect_lang(line))
+            text, confidence = answer.text, answer.confidence
+            write(text)
+        write(f"\n     (confidence {confidence:.2f})\n")
+        messages.append({"role": "assistant", "content": text})
+    return messages

@@ -1,0 +1,225 @@
+"""The `chatforge` command: params check, serve, chat, feedback export, A/B report, ...
+
+Sub-commands import their heavy modules lazily so `chatforge --help` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(help="chatforge: build, evaluate and serve your own chatbot model.", no_args_is_help=True)
+params_app = typer.Typer(help="Inspect and validate params.yaml.", no_args_is_help=True)
+app.add_typer(params_app, name="params")
+
+
+@params_app.command("check")
+def params_check(
+    path: Annotated[Path, typer.Argument(help="The params file to validate.")] = Path("params.yaml"),
+) -> None:
+    """Validate every section of PATH; print each bad key with its value and what is allowed."""
+    from chatforge.params import ParamsError, load_all
+
+    try:
+        sections = load_all(path)
+    except ParamsError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(code=2) from None
+    typer.echo(f"{path}: ok ({len(sections)} sections: {', '.join(sections)})")
+
+
+# ==== sub-commands registered by later issues go below (one small block each) ====
+
+
+@app.command("chat")
+def chat(
+    model_dir: Annotated[Path, typer.Argument(help="Any variant folder the pipeline built (models/teacher, models/onnx, ...).")],
+    backend: Annotated[str, typer.Option(help="auto | torch | onnx | onnx_int8 (auto prefers INT8 ONNX).")] = "auto",
+    persona: Annotated[str | None, typer.Option(help="A persona preset from params.yaml serve.personas.")] = None,
+    temperature: Annotated[float, typer.Option(min=0.0, max=2.0, help="0 = greedy; persona presets use 0.7-1.2.")] = 0.0,
+    top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
+    max_tokens: Annotated[int, typer.Option(min=1, max=2048)] = 128,
+    params_path: Annotated[Path, typer.Option("--params", help="params.yaml with serve.personas.")] = Path("params.yaml"),
+) -> None:
+    """Chat with a built model in the terminal. Type /persona NAME, /temperature X, /reset or /exit."""
+    import sys
+
+    from chatforge.chat import Persona, chat_loop
+    from chatforge.modeling.generate import GenerationConfig
+    from chatforge.serving.backends import open_backend
+
+    presets: dict[str, Persona] = {}
+    if params_path.exists():
+        from chatforge.params import ParamsError, load_section
+
+        try:
+            serve = load_section("serve", path=params_path)
+            presets = {n: Persona(n, p.temperature, p.top_p, p.system_prompt) for n, p in serve.personas.items()}
+        except ParamsError as exc:
+            typer.echo(str(exc), err=True)
+            raise typer.Exit(2) from None
+    if persona is not None and persona not in presets:
+        typer.echo(f"unknown persona {persona!r}; choose one of: {', '.join(sorted(presets)) or 'none configured'}", err=True)
+        raise typer.Exit(2)
+    chosen = presets.get(persona) if persona else None
+    config = GenerationConfig(
+        max_new_tokens=max_tokens,
+        temperature=chosen.temperature if chosen else temperature,
+        top_p=chosen.top_p if chosen else top_p,
+    )
+    try:
+        model = open_backend(model_dir, backend=backend)  # type: ignore[arg-type]
+    except (FileNotFoundError, ValueError) as exc:
+        typer.echo(f"chat: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"chatforge chat: {model_dir} ({model.family}, {model.fingerprint}). /exit to quit.")
+
+    def lines():
+        while True:
+            try:
+                yield input("you> ")
+            except EOFError:
+                return
+
+    chat_loop(model, lines(), lambda s: (sys.stdout.write(s), sys.stdout.flush()), config=config, persona=chosen, personas=presets)
+
+# ---- serving (issue 7): serve, keys add, feedback export, ab report
+keys_app = typer.Typer(help="Manage the API keys `chatforge serve` accepts (stored hashed).", no_args_is_help=True)
+feedback_app = typer.Typer(help="The feedback loop: ratings collected by the service -> training data.", no_args_is_help=True)
+ab_app = typer.Typer(help="A/B tests between served variants.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(feedback_app, name="feedback")
+app.add_typer(ab_app, name="ab")
+
+ParamsOpt = Annotated[Path, typer.Option("--params", envvar="CHATFORGE_PARAMS", help="params.yaml with the serve section.")]
+DatabaseOpt = Annotated[
+    str | None, typer.Option("--database-url", envvar="CHATFORGE_DATABASE_URL", help="Overrides serve.database_url.")
+]
+KeysOpt = Annotated[Path, typer.Option("--keys", envvar="CHATFORGE_API_KEYS", help="The API keys file (JSON, hashes only).")]
+
+
+def _serve_params(path: Path, database_url: str | None):
+    from chatforge.params import ParamsError, ServeParams, load_section
+
+    try:
+        params = load_section("serve", path=path)
+    except ParamsError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(code=2) from None
+    assert isinstance(params, ServeParams)
+    return params.model_copy(update={"database_url": database_url}) if database_url else params
+
+
+@app.command("serve")
+def serve(
+    params: ParamsOpt = Path("params.yaml"),
+    keys: Annotated[Path | None, typer.Option("--keys", envvar="CHATFORGE_API_KEYS", help="API keys file.")] = None,
+    host: Annotated[str, typer.Option(envvar="CHATFORGE_HOST")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="CHATFORGE_PORT")] = 8000,
+    workers: Annotated[int, typer.Option(envvar="CHATFORGE_WORKERS", min=1, help="uvicorn worker processes.")] = 1,
+    redis_url: Annotated[str | None, typer.Option(envvar="CHATFORGE_REDIS_URL", help="Overrides serve.redis_url ('' = off).")] = None,
+    database_url: DatabaseOpt = None,
+    no_auth: Annotated[bool, typer.Option("--no-auth", help="Accept requests without an API key (local only).")] = False,
+    threads: Annotated[int | None, typer.Option(envvar="CHATFORGE_THREADS", min=1, help="torch CPU threads per worker.")] = None,
+) -> None:
+    """Serve the built model(s) behind an OpenAI-compatible API, the web chat page at /."""
+    import os
+
+    import uvicorn
+
+    from chatforge.io import setup_logging
+    from chatforge.params import ParamsError
+    from chatforge.serving.config import CONFIG_ENV, load_serve_config
+
+    setup_logging("serve")
+    try:
+        config = load_serve_config(params, api_keys_file=keys, require_auth=not no_auth, redis_url=redis_url,
+                                   database_url=database_url, threads=threads)
+    except (ParamsError, ValueError) as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(code=2) from None
+    if keys is not None and not keys.exists():
+        typer.echo(f"{keys}: API keys file not found. Create it with `chatforge keys add NAME --keys {keys}`.", err=True)
+        raise typer.Exit(code=2)
+    os.environ[CONFIG_ENV] = config.to_json()
+    uvicorn.run("chatforge.serving.app:app_from_env", factory=True, host=host, port=port, workers=workers,
+                log_config=None, proxy_headers=True)
+
+
+@keys_app.command("add")
+def keys_add(name: Annotated[str, typer.Argument(help="A label for the key (who or what uses it).")], keys: KeysOpt = Path("api_keys.json")) -> None:
+    """Create an API key: its hash goes into the keys file, the key itself is printed once."""
+    from chatforge.serving.auth import add_key
+
+    try:
+        record, plain = add_key(keys, name=name)
+    except (ValueError, FileNotFoundError) as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(code=2) from None
+    typer.echo(f"created {record.id} ({name}) in {keys}; the key (shown only now):", err=True)
+    typer.echo(plain)
+
+
+@feedback_app.command("export")
+def feedback_export(
+    out: Annotated[Path, typer.Option(help="JSONL file ingest reads (format `feedback`).")] = Path("data/raw/feedback/feedback.jsonl"),
+    params: ParamsOpt = Path("params.yaml"),
+    database_url: DatabaseOpt = None,
+) -> None:
+    """Write positively rated and corrected conversations for the next `dvc repro` to learn from."""
+    from chatforge.io import write_jsonl
+    from chatforge.serving.feedback_export import feedback_rows
+    from chatforge.serving.store import open_store
+
+    serve_params = _serve_params(params, database_url)
+    n = write_jsonl(feedback_rows(open_store(serve_params.database_url)), out)
+    typer.echo(f"wrote {n} conversations to {out}; `dvc status` now shows ingest as changed if they are new")
+
+
+@ab_app.command("report")
+def ab_report(
+    params: ParamsOpt = Path("params.yaml"),
+    database_url: DatabaseOpt = None,
+    alpha: Annotated[float, typer.Option(min=0.0001, max=0.5, help="Significance level.")] = 0.05,
+) -> None:
+    """Per-variant requests and satisfaction with 95% intervals, and whether the difference is significant."""
+    from chatforge.serving.ab import VariantStats, format_report
+    from chatforge.serving.store import open_store, variant_feedback_counts
+
+    serve_params = _serve_params(params, database_url)
+    counts = {v: VariantStats(v, n, rated, pos) for v, n, rated, pos in variant_feedback_counts(open_store(serve_params.database_url))}
+    # configured variants first, in params order (the first is the baseline), then any retired ones
+    order = [v.name for v in serve_params.variants] + sorted(set(counts) - {v.name for v in serve_params.variants})
+    typer.echo(format_report([counts.get(v, VariantStats(v, 0, 0, 0)) for v in order], alpha=alpha))
+
+
+# ---- issue 4: try the translator behind back-translation ----
+@app.command("translate")
+def translate(
+    texts: Annotated[list[str], typer.Argument(help="Sentences to translate.")],
+    src: Annotated[str, typer.Option(help="Source language: zh or en.")] = "zh",
+    tgt: Annotated[str, typer.Option(help="Target language: zh or en.")] = "en",
+    model: Annotated[str, typer.Option(help="Translator folder or hub id.")] = "models/translator",
+    round_trip: Annotated[bool, typer.Option(help="Also translate back, as augment does.")] = False,
+) -> None:
+    """Translate TEXTS with the pipeline's translator (what back-translation sees)."""
+    from chatforge.modeling.translate import TranslatorLoadError, load_translator
+
+    if {src, tgt} != {"zh", "en"}:
+        typer.echo("--src and --tgt must be zh and en (one each).", err=True)
+        raise typer.Exit(2)
+    try:
+        translator = load_translator(model)
+    except TranslatorLoadError as exc:
+        typer.echo(f"{exc} (build the default with `dvc repro translator`)", err=True)
+        raise typer.Exit(1) from None
+    out = translator.translate(texts, src=src, tgt=tgt)  # type: ignore[arg-type]
+    back = translator.translate(out, src=tgt, tgt=src) if round_trip else [None] * len(out)  # type: ignore[arg-type]
+    for text, there, again in zip(texts, out, back, strict=True):
+        typer.echo(f"{text}\t{there}" + (f"\t{again}" if again is not None else ""))
+
+
+if __name__ == "__main__":
+    app()

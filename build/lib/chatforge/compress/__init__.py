@@ -1,0 +1,1 @@
+"""Prune, export to ONNX, quantize."""

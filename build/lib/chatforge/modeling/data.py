@@ -1,0 +1,223 @@
+"""Turn the turns table into training batches.
+
+Causal LM: each conversation is rendered with the tokenizer's chat template; labels are the token
+ids of the assistant messages (their content and end-of-turn marker) and -100 everywhere else, so
+the loss never teaches the model to write the user's side.
+
+Padding waste is avoided by packing: conversations are placed first-fit-decreasing into rows of
+`max_seq_len` tokens, with position ids restarting at 0 for each conversation. transformers 5 reads
+restarting position ids (with no attention mask and no cache) as packed sequences and builds a
+block-diagonal causal mask for sdpa/eager attention (flash-attention uses them as varlen
+boundaries), so no conversation attends to its neighbour. Length-grouped batching (sort by length
+inside shuffled windows, pad per batch) is the alternative, for attention kernels that ignore
+position ids.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import polars as pl
+import torch
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class Conversation:
+    conversation_id: str
+    lang: str
+    intent: str | None
+    messages: list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class Example:
+    input_ids: list[int]
+    labels: list[int]
+    conversation_id: str = ""
+    lang: str = ""
+
+
+@dataclass
+class TokenStats:
+    conversations: int = 0
+    truncated: int = 0
+    dropped_overlong: int = 0
+    dropped_no_assistant: int = 0
+    tokens: int = 0
+    assistant_tokens: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+    def as_metrics(self, prefix: str) -> dict[str, int]:
+        out = {k: v for k, v in self.__dict__.items() if k != "extra"}
+        out.update(self.extra)
+        return {f"{prefix}_{k}": v for k, v in out.items()}
+
+
+def conversations(turns: pl.DataFrame) -> list[Conversation]:
+    """Group a turns table into conversations (ordered by id, messages by turn)."""
+    grouped = (
+        turns.sort(["conversation_id", "turn"])
+        .group_by("conversation_id", maintain_order=True)
+        .agg(
+            pl.col("role"),
+            pl.col("content"),
+            pl.col("lang").drop_nulls().first(),
+            pl.col("intent").drop_nulls().first(),
+        )
+    )
+    return [
+        Conversation(
+            cid, lang or "", intent,
+            [{"role": r, "content": c or ""} for r, c in zip(roles, contents, strict=True)],
+        )
+        for cid, roles, contents, lang, intent in grouped.iter_rows()
+    ]
+
+
+def tokenize_chat(tokenizer: Any, conv: Conversation) -> Example:
+    """Render with the chat template; mark assistant spans by rendering each prefix of the chat.
+
+    The span of assistant message i is [len(render(messages[:i], generation prompt)),
+    len(render(messages[:i+1]))) in characters; offsets from the fast tokenizer map it to tokens.
+    This works for any template whose renderings of a prefix are prefixes of the whole (ChatML,
+    Llama, Mistral ...), without needing `{% generation %}` markers in the template.
+    """
+    msgs = conv.messages
+    text = tokenizer.apply_chat_template(msgs, tokenize=False)
+    spans: list[tuple[int, int]] = []
+    for i, msg in enumerate(msgs):
+        if msg["role"] != "assistant":
+            continue
+        start = len(tokenizer.apply_chat_template(msgs[:i], tokenize=False, add_generation_prompt=True)) if i else 0
+        end = len(tokenizer.apply_chat_template(msgs[: i + 1], tokenize=False))
+        spans.append((start, end))
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)  # cut later, by rule
+    ids: list[int] = enc["input_ids"]
+    labels = [IGNORE] * len(ids)
+    k = 0
+    for t, (a, _b) in enumerate(enc["offset_mapping"]):
+        while k < len(spans) and a >= spans[k][1]:
+            k += 1
+        if k < len(spans) and spans[k][0] <= a < spans[k][1]:
+            labels[t] = ids[t]
+    return Example(ids, labels, conv.conversation_id, conv.lang)
+
+
+def tokenize_conversations(
+    convs: list[Conversation],
+    tokenizer: Any,
+    *,
+    max_seq_len: int,
+    overlong: Literal["truncate", "drop"],
+) -> tuple[list[Example], TokenStats]:
+    """Tokenize every conversation; an over-long one is cut at max_seq_len tokens (truncate) or left
+    out (drop); one left with no assistant token to learn from is left out. All counted."""
+    stats = TokenStats(conversations=len(convs))
+    out: list[Example] = []
+    for conv in convs:
+        ex = tokenize_chat(tokenizer, conv)
+        if len(ex.input_ids) > max_seq_len:
+            if overlong == "drop":
+                stats.dropped_overlong += 1
+                continue
+            stats.truncated += 1
+            ex = Example(ex.input_ids[:max_seq_len], ex.labels[:max_seq_len], ex.conversation_id, ex.lang)
+        n_labels = sum(1 for x in ex.labels[1:] if x != IGNORE)  # the first token is never predicted
+        if n_labels == 0:
+            stats.dropped_no_assistant += 1
+            continue
+        stats.tokens += len(ex.input_ids)
+        stats.assistant_tokens += n_labels
+        out.append(ex)
+    return out, stats
+
+
+def pack(examples: list[Example], *, max_seq_len: int) -> list[list[Example]]:
+    """First-fit-decreasing bins of at most max_seq_len tokens (deterministic: ties by input order)."""
+    order = sorted(range(len(examples)), key=lambda i: -len(examples[i].input_ids))
+    bins: list[list[int]] = []
+    free: list[int] = []
+    for i in order:
+        n = len(examples[i].input_ids)
+        for b, room in enumerate(free):
+            if n <= room:
+                bins[b].append(i)
+                free[b] -= n
+                break
+        else:
+            bins.append([i])
+            free.append(max_seq_len - n)
+    return [[examples[i] for i in sorted(b)] for b in bins]
+
+
+def length_groups(examples: list[Example], *, batch_size: int, seed: int) -> list[list[Example]]:
+    """Batches of similar length: sort inside shuffled windows of 50 batches, then shuffle batches."""
+    rng = random.Random(seed)
+    idx = list(range(len(examples)))
+    rng.shuffle(idx)
+    window = batch_size * 50
+    batches: list[list[Example]] = []
+    for w in range(0, len(idx), window):
+        chunk = sorted(idx[w : w + window], key=lambda i: len(examples[i].input_ids))
+        batches += [[examples[i] for i in chunk[b : b + batch_size]] for b in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def collate_packed(rows: list[list[Example]], *, pad_id: int) -> dict[str, torch.Tensor]:
+    """Each row concatenates its examples; position ids restart per example. The tail filler gets
+    its own restarting positions (a separate 'sequence') and no labels."""
+    width = max(sum(len(e.input_ids) for e in row) for row in rows)
+    ids, labels, pos = [], [], []
+    for row in rows:
+        r_ids = [t for e in row for t in e.input_ids]
+        r_lab = [t for e in row for t in e.labels]
+        r_pos = [p for e in row for p in range(len(e.input_ids))]
+        fill = width - len(r_ids)
+        ids.append(r_ids + [pad_id] * fill)
+        labels.append(r_lab + [IGNORE] * fill)
+        pos.append(r_pos + list(range(fill)))
+    return {
+        "input_ids": torch.tensor(ids, dtype=torch.long),
+        "labels": torch.tensor(labels, dtype=torch.long),
+        "position_ids": torch.tensor(pos, dtype=torch.long),
+        "num_tokens": torch.tensor(sum(len(e.input_ids) for row in rows for e in row)),  # non-padding
+    }
+
+
+def collate_padded(batch: list[Example], *, pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded batch with an attention mask (length-grouped batching, evaluation)."""
+    width = max(len(e.input_ids) for e in batch)
+    ids = [e.input_ids + [pad_id] * (width - len(e.input_ids)) for e in batch]
+    labels = [e.labels + [IGNORE] * (width - len(e.labels)) for e in batch]
+    mask = [[1] * len(e.input_ids) + [0] * (width - len(e.input_ids)) for e in batch]
+    return {
+        "input_ids": torch.tensor(ids, dtype=torch.long),
+        "labels": torch.tensor(labels, dtype=torch.long),
+        "attention_mask": torch.tensor(mask, dtype=torch.long),
+        "num_tokens": torch.tensor(sum(len(e.input_ids) for e in batch)),  # non-padding
+    }
+
+
+def epoch_batches(
+    examples: list[Example],
+    *,
+    batching: Literal["pack", "length_group"],
+    batch_size: int,
+    max_seq_len: int,
+    seed: int,
+    epoch: int,
+    pad_id: int,
+    packed_rows: list[list[Example]] | None = None,
+) -> list[dict[str, torch.Tensor]]:
+    """The micro-batches of one epoch, a pure function of (data, seed, epoch): what makes resume exact."""
+    if batching == "pack":
+        rows = list(packed_rows if packed_rows is not None else pack(examples, max_seq_len=max_seq_len))
+        random.Random(seed * 1_000_003 + epoch).shuffle(rows)
+        return [collate_packed(rows[i : i + batch_size], pad_id=pad_id) for i in range(0, len(rows), batch_size)]
+    groups = length_groups(examples, batch_size=batch_size, seed=seed * 1_000_003 + epoch)
+    return [collate_padded(g, pad_id=pad_id) for g in groups]

@@ -1,0 +1,440 @@
+"""The one generation path evaluate and serving share: torch and ONNX causal LMs, same decoding.
+
+Both backends expose the same two calls — `start(prompt_ids)` and `advance(token_id)`, each
+returning the next-token logits while keeping a KV cache — and one decoding loop (below) does the
+rest: greedy or seeded temperature/top-p sampling, max new tokens, eos and stop strings, per-token
+log-probabilities and streamed text deltas. Keeping the sampling in numpy, outside the backends,
+is what makes ONNX float greedy decoding equal torch greedy decoding token for token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+from chatforge.modeling.manifest import MANIFEST_NAME, read_manifest
+
+Backend = Literal["auto", "torch", "onnx", "onnx_int8"]
+ONNX_FLOAT_NAME = "model.onnx"
+ONNX_INT8_NAME = "model.int8.onnx"
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    max_new_tokens: int = 64
+    temperature: float = 0.0  # 0 => greedy
+    top_p: float = 1.0
+    stop_strings: tuple[str, ...] = ()
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens = {self.max_new_tokens}: must be >= 1")
+        if not 0.0 <= self.temperature <= 100.0:
+            raise ValueError(f"temperature = {self.temperature}: must be in [0, 100] (0 means greedy)")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p = {self.top_p}: must be in (0, 1]")
+        if any(not s for s in self.stop_strings):
+            raise ValueError("stop_strings must not contain an empty string")
+
+
+@dataclass
+class Generation:
+    text: str
+    token_ids: list[int]
+    # log-probability of each generated token under the model's own (temperature 1) distribution,
+    # so confidence means the same thing whatever sampling settings produced the text
+    token_logprobs: list[float]
+    finish_reason: Literal["stop", "length"]
+
+    @property
+    def confidence(self) -> float:
+        """Geometric-mean token probability: exp(mean log p); 0.0 when nothing was generated."""
+        if not self.token_logprobs:
+            return 0.0
+        return float(math.exp(sum(self.token_logprobs) / len(self.token_logprobs)))
+
+
+class Generator(Protocol):
+    fingerprint: str
+    family: str
+    last: Generation | None
+
+    def generate(self, messages: list[dict[str, str]], config: GenerationConfig) -> Generation: ...
+
+    def stream(self, messages: list[dict[str, str]], config: GenerationConfig) -> Iterator[str]: ...
+
+    def generate_many(self, conversations: list[list[dict[str, str]]], config: GenerationConfig, *,
+                      batch_size: int = 8) -> list[Generation]: ...
+
+
+class _Session(Protocol):
+    def start(self, prompt_ids: list[int]) -> np.ndarray: ...
+
+    def advance(self, token_id: int) -> np.ndarray: ...
+
+
+# ------------------------------------------------------------------------------------ decoding
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max()
+    return shifted - np.log(np.exp(shifted).sum())
+
+
+def choose_token(logits: np.ndarray, config: GenerationConfig, rng: np.random.Generator) -> tuple[int, float]:
+    """Pick the next token from one row of logits; return it with its log-probability (T = 1)."""
+    logits = np.asarray(logits, dtype=np.float64)
+    logprobs = _log_softmax(logits)
+    if config.temperature == 0.0:
+        token = int(np.argmax(logits))
+        return token, float(logprobs[token])
+    probs = np.exp(_log_softmax(logits / config.temperature))
+    if config.top_p < 1.0:
+        # nucleus: the smallest set of most likely tokens whose mass reaches top_p (stable order so
+        # ties break the same way on every run)
+        order = np.argsort(-probs, kind="stable")
+        cumulative = np.cumsum(probs[order])
+        keep = order[: int(np.searchsorted(cumulative, config.top_p) + 1)]
+        mask = np.zeros_like(probs)
+        mask[keep] = probs[keep]
+        probs = mask / mask.sum()
+    token = int(rng.choice(len(probs), p=probs))
+    return token, float(logprobs[token])
+
+
+def _held_back(text: str, stop_strings: tuple[str, ...]) -> int:
+    """How many trailing characters could still become a stop string (or an unfinished UTF-8 char)."""
+    hold = 0
+    for stop in stop_strings:
+        for k in range(min(len(stop) - 1, len(text)), 0, -1):
+            if text.endswith(stop[:k]):
+                hold = max(hold, k)
+                break
+    if text.endswith("\ufffd"):  # a multi-byte character split across byte-level tokens
+        hold = max(hold, 1)
+    return hold
+
+
+class _Reply:
+    """One sequence being decoded: eos and stop strings end it; `text` is what the user sees."""
+
+    def __init__(self, tokenizer: Any, eos_ids: set[int], config: GenerationConfig) -> None:
+        self.tokenizer, self.eos_ids, self.config = tokenizer, eos_ids, config
+        self.token_ids: list[int] = []
+        self.logprobs: list[float] = []
+        self.text = ""
+        self.finish: Literal["stop", "length"] = "length"
+        self.done = False
+
+    def push(self, token: int, logprob: float) -> bool:
+        """Take one chosen token; return True when this reply is finished."""
+        if token in self.eos_ids:
+            self.finish, self.done = "stop", True
+            return True
+        self.token_ids.append(token)
+        self.logprobs.append(logprob)
+        self.text = self.tokenizer.decode(self.token_ids, skip_special_tokens=True)
+        cut = min((i for i in (self.text.find(s) for s in self.config.stop_strings) if i >= 0), default=-1)
+        if cut >= 0:
+            self.text = self.text[:cut]
+            self.finish, self.done = "stop", True
+        return self.done
+
+    def result(self) -> Generation:
+        return Generation(text=self.text, token_ids=self.token_ids, token_logprobs=self.logprobs, finish_reason=self.finish)
+
+
+class _Decoder:
+    """Shared by every backend: chat template in, `Generation` (or text deltas) out."""
+
+    family = "causal_lm"
+
+    def __init__(self, tokenizer: Any, eos_ids: set[int], fingerprint: str) -> None:
+        self.tokenizer = tokenizer
+        self.eos_ids = eos_ids
+        self.fingerprint = fingerprint
+        self.last: Generation | None = None
+
+    def _session(self) -> _Session:
+        raise NotImplementedError
+
+    def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        if not messages:
+            raise ValueError("messages is empty: pass at least one {'role': 'user', 'content': ...}")
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        if hasattr(ids, "keys"):  # transformers 5 returns a BatchEncoding
+            ids = ids["input_ids"]
+        return [int(i) for i in ids]
+
+    def generate(self, messages: list[dict[str, str]], config: GenerationConfig) -> Generation:
+        for _ in self.stream(messages, config):
+            pass
+        assert self.last is not None
+        return self.last
+
+    def generate_many(self, conversations: list[list[dict[str, str]]], config: GenerationConfig, *,
+                      batch_size: int = 8) -> list[Generation]:
+        """One Generation per conversation, equal to calling `generate` on each (backends that can
+        decode several sequences at once override this; `batch_size` bounds how many)."""
+        return [self.generate(messages, config) for messages in conversations]
+
+    def stream(self, messages: list[dict[str, str]], config: GenerationConfig) -> Iterator[str]:
+        """Yield text deltas as tokens arrive; afterwards `self.last` holds the whole Generation."""
+        prompt = self.prompt_ids(messages)
+        rng = np.random.default_rng(config.seed)
+        session = self._session()
+        logits = session.start(prompt)
+        reply = _Reply(self.tokenizer, self.eos_ids, config)
+        emitted = 0
+        for step in range(config.max_new_tokens):
+            if reply.push(*choose_token(logits, config, rng)):
+                break
+            safe = len(reply.text) - _held_back(reply.text, config.stop_strings)
+            if safe > emitted:
+                yield reply.text[emitted:safe]
+                emitted = safe
+            if step + 1 < config.max_new_tokens:
+                logits = session.advance(reply.token_ids[-1])
+        if len(reply.text) > emitted:
+            yield reply.text[emitted:]
+        self.last = reply.result()
+
+
+# --------------------------------------------------------------------------------------- torch
+class _TorchSession:
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.past: Any = None
+
+    def _forward(self, ids: list[int]) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            # logits_to_keep=1: the prompt's other positions never need the vocabulary projection
+            out = self.model(
+                input_ids=torch.tensor([ids], dtype=torch.long), cache=self.past, use_cache=True, logits_to_keep=1
+            )
+        self.past = out.cache
+        return out.logits[0, -1].float().numpy()
+
+    def start(self, prompt_ids: list[int]) -> np.ndarray:
+        self.past = None
+        return self._forward(prompt_ids)
+
+    def advance(self, token_id: int) -> np.ndarray:
+        return self._forward([token_id])
+
+
+class TorchGenerator(_Decoder):
+    def __init__(self, model: Any, tokenizer: Any, *, fingerprint: str) -> None:
+        super().__init__(tokenizer, _eos_ids(model.config, tokenizer), fingerprint)
+        self.model = model.eval()
+
+    def _session(self) -> _Session:
+        return _TorchSession(self.model)
+
+    def generate_many(self, conversations: list[list[dict[str, str]]], config: GenerationConfig, *,
+                      batch_size: int = 8) -> list[Generation]:
+        """Greedy replies decoded `batch_size` at a time (left padding, one KV cache for the batch):
+        the same tokens as one at a time, several times the throughput on a CPU. Sampling keeps the
+        one-at-a-time path, so a seed gives the same text whichever call made it."""
+        if config.temperature != 0.0 or batch_size <= 1:
+            return super().generate_many(conversations, config, batch_size=batch_size)
+        out: list[Generation] = []
+        for i in range(0, len(conversations), batch_size):
+            out += self._greedy_batch([self.prompt_ids(m) for m in conversations[i : i + batch_size]], config)
+        return out
+
+    def _greedy_batch(self, prompts: list[list[int]], config: GenerationConfig) -> list[Generation]:
+        import torch
+
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.eos_ids, default=0)
+        width = max(len(p) for p in prompts)
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], dtype=torch.long)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], dtype=torch.long)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        replies = [_Reply(self.tokenizer, self.eos_ids, config) for _ in prompts]
+        rng = np.random.default_rng(config.seed)  # unused by greedy choice; choose_token's signature
+        cache = None
+        with torch.inference_mode():
+            for step in range(config.max_new_tokens):
+                out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
+                                 use_cache=True, logits_to_keep=1)
+                cache = out.cache
+                logits = out.logits[:, -1].float().numpy()
+                following = []
+                for row, reply in enumerate(replies):
+                    if not reply.done:
+                        reply.push(*choose_token(logits[row], config, rng))
+                    following.append(reply.token_ids[-1] if reply.token_ids and not reply.done else pad)
+                if all(r.done for r in replies) or step + 1 == config.max_new_tokens:
+                    break
+                # finished rows keep decoding pad tokens (cheaper than reshaping the cache); ignored
+                ids = torch.tensor(following, dtype=torch.long)[:, None]
+                mask = torch.cat([mask, torch.ones((len(prompts), 1), dtype=torch.long)], dim=1)
+                positions = positions[:, -1:] + 1
+        return [r.result() for r in replies]
+
+
+# ---------------------------------------------------------------------------------------- onnx
+@dataclass
+class OnnxLayout:
+    """What the exported graph expects (written by chatforge.compress.onnx_export)."""
+
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    past_names: list[str] = field(default_factory=list)  # past_key_values.{i}.key / .value, in order
+
+
+class _OnnxSession:
+    def __init__(self, session: Any, layout: OnnxLayout, dtype: np.dtype) -> None:
+        self.session = session
+        self.layout = layout
+        self.dtype = dtype
+        self.past: list[np.ndarray] = []
+        self.length = 0
+
+    def _forward(self, ids: list[int]) -> np.ndarray:
+        n = len(ids)
+        feeds: dict[str, np.ndarray] = {
+            "input_ids": np.asarray([ids], dtype=np.int64),
+            "attention_mask": np.ones((1, self.length + n), dtype=np.int64),
+            "position_ids": np.arange(self.length, self.length + n, dtype=np.int64)[None, :],
+        }
+        feeds.update(zip(self.layout.past_names, self.past, strict=True))
+        logits, *present = self.session.run(None, feeds)
+        self.past = present
+        self.length += n
+        return logits[0, -1].astype(np.float32)
+
+    def start(self, prompt_ids: list[int]) -> np.ndarray:
+        lay = self.layout
+        empty = np.zeros((1, lay.num_kv_heads, 0, lay.head_dim), dtype=self.dtype)
+        self.past = [empty] * len(lay.past_names)
+        self.length = 0
+        return self._forward(prompt_ids)
+
+    def advance(self, token_id: int) -> np.ndarray:
+        return self._forward([token_id])
+
+
+class OnnxGenerator(_Decoder):
+    def __init__(self, model_path: Path, tokenizer: Any, config: Any, *, fingerprint: str) -> None:
+        import onnxruntime as ort
+
+        super().__init__(tokenizer, _eos_ids(config, tokenizer), fingerprint)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        names = [i.name for i in self.session.get_inputs()]
+        past_names = [n for n in names if n.startswith("past_key_values.")]
+        first = next((i for i in self.session.get_inputs() if i.name.startswith("past_key_values.")), None)
+        missing = {"input_ids", "attention_mask", "position_ids"} - set(names)
+        if missing or first is None:
+            raise ValueError(
+                f"{model_path}: not a chatforge ONNX export with past key/values (inputs {names}). "
+                "Re-export it with `dvc repro quantize`."
+            )
+        dtype = np.float16 if "float16" in first.type else np.float32
+        self.layout = OnnxLayout(
+            num_layers=len(past_names) // 2,
+            num_kv_heads=int(first.shape[1]),
+            head_dim=int(first.shape[3]),
+            past_names=past_names,
+        )
+        self.dtype = dtype
+
+    def _session(self) -> _Session:
+        return _OnnxSession(self.session, self.layout, self.dtype)
+
+
+# ------------------------------------------------------------------------------------- loading
+def _eos_ids(config: Any, tokenizer: Any) -> set[int]:
+    ids: set[int] = set()
+    for source in (config.eos_token_id, getattr(tokenizer, "eos_token_id", None)):
+        if isinstance(source, int):
+            ids.add(source)
+        elif isinstance(source, (list, tuple)):
+            ids.update(int(i) for i in source)
+    return ids
+
+
+def _fingerprint(path: Path, backend: str) -> str:
+    """Content hash of the weights file + backend: equal fingerprints mean equal outputs (cache key)."""
+    h = hashlib.sha256(backend.encode())
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 22):
+            h.update(chunk)
+    return f"{backend}:{h.hexdigest()[:16]}"
+
+
+def _family(folder: Path) -> str:
+    if (folder / MANIFEST_NAME).exists():
+        return read_manifest(folder).family
+    config_path = folder / "config.json"
+    if not config_path.exists():
+        raise FileNotFoundError(
+            f"{folder}: not a model folder (no {MANIFEST_NAME} and no config.json). "
+            "Point at a folder the pipeline wrote, e.g. models/teacher or models/onnx."
+        )
+    archs = json.loads(config_path.read_text(encoding="utf-8")).get("architectures") or []
+    return "causal_lm" if any(a.endswith("ForCausalLM") for a in archs) else "classifier"
+
+
+def load_generator(folder: Path | str, *, backend: Backend = "auto") -> Generator:
+    """Open a causal-LM model folder for generation.
+
+    backend "auto" prefers model.int8.onnx, then model.onnx, then the torch weights in the folder.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: model folder not found. Build it with `dvc repro` first.")
+    family = _family(folder)
+    if family != "causal_lm":
+        raise ValueError(
+            f"{folder}: a {family} model cannot generate text; load_generator takes causal_lm folders "
+            "(classifier folders answer from responses.json, which serving handles itself)."
+        )
+    from transformers import AutoConfig, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"{folder}: the tokenizer has no chat template; generation builds prompts with it.")
+    int8, fp32 = folder / ONNX_INT8_NAME, folder / ONNX_FLOAT_NAME
+    if backend == "auto":
+        backend = "onnx_int8" if int8.exists() else "onnx" if fp32.exists() else "torch"
+    if backend in ("onnx", "onnx_int8"):
+        path = int8 if backend == "onnx_int8" else fp32
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: missing for backend={backend!r}. Run `dvc repro quantize`.")
+        config = AutoConfig.from_pretrained(folder)
+        return OnnxGenerator(path, tokenizer, config, fingerprint=_fingerprint(path, backend))
+    if backend != "torch":
+        raise ValueError(f"backend = {backend!r}: use one of auto, torch, onnx, onnx_int8")
+    weights = folder / "model.safetensors"
+    if not weights.exists():
+        raise FileNotFoundError(
+            f"{folder}: no model.safetensors for backend='torch' (ONNX-only folders need backend onnx/onnx_int8)."
+        )
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype="float32")
+    return TorchGenerator(model, tokenizer, fingerprint=_fingerprint(weights, "torch"))
+
+
+__all__ = [
+    "Generation",
+    "GenerationConfig",
+    "Generator",
+    "OnnxGenerator",
+    "TorchGenerator",
+    "choose_token",
+    "load_generator",
+]

@@ -1,0 +1,1 @@
+"""The HTTP service: OpenAI-compatible API, cache, store, A/B router, filters."""

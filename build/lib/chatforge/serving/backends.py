@@ -1,0 +1,189 @@
+"""Model backends: a causal LM through the shared generation path, or an intent classifier.
+
+Both answer a list of chat messages with an `Answer` carrying a confidence, so the service applies
+one threshold to either family:
+- causal LM: the geometric-mean token probability of the answer (Generation.confidence), computed
+  under the model's own distribution whatever the sampling temperature;
+- classifier: the top softmax probability after the calibration temperature fitted on val
+  (chatforge.json details["calibration_temperature"]), answered from responses.json.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+from chatforge.modeling.generate import GenerationConfig, load_generator
+from chatforge.modeling.manifest import MANIFEST_NAME, read_manifest
+
+log = logging.getLogger("chatforge.serving.backends")
+
+BackendName = Literal["auto", "torch", "onnx", "onnx_int8"]
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    confidence: float
+    finish_reason: Literal["stop", "length"]
+    prompt_tokens: int
+    completion_tokens: int
+    intent: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Answer:
+        return cls(**data)
+
+
+class ModelBackend(Protocol):
+    family: str
+    fingerprint: str
+
+    def answer(self, messages: list[dict[str, str]], config: GenerationConfig, *, lang: str) -> Answer: ...
+
+
+class CausalLMBackend:
+    """A causal LM; generation is serialised because a generator keeps per-call state."""
+
+    family = "causal_lm"
+
+    def __init__(self, folder: Path | str, *, backend: BackendName = "auto") -> None:
+        self.generator = load_generator(folder, backend=backend)
+        self.fingerprint = self.generator.fingerprint
+        self._lock = threading.Lock()
+
+    def answer(self, messages: list[dict[str, str]], config: GenerationConfig, *, lang: str) -> Answer:
+        with self._lock:
+            generation = self.generator.generate(messages, config)
+            prompt_ids = getattr(self.generator, "prompt_ids", None)
+            prompt_tokens = len(prompt_ids(messages)) if prompt_ids else 0
+        return Answer(
+            text=generation.text,
+            confidence=generation.confidence,
+            finish_reason=generation.finish_reason,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=len(generation.token_ids),
+        )
+
+
+class ClassifierBackend:
+    """Intent classifier: the last user message -> intent -> the canned answer in the user's language."""
+
+    family = "classifier"
+
+    def __init__(self, folder: Path | str, *, backend: BackendName = "auto") -> None:
+        from transformers import AutoConfig, AutoTokenizer
+
+        folder = Path(folder)
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        config = AutoConfig.from_pretrained(folder)
+        self.labels = [config.id2label[i] for i in range(len(config.id2label))]
+        responses_path = folder / "responses.json"
+        if not responses_path.exists():
+            raise FileNotFoundError(
+                f"{responses_path}: a classifier folder needs responses.json (intent -> {{zh, en}})."
+            )
+        self.responses: dict[str, dict[str, str]] = json.loads(responses_path.read_text(encoding="utf-8"))
+        missing = [label for label in self.labels if label not in self.responses]
+        if missing:
+            raise ValueError(
+                f"{responses_path}: no response for intents {missing}; add them (with 'zh' and 'en')."
+            )
+        details = read_manifest(folder).details if (folder / MANIFEST_NAME).exists() else {}
+        self.temperature = float(details.get("calibration_temperature", 1.0))
+        if "calibration_temperature" not in details:
+            log.warning(
+                "%s: no calibration_temperature in %s; confidences are uncalibrated", folder, MANIFEST_NAME
+            )
+        if not self.temperature > 0:
+            raise ValueError(f"{folder}: calibration_temperature = {self.temperature} must be > 0")
+        onnx_path = {"onnx": folder / "model.onnx", "onnx_int8": folder / "model.int8.onnx"}.get(backend)
+        if backend == "auto":
+            onnx_path = next(
+                (p for p in (folder / "model.int8.onnx", folder / "model.onnx") if p.exists()), None
+            )
+        h = hashlib.sha256(f"classifier:{self.temperature}:".encode())
+        h.update(responses_path.read_bytes())
+        if onnx_path is not None:
+            import onnxruntime as ort
+
+            if not onnx_path.exists():
+                raise FileNotFoundError(
+                    f"{onnx_path}: missing for backend={backend!r}. Run `dvc repro quantize`."
+                )
+            self._session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+            self._inputs = {i.name for i in self._session.get_inputs()}
+            self.model = None
+            weights = onnx_path
+        else:
+            from transformers import AutoModelForSequenceClassification
+
+            weights = folder / "model.safetensors"
+            self.model = AutoModelForSequenceClassification.from_pretrained(folder, dtype="float32").eval()
+        h.update(weights.read_bytes())
+        self.fingerprint = f"classifier:{h.hexdigest()[:16]}"
+        self._lock = threading.Lock()
+
+    def _logits(self, text: str) -> np.ndarray:
+        if self.model is None:
+            enc = self.tokenizer(text, truncation=True, return_tensors="np")
+            feeds = {k: v.astype(np.int64) for k, v in enc.items() if k in self._inputs}
+            return np.asarray(self._session.run(None, feeds)[0][0], dtype=np.float64)
+        import torch
+
+        enc = self.tokenizer(text, truncation=True, return_tensors="pt")
+        with torch.inference_mode():
+            return self.model(**enc).logits[0].double().numpy()
+
+    def answer(self, messages: list[dict[str, str]], config: GenerationConfig, *, lang: str) -> Answer:
+        text = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+        with self._lock:
+            logits = self._logits(text) / self.temperature
+        probs = np.exp(logits - logits.max())
+        probs /= probs.sum()
+        top = int(np.argmax(probs))
+        intent = self.labels[top]
+        reply = self.responses[intent]
+        return Answer(
+            text=reply.get(lang) or reply.get("en") or next(iter(reply.values())),
+            confidence=float(probs[top]),
+            finish_reason="stop",
+            prompt_tokens=len(self.tokenizer(text)["input_ids"]),
+            completion_tokens=0,
+            intent=intent,
+        )
+
+
+def open_backend(folder: Path | str, *, backend: BackendName = "auto") -> ModelBackend:
+    """Open any model folder the pipeline built; the family comes from chatforge.json (or config.json)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"{folder}: model folder not found. Build it with `dvc repro` or fix serve.variants[].model in params.yaml."
+        )
+    if (folder / MANIFEST_NAME).exists():
+        family = read_manifest(folder).family
+    else:
+        config = (
+            json.loads((folder / "config.json").read_text(encoding="utf-8"))
+            if (folder / "config.json").exists()
+            else {}
+        )
+        archs = config.get("architectures") or []
+        family = "causal_lm" if any(a.endswith("ForCausalLM") for a in archs) else "classifier"
+    if family == "classifier":
+        return ClassifierBackend(folder, backend=backend)
+    return CausalLMBackend(folder, backend=backend)
+
+
+__all__ = ["Answer", "CausalLMBackend", "ClassifierBackend", "ModelBackend", "open_backend"]
