@@ -1,1 +1,0 @@
-"""Prune, export to ONNX, quantize."""

@@ -1,1 +1,0 @@
-"""Data stages: ingest readers, clean, split, balance, augment (polars, lazy where it pays)."""

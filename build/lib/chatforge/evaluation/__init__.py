@@ -1,1 +1,0 @@
-"""Metrics (BLEU/chrF via sacrebleu, perplexity, accuracy/F1, latency) and the report."""

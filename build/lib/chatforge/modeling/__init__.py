@@ -1,1 +1,0 @@
-"""Base-model resolution, the training loop, distillation, generation."""

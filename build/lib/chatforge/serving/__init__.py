@@ -1,1 +1,0 @@
-"""The HTTP service: OpenAI-compatible API, cache, store, A/B router, filters."""
