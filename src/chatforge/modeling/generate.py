@@ -272,7 +272,7 @@ class TorchGenerator(_Decoder):
                 for row, reply in enumerate(replies):
                     if not reply.done:
                         reply.push(*choose_token(logits[row], config, rng))
-                    following.append(reply.token_ids[-1] if reply.token_ids and not reply.done else pad)
+                    following.append(pad if reply.done else reply.token_ids[-1])  # a live row just took a token
                 if all(r.done for r in replies) or step + 1 == config.max_new_tokens:
                     break
                 # finished rows keep decoding pad tokens (cheaper than reshaping the cache); ignored
