@@ -27,7 +27,7 @@ PROMPTS = ["查询北京天气", "What is the weather in Paris today?", "我想�
 
 
 def _percentiles(seconds: list[float]) -> dict[str, float]:
-    from chatforge.evaluation.metrics import latency_stats
+    from chatforge.metrics import latency_stats
 
     return latency_stats(seconds)
 

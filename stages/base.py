@@ -20,13 +20,24 @@ def main(
     train_split: Annotated[Path, typer.Argument(help="Train split parquet (the scratch tokenizer's corpus).")],
     out_dir: Annotated[Path, typer.Argument(help="Model folder to write (models/base).")],
     metrics_path: Annotated[Path, typer.Argument(help="Metrics JSON (reports/base.json).")],
+    gazetteers: Annotated[Path, typer.Argument(help="Gazetteer folder <lang>/<kind>.txt (slot placeholders).")],
 ) -> None:
-    from chatforge.modeling.base import BaseModelError, check_base, describe, resolve_base, sections_sha256
+    from chatforge.data.entities import GazetteerError, read_gazetteers
+    from chatforge.modeling.base import (
+        BaseModelError,
+        add_slot_placeholders,
+        check_base,
+        describe,
+        resolve_base,
+        sections_sha256,
+    )
 
     try:
         params = load_section("model")
         kind = check_base(params)
-    except (ParamsError, BaseModelError) as exc:
+        entity_kinds = [k for k in params.slots.kinds if k != "number"]
+        gazetteer = read_gazetteers(gazetteers, langs=("zh", "en"), kinds=entity_kinds) if params.slots.enabled else {}
+    except (ParamsError, BaseModelError, GazetteerError) as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(code=2) from None
     log = setup_logging("base")
@@ -38,6 +49,9 @@ def main(
     corpus = pl.read_parquet(train_split, columns=["content"])["content"].to_list() if kind == "scratch" else None
     log.info("resolving model.base = %s (%s, family %s)", params.base, kind, params.family)
     base = resolve_base(params, corpus=corpus)
+    if params.slots.enabled and params.family == "causal_lm":
+        added = add_slot_placeholders(base, params.slots.kinds, max_per_kind=params.slots.max_per_kind, gazetteer=gazetteer)
+        log.info("slot placeholders: %d tokens (%s)", len(added), ", ".join(params.slots.kinds))
     info = describe(base.model)
     with atomic_path(out_dir) as tmp:
         base.model.save_pretrained(tmp)

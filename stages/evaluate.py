@@ -1,9 +1,11 @@
-"""Evaluate every variant the pipeline built on the test split, and the build's gates.
+"""Evaluate every variant the pipeline built, and the retrieval baseline, on the test split.
 
     dvc repro evaluate
 
-Writes reports/evaluate.json (one block per variant + gates; `dvc metrics diff` reads it) and a
-details file (answers to test prompts, confusion matrices) for the report stage.
+Writes reports/evaluate.json (one block per variant + gates + summary; `dvc metrics diff` reads
+it) and a details file (full answers to the test prompts, confusion matrices) for the report
+stage. The served variant (serve.variants[0]) must beat the retrieval baseline on answers; a
+failed gate fails the stage unless evaluate.fail_on_gate is false.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from chatforge.params import ParamsError, load_section
 
 def main(
     test_path: Annotated[Path, typer.Argument(help="Test split parquet (turns table).")],
+    train_path: Annotated[Path, typer.Argument(help="Train split parquet: what the retrieval baseline looks up.")],
+    gazetteers: Annotated[Path, typer.Argument(help="Gazetteer folder <lang>/<kind>.txt: entities counted as slots.")],
     metrics_path: Annotated[Path, typer.Argument(help="Metrics JSON to write.")],
     details_path: Annotated[Path, typer.Argument(help="Details JSON to write (answers, confusion).")],
     plot_path: Annotated[Path, typer.Argument(help="CSV for `dvc plots`: quality, size, latency per variant.")],
@@ -27,16 +31,18 @@ def main(
     report: Annotated[list[str], typer.Option(help="NAME=JSON of an earlier stage's metrics (repeat).")] = [],  # noqa: B006
 ) -> None:
     try:
-        params = load_section("evaluate")
-        threshold = params.confidence_threshold or load_section("serve").confidence_threshold
+        params, serve, model = load_section("evaluate"), load_section("serve"), load_section("model")
+        threshold = params.confidence_threshold or serve.confidence_threshold
     except ParamsError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
 
     import polars as pl
 
+    from chatforge.data.entities import GazetteerError, read_gazetteers
     from chatforge.evaluation import evaluate as ev
     from chatforge.io import setup_logging, write_json, write_text
+    from chatforge.modeling.quality import answer_samples
 
     log = setup_logging("evaluate")
     folders = {k: Path(v) for k, v in (item.split("=", 1) for item in variant)}
@@ -44,28 +50,42 @@ def main(
     for k, v in (item.split("=", 1) for item in report):
         reports[k] = json.loads(Path(v).read_text(encoding="utf-8")) if Path(v).exists() else {}
     try:
+        kinds = [k for k in model.slots.kinds if k != "number"]
+        gazetteer = {lang: [e for entries in by_kind.values() for e in entries]
+                     for lang, by_kind in read_gazetteers(gazetteers, langs=("zh", "en"), kinds=kinds).items()}
         convs, counts = ev.test_conversations(pl.read_parquet(test_path))
-        samples, sample_counts = ev.build_samples(convs, max_per_lang=params.max_samples_per_lang, seed=params.seed)
-    except ev.EvaluationError as exc:
+        samples, sample_counts = answer_samples(convs, max_per_lang=params.max_samples_per_lang, seed=params.seed)
+    except (ev.EvaluationError, GazetteerError) as exc:
         typer.echo(f"evaluate: {exc}", err=True)
         raise typer.Exit(1) from None
     present, missing = ev.check_variants(folders, params.variants)
-    results, details = {}, {"samples": [s.__dict__ for s in samples[:20]], "variants": {}}
+    served = ev.served_variant(serve.variants[0].model, present)
+    others = ev.subset(samples, params.other_samples_per_lang)
+    log.info("%d samples (%s); served variant: %s", len(samples), sample_counts, served)
+    results, details = {}, {"samples": [s.__dict__ for s in samples[:20]], "served_variant": served, "variants": {}}
+    results["retrieval"], extra = ev.evaluate_retrieval(pl.read_parquet(train_path), samples, gazetteer=gazetteer)
+    details["variants"]["retrieval"] = ev.align_answers(extra, samples, samples[:20])
     for name, folder in present.items():
         log.info("evaluating %s (%s)", name, folder)
-        results[name], details["variants"][name] = ev.evaluate_variant(
-            name, folder, convs, samples, params, threshold=threshold
-        )
-    gates = ev.compute_gates(results, reports, params)
-    summary = {**counts, **sample_counts, "variants_missing": ",".join(missing) or "none",
+        asked = samples if name == served else others
+        results[name], extra = ev.evaluate_variant(name, folder, convs, asked, params, threshold=threshold, gazetteer=gazetteer)
+        details["variants"][name] = ev.align_answers(extra, asked, samples[:20])
+    gates = ev.compute_gates(results, reports, params, served=served)
+    summary = {**counts, **sample_counts, "served_variant": served or "none",
+               "other_samples_zh": sum(s.lang == "zh" for s in others), "other_samples_en": sum(s.lang == "en" for s in others),
+               "variants_missing": ",".join(missing) or "none",
                "gates_failed": sum(g["status"] == "fail" for g in gates.values())}
     write_json({**results, "gates": gates, "summary": summary}, metrics_path)
     write_json(details, details_path)
     write_text(ev.variants_csv(results), plot_path)
     for name, g in gates.items():
         log.info("gate %s: %s (value %s, limit %s)", name, g["status"], g["value"], g["limit"])
-    if params.fail_on_gate and summary["gates_failed"]:
-        typer.echo(f"evaluate: {summary['gates_failed']} gate(s) failed and evaluate.fail_on_gate is true", err=True)
+    failures = ev.gate_failures(gates)
+    if params.fail_on_gate and failures:
+        typer.echo("evaluate: the build does not pass its answer gates (reports/evaluate.json):\n  "
+                   + "\n  ".join(failures)
+                   + "\nTo record failures without failing the build, set evaluate.fail_on_gate: false in params.yaml.",
+                   err=True)
         sys.exit(1)
 
 

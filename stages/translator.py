@@ -1,5 +1,7 @@
 """Build the translator behind back-translation: train a compact zh<->en MarianMT model from scratch
 on the parallel pairs (or copy `translator.pretrained` in), and report its BLEU on held-out pairs.
+When augment does not use it (back-translation off, ratio 0, or its own translator), the folder
+only records why it was skipped.
 
     dvc repro translator
 
@@ -26,6 +28,7 @@ def main(
 ) -> None:
     try:
         params = load_section("translator")
+        bt = load_section("augment").back_translation
     except ParamsError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(code=2) from None
@@ -38,6 +41,17 @@ def main(
     from chatforge.modeling.translate import DecodeOptions, load_translator
 
     log = setup_logging("translator")
+    unused = ("augment.back_translation.enabled is false" if not bt.enabled else
+              "augment.back_translation.ratio is 0" if bt.ratio == 0 else
+              "augment.back_translation.translator names its own model" if bt.translator else None)
+    if unused:
+        # nothing reads this translator: do not spend minutes training it (enabling back-translation
+        # changes these params, so the stage reruns and trains then)
+        with atomic_path(out_dir) as tmp:
+            write_json({"skipped": True, "reason": unused}, tmp / "skipped.json")
+        write_json({"skipped": 1}, metrics_path)
+        log.info("translator not built: %s", unused)
+        return
     # one thread: the same bytes on every machine (reduction order depends on the thread count), and
     # on a busy build machine extra threads mostly spin; the model is small enough for one core
     torch.set_num_threads(1)

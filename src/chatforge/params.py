@@ -170,6 +170,24 @@ class ScratchSizes(Section):
         return self
 
 
+class SlotParams(Section):
+    # slot placeholders (chatforge.modeling.slots): order numbers and gazetteer entities in the
+    # dialogue become <number_1>, <city_1> ... for the model and are filled back into its reply
+    enabled: bool = True
+    kinds: list[str] = Field(default_factory=lambda: ["number", "city", "product", "person"])
+    max_per_kind: int = Field(default=4, ge=1, le=32)  # placeholders per kind in one conversation
+
+    @model_validator(mode="after")
+    def _known_kinds(self) -> SlotParams:
+        bad = [k for k in self.kinds if not k.isalpha() or not k.islower()]
+        if bad or len(set(self.kinds)) != len(self.kinds):
+            raise ValueError(
+                f"kinds {self.kinds}: each kind is a distinct lower-case word: 'number' or the name of a "
+                "gazetteer file lexicons/gazetteers/<lang>/<kind>.txt (city, product, person, date)"
+            )
+        return self
+
+
 class ModelParams(Section):
     # causal_lm: a chat model fine-tuned on conversations; classifier: an intent classifier + responses
     family: Literal["causal_lm", "classifier"] = "causal_lm"
@@ -178,6 +196,7 @@ class ModelParams(Section):
     revision: str | None = None  # hub revision, only for hub ids
     trust_remote_code: bool = False  # only for hub/local folders whose code you have read
     scratch: ScratchSizes = Field(default_factory=ScratchSizes)
+    slots: SlotParams = Field(default_factory=SlotParams)
     seed: int = 0  # initialisation of scratch weights and of a classifier head
 
     @model_validator(mode="after")
@@ -386,7 +405,7 @@ class DistillParams(Section):
     bleu_samples: int = Field(default=16, ge=0)  # causal_lm: greedy replies scored with BLEU (0: off)
     max_new_tokens: int = Field(default=32, ge=1)  # for BLEU replies and latency
     latency_requests: int = Field(default=8, ge=1)
-    retention_metric: Literal["auto", "perplexity", "bleu", "accuracy", "macro_f1"] = "auto"
+    retention_metric: Literal["auto", "answers", "perplexity", "bleu", "accuracy", "macro_f1"] = "auto"
     min_retention: float = Field(default=0.9, gt=0.0, le=1.0)  # student quality / teacher quality
     enforce: bool = False  # true: the stage fails when retention < min_retention
 
@@ -450,9 +469,13 @@ class QuantizeParams(Section):
 class EvaluateGates(Section):
     max_gap: float = Field(default=0.1, ge=0.0)  # val loss - train loss at the end of training
     perplexity_band: tuple[float, float] = (5.0, 15.0)  # teacher test perplexity; outside = warning
-    min_retention: float = Field(default=0.9, gt=0.0, le=1.0)  # student quality / teacher quality
+    min_retention: float = Field(default=0.9, gt=0.0, le=1.0)  # each chain step keeps this share of its parent's answers
     min_int8_size_reduction: float = Field(default=0.7, ge=0.0, lt=1.0)  # 1 - int8 bytes / float bytes
-    max_int8_bleu_drop: float = Field(default=2.0, ge=0.0)  # BLEU points the int8 model may lose
+    # the served variant's answers against the retrieval baseline on the same test samples
+    min_bleu_vs_retrieval: float = Field(default=1.0, ge=0.0)  # served BLEU >= this x retrieval BLEU, per language
+    min_slot_carry: float = Field(default=0.95, ge=0.0, le=1.0)
+    max_degenerate_rate: float = Field(default=0.02, ge=0.0, le=1.0)
+    max_wrong_lang: float = Field(default=0.01, ge=0.0, le=1.0)  # per language
     max_int8_accuracy_drop: float = Field(default=0.02, ge=0.0, le=1.0)  # classifier accuracy it may lose
 
     @model_validator(mode="after")
@@ -467,8 +490,9 @@ class EvaluateParams(Section):
     variants: list[Literal["base", "teacher", "student", "pruned", "int8"]] = Field(
         default_factory=lambda: ["base", "teacher", "student", "pruned", "int8"], min_length=1
     )
-    max_samples_per_lang: int = Field(default=40, ge=1)  # assistant turns generated per language and variant
-    max_new_tokens: int = Field(default=48, ge=1, le=1024)  # generation length for BLEU/chrF
+    max_samples_per_lang: int | None = Field(default=150, ge=1)  # test assistant turns per language (null: all)
+    other_samples_per_lang: int | None = Field(default=None, ge=1)  # variants other than served/retrieval: first N of the same sample (null: all)
+    max_new_tokens: int = Field(default=256, ge=1, le=1024)  # cap on answer length (the limit is 2 x the longest reference + 16)
     batch_size: int = Field(default=8, ge=1)  # prompts decoded together for BLEU/chrF (latency stays batch 1)
     max_ppl_conversations: int = Field(default=200, ge=1)  # test conversations scored for perplexity
     latency_runs: int = Field(default=8, ge=1)  # timed batch-1 generations per variant
@@ -476,7 +500,7 @@ class EvaluateParams(Section):
     confidence_threshold: float | None = Field(default=None, gt=0.0, lt=1.0)  # null: use serve.confidence_threshold
     seed: int = 0
     gates: EvaluateGates = Field(default_factory=EvaluateGates)
-    fail_on_gate: bool = False  # true: a failed gate fails the build (warnings never do)
+    fail_on_gate: bool = True  # a failed gate fails the build (warnings never do); false only records it
 
 
 # ==== end section: evaluate ====

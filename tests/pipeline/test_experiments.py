@@ -11,7 +11,7 @@ import pytest
 
 pytestmark = pytest.mark.pipeline
 
-REPORT_SECTIONS = ["## Data", "### Ingest", "### Clean", "### Split", "### Balance", "### Augmentation", "## Training",
+REPORT_SECTIONS = ["## Answers: served model vs retrieval baseline", "## Data", "### Ingest", "### Clean", "### Split", "### Balance", "### Augmentation", "## Training",
                    "## Variants (test split)", "## Gates", "## Five test conversations", "## Stage wall times",
                    "## Environment", "## Provenance (dvc.lock)"]
 
@@ -29,10 +29,41 @@ def test_full_tiny_pipeline_runs_every_stage(built):
                   "prune", "quantize", "evaluate", "report"):
         assert stage in repro.reproduced, f"{stage} did not run:\n{repro.output[-3000:]}"
     metrics = json.loads((project.root / "reports" / "evaluate.json").read_text())
-    for variant in ("base", "teacher", "student", "pruned", "int8"):
+    for variant in ("retrieval", "base", "teacher", "student", "pruned", "int8"):
         assert variant in metrics, f"variant {variant} not evaluated: {metrics.get('summary')}"
-    assert metrics["summary"]["variants_missing"] == "none"
-    assert set(metrics["gates"]) >= {"train_val_gap", "teacher_perplexity_band", "distill_retention", "int8_size_reduction"}
+        for key in ("bleu_zh", "bleu_en", "chrf_zh", "chrf_en", "exact_match", "slot_carry", "degenerate_rate",
+                    "wrong_lang_zh", "wrong_lang_en"):
+            assert key in metrics[variant], (variant, key)
+    summary = metrics["summary"]
+    assert summary["variants_missing"] == "none"
+    assert summary["served_variant"] == "int8"  # serve.variants[0] is models/onnx
+    assert summary["samples_zh"] == 4 and summary["samples_en"] == 4
+    assert set(metrics["gates"]) >= {"served_bleu_zh", "served_bleu_en", "served_slot_carry", "served_degenerate_rate",
+                                     "distill_retention", "prune_retention", "int8_retention", "int8_size_reduction"}
+    # the bars are lowered in the tiny profile, so nothing fails and the build passes
+    assert summary["gates_failed"] == 0, metrics["gates"]
+
+
+def test_default_answer_gates_fail_the_tiny_build_at_evaluate(built):
+    """The tiny model answers badly: with the default bars (the profile's lowered ones removed),
+    `dvc repro` fails at evaluate, naming the gate, the values and the params to look at."""
+    project, _ = built
+    project.set_param("evaluate.gates", {})
+    done = project.run("repro", check=False)
+    text = done.stdout + done.stderr
+    assert done.returncode != 0, text[-2000:]
+    assert "Running stage 'evaluate'" in text and "Running stage 'report'" not in text
+    assert "gate served_bleu_zh failed" in text, text[-3000:]
+    assert "needs >= 1.0 x retrieval" in text and "train.max_steps" in text
+    assert "evaluate.fail_on_gate: false" in text
+    metrics = json.loads((project.root / "reports" / "evaluate.json").read_text())
+    assert metrics["gates"]["served_bleu_zh"]["status"] == "fail"
+    assert metrics["gates"]["served_slot_carry"]["limit"] == ">= 0.95"
+    # lowering the bar again, visibly in params.yaml, lets the same models pass
+    project.set_param("evaluate.gates", {"min_bleu_vs_retrieval": 0.0, "min_slot_carry": 0.0, "max_degenerate_rate": 1.0,
+                                         "max_wrong_lang": 1.0, "min_retention": 0.01})
+    again = project.repro()
+    assert "evaluate" in again.ran and "train" not in again.ran
 
 
 def test_report_renders_with_every_section_and_figure(built):

@@ -32,6 +32,7 @@ import torch
 from chatforge.modeling.data import conversations
 from chatforge.modeling.distill import (
     CompressError,
+    answer_retention,
     fit,
     latency,
     load_model,
@@ -221,6 +222,8 @@ def prune(source_dir: Path, train_turns: pl.DataFrame, val_turns: pl.DataFrame, 
         heads_before=heads[0] if heads else None, heads_after=heads[1] if heads else None,
         magnitude_threshold=params.magnitude_threshold, magnitude_sparsity=sparsity,
         recovery_steps=len(losses), recovery_loss_first=losses[0] if losses else None,
-        recovery_loss_last=losses[-1] if losses else None,
+        recovery_loss_last=losses[-1] if losses else None, source=params.source,
     )
+    if family == "causal_lm":
+        metrics.update(answer_retention(after, before))
     return PruneOutcome(model, tokenizer, family, metrics)

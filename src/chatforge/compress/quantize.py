@@ -294,30 +294,44 @@ def build_onnx_folder(source_dir: Path, folder: Path, test_turns: Any, *, params
 
 def _causal_parity(model: Any, tokenizer: Any, folder: Path, convs: list[Any], *, params: Any) -> dict[str, Any]:
     from chatforge.modeling.data import tokenize_conversations
-    from chatforge.modeling.generate import GenerationConfig, TorchGenerator, load_generator
-    from chatforge.modeling.train import bleu_by_lang, bleu_prompts
+    from chatforge.modeling.generate import TorchGenerator, load_generator
+    from chatforge.modeling.quality import (
+        ANSWER_KEYS,
+        answer_length_limit,
+        answer_samples,
+        generate_answers,
+        retention,
+        score_answers,
+    )
+    from chatforge.modeling.slots import gazetteer_of
 
     examples, _ = tokenize_conversations(convs, tokenizer, max_seq_len=params.max_seq_len, overlong="truncate")
     # an empty test split gives nan (visible in the metrics), not a crash
     agreement = top1_agreement(folder / "model.onnx", folder / "model.int8.onnx", [e.input_ids for e in examples]) if examples else float("nan")
-    items = bleu_prompts(convs, tokenizer, samples=len(convs), seed=0, max_prompt_tokens=params.max_seq_len)
-    config = GenerationConfig(max_new_tokens=params.max_new_tokens)
+    # the one answer-quality path: full greedy answers to every assistant turn of the sampled
+    # conversations, the length limit from the references, scored the way evaluate scores them
+    samples, _ = answer_samples(convs, max_per_lang=None, seed=0)
+    limit = answer_length_limit(tokenizer, samples, cap=params.max_new_tokens)
     runners = {"torch": TorchGenerator(model, tokenizer, fingerprint="torch"),
                "float": load_generator(folder, backend="onnx"), "int8": load_generator(folder, backend="onnx_int8")}
     # torch decodes the prompts in batches (same tokens as one at a time); ONNX one at a time
-    outputs = {name: runner.generate_many([p for p, _, _ in items], config) for name, runner in runners.items()}
-    refs, langs = [r for _, r, _ in items], [lang for _, _, lang in items]
-    n = max(1, len(items))
+    answers = {name: generate_answers(runner, samples, max_new_tokens=limit, desc=f"{name} answers")
+               for name, runner in runners.items()}
+    n = max(1, len(samples))
     out: dict[str, Any] = {
         "top1_agreement": agreement,
         "teacher_forced_sequences": len(examples),
-        "greedy_prompts": len(items),
-        "greedy_equal_rate_int8_vs_float": sum(a.token_ids == b.token_ids for a, b in zip(outputs["float"], outputs["int8"], strict=True)) / n,
-        "greedy_equal_rate_onnx_vs_torch": sum(a.token_ids == b.token_ids for a, b in zip(outputs["torch"], outputs["float"], strict=True)) / n,
+        "greedy_prompts": len(samples),
+        "max_new_tokens": limit,
+        "greedy_equal_rate_int8_vs_float": sum(a == b for a, b in zip(answers["float"], answers["int8"], strict=True)) / n,
+        "greedy_equal_rate_onnx_vs_torch": sum(a == b for a, b in zip(answers["torch"], answers["float"], strict=True)) / n,
     }
-    if items:
-        out["bleu_float"] = bleu_by_lang([g.text.strip() for g in outputs["float"]], refs, langs).get("bleu", 0.0)
-        out["bleu_int8"] = bleu_by_lang([g.text.strip() for g in outputs["int8"]], refs, langs).get("bleu", 0.0)
+    if samples:
+        gazetteer = gazetteer_of(tokenizer)
+        scores = {name: score_answers(samples, answers[name], gazetteer=gazetteer) for name in ("float", "int8")}
+        for name, sc in scores.items():
+            out.update({f"{k}_{name}": sc[k] for k in ANSWER_KEYS})
+        out.update(retention(scores["int8"], scores["float"]))
     return out
 
 

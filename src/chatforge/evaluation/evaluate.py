@@ -10,26 +10,23 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 
-from chatforge.data.lang import detect_lang
-from chatforge.evaluation import metrics
+from chatforge import metrics
 from chatforge.io import progress
 from chatforge.modeling.data import IGNORE, Conversation, conversations, tokenize_chat
 from chatforge.modeling.manifest import MANIFEST_NAME, read_manifest
+from chatforge.modeling.quality import LANGS, Answer, Sample, answer_quality, retention, score_answers
 from chatforge.params import EvaluateParams
 
 log = logging.getLogger("chatforge.evaluate")
 
-LANGS = ("zh", "en")
 # which weights file stands for a variant's size, by backend
 INT8_FILE = "model.int8.onnx"
 FLOAT_ONNX_FILE = "model.onnx"
@@ -37,15 +34,6 @@ FLOAT_ONNX_FILE = "model.onnx"
 
 class EvaluationError(ValueError):
     """Input the evaluate stage cannot work with; the message says how to fix it."""
-
-
-@dataclass(frozen=True)
-class Sample:
-    conversation_id: str
-    lang: str
-    intent: str | None
-    prompt: list[dict[str, str]]
-    reference: str
 
 
 def test_conversations(test: pl.DataFrame) -> tuple[list[Conversation], dict[str, int]]:
@@ -60,27 +48,17 @@ def test_conversations(test: pl.DataFrame) -> tuple[list[Conversation], dict[str
     return conversations(original), counts
 
 
-def build_samples(
-    convs: Sequence[Conversation], *, max_per_lang: int, seed: int
-) -> tuple[list[Sample], dict[str, int]]:
-    """Up to max_per_lang (prompt, reference) pairs per language, from a seeded shuffle of the
-    conversations; a reference with no text is skipped and counted."""
-    order = sorted(convs, key=lambda c: c.conversation_id)
-    random.Random(seed).shuffle(order)
-    taken = dict.fromkeys(LANGS, 0)
-    skipped_empty = 0
-    samples: list[Sample] = []
-    for conv in order:
-        lang = conv.lang if conv.lang in LANGS else "en"
-        for i, msg in enumerate(conv.messages):
-            if msg["role"] != "assistant" or i == 0 or taken[lang] >= max_per_lang:
-                continue
-            if not (msg.get("content") or "").strip():
-                skipped_empty += 1
-                continue
-            samples.append(Sample(conv.conversation_id, lang, conv.intent, conv.messages[:i], msg["content"]))
-            taken[lang] += 1
-    return samples, {"references_empty_skipped": skipped_empty, **{f"samples_{k}": v for k, v in taken.items()}}
+def subset(samples: Sequence[Sample], per_lang: int | None) -> list[Sample]:
+    """The first `per_lang` samples of each language, in sample order (None: all)."""
+    if per_lang is None:
+        return list(samples)
+    seen = dict.fromkeys(LANGS, 0)
+    out = []
+    for s in samples:
+        if seen[s.lang] < per_lang:
+            out.append(s)
+            seen[s.lang] += 1
+    return out
 
 
 # ------------------------------------------------------------------------------ causal language model
@@ -123,43 +101,6 @@ def assistant_perplexity(generator: Any, convs: Sequence[Conversation], *, max_s
         count[lang] += int(mask.sum())
     out = {f"perplexity_{k}": metrics.perplexity(nll[k], count[k]) for k in LANGS}
     out["perplexity"] = metrics.perplexity(sum(nll.values()), sum(count.values()))
-    return out
-
-
-def generate_answers(generator: Any, samples: Sequence[Sample], *, max_new_tokens: int, batch_size: int = 8) -> list[str]:
-    """Greedy answers, `batch_size` prompts at a time (torch decodes them as one batch; the tokens
-    are the ones batch-1 decoding gives)."""
-    from chatforge.modeling.generate import GenerationConfig
-
-    config = GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.0)
-    chunks = [list(samples[i : i + batch_size]) for i in range(0, len(samples), batch_size)]
-    answers: list[str] = []
-    for chunk in progress(chunks, total=len(chunks), desc="generate", every=1):
-        answers += [g.text.strip() for g in generator.generate_many([s.prompt for s in chunk], config, batch_size=batch_size)]
-    return answers
-
-
-def text_scores(samples: Sequence[Sample], answers: Sequence[str]) -> dict[str, float]:
-    """BLEU/chrF per language and overall (overall BLEU = sample-weighted mean of the per-language
-    BLEUs, since zh and en need different tokenisers), answer length, wrong-language share."""
-    out: dict[str, float] = {}
-    weighted, total = 0.0, 0
-    for lang in LANGS:
-        idx = [i for i, s in enumerate(samples) if s.lang == lang]
-        hyps = [answers[i] for i in idx]
-        refs = [samples[i].reference for i in idx]
-        out[f"bleu_{lang}"] = metrics.bleu(hyps, refs, lang=lang)
-        out[f"chrf_{lang}"] = metrics.chrf(hyps, refs)
-        out[f"wrong_lang_{lang}"] = (
-            float(np.mean([detect_lang(h) != lang for h in hyps if h])) if any(hyps) else float("nan")
-        )
-        if idx:
-            weighted += out[f"bleu_{lang}"] * len(idx)
-            total += len(idx)
-    out["bleu"] = weighted / total if total else float("nan")
-    out["chrf"] = metrics.chrf(list(answers), [s.reference for s in samples])
-    out["answer_chars"] = float(np.mean([len(a) for a in answers])) if answers else float("nan")
-    out["empty_answers"] = float(sum(1 for a in answers if not a))
     return out
 
 
@@ -259,6 +200,7 @@ def evaluate_variant(
     params: EvaluateParams,
     *,
     threshold: float,
+    gazetteer: Mapping[str, Sequence[str]] | None = None,
     max_seq_len: int = 1024,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Metrics for one variant, plus extras (answers for the report, confusion matrix)."""
@@ -277,16 +219,53 @@ def evaluate_variant(
 
     generator = load_generator(folder, backend=backend_name)
     ppl_convs = list(convs)[: params.max_ppl_conversations]
-    answers = generate_answers(generator, samples, max_new_tokens=params.max_new_tokens, batch_size=params.batch_size)
+    scores, answers = answer_quality(generator, samples, max_new_tokens_cap=params.max_new_tokens,
+                                     batch_size=params.batch_size, gazetteer=gazetteer, desc=f"{name} answers")
     out = {
         **common,
-        **text_scores(samples, answers),
+        **scores,
         **assistant_perplexity(generator, ppl_convs, max_seq_len=max_seq_len),
         **generation_latency(
             generator, [s.prompt for s in samples[:8]], new_tokens=params.latency_new_tokens, runs=params.latency_runs
         ),
     }
-    return out, {"answers": answers}
+    return out, {"answers": [a.text for a in answers], "finish": [a.finish_reason for a in answers]}
+
+
+def evaluate_retrieval(train: pl.DataFrame, samples: Sequence[Sample], *,
+                       gazetteer: Mapping[str, Sequence[str]] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The retrieval FAQ bot (chatforge.modeling.retrieval) fit on the train split's original
+    conversations and scored on the same samples with the same metrics; latency per answer."""
+    from chatforge.modeling.retrieval import RetrievalBot
+
+    bot = RetrievalBot(conversations(train.filter(pl.col("method") == "original")))
+    answers, seconds = [], []
+    for s in progress(samples, total=len(samples), desc="retrieval answers", every=max(1, len(samples) // 10)):
+        t0 = time.perf_counter()
+        answers.append(Answer(bot.answer(s.prompt, lang=s.lang), "stop"))
+        seconds.append(time.perf_counter() - t0)
+    out = {"params": 0, "size_mb": bot.size_bytes() / 1e6, "entries": len(bot.entries),
+           **score_answers(samples, answers, gazetteer=gazetteer), **metrics.latency_stats(seconds)}
+    return out, {"answers": [a.text for a in answers], "finish": [a.finish_reason for a in answers]}
+
+
+def align_answers(extra: dict[str, Any], asked: Sequence[Sample], shown: Sequence[Sample]) -> dict[str, Any]:
+    """Details for the report: answers/finish reasons for the `shown` samples (None where this
+    variant was scored on a subset without them)."""
+    if "answers" not in extra:
+        return extra
+    where = {id(s): i for i, s in enumerate(asked)}
+    pick = [where.get(id(s)) for s in shown]
+    return {**extra, "answers": [None if i is None else extra["answers"][i] for i in pick],
+            "finish": [None if i is None else extra["finish"][i] for i in pick]}
+
+
+def served_variant(serve_model: str, folders: Mapping[str, Path]) -> str | None:
+    """The evaluated variant `chatforge serve` answers with by default (serve.variants[0].model):
+    the variant whose folder it names; int8 wins for an ONNX folder, as serve's backend auto does."""
+    target = Path(serve_model).resolve()
+    names = [n for n, f in folders.items() if Path(f).resolve() == target]
+    return "int8" if "int8" in names else (names[0] if names else None)
 
 
 def variants_csv(results: dict[str, dict[str, Any]]) -> str:
@@ -304,52 +283,106 @@ def gate(value: float | None, *, ok: bool | None, limit: str, warn_only: bool = 
     return {"value": value, "limit": limit, "status": status}
 
 
-def compute_gates(variants: dict[str, dict[str, Any]], reports: dict[str, dict[str, Any]], params: EvaluateParams) -> dict[str, dict[str, Any]]:
+# what to look at when a gate fails, by gate name prefix
+GATE_HINTS = {
+    "served_bleu": "train longer or with a higher lr (train.max_steps, train.lr), a larger model (model.scratch.*), "
+                   "or a gentler chain (distill.student_layers, prune.ratio); evaluate.gates.min_bleu_vs_retrieval lowers the bar",
+    "served_slot_carry": "keep model.slots.enabled, add the missing entities to lexicons/gazetteers/, train longer; "
+                         "evaluate.gates.min_slot_carry lowers the bar",
+    "served_degenerate_rate": "train longer (train.max_steps); evaluate.max_new_tokens caps answer length; "
+                              "evaluate.gates.max_degenerate_rate lowers the bar",
+    "served_wrong_lang": "check the language mix of the train data (reports/ingest.json); evaluate.gates.max_wrong_lang",
+    "distill_retention": "distill.steps, distill.student_layers, distill.lr; evaluate.gates.min_retention",
+    "prune_retention": "prune.ratio, prune.recovery_steps; evaluate.gates.min_retention",
+    "int8_retention": "quantize.block_size, quantize.accuracy_level, quantize.keep_float; evaluate.gates.min_retention",
+    "int8_size_reduction": "quantize.scheme, quantize.keep_float",
+    "int8_accuracy_drop": "quantize.* ; evaluate.gates.max_int8_accuracy_drop",
+}
+
+
+def compute_gates(variants: dict[str, dict[str, Any]], reports: dict[str, dict[str, Any]], params: EvaluateParams,
+                  *, served: str | None = None) -> dict[str, dict[str, Any]]:
+    """Every gate with its value, limit and status (pass | fail | warn | missing). Answer gates
+    compare the served variant with the retrieval baseline; retention gates compare each step of
+    the chain (teacher -> student -> pruned -> int8) with its parent on answer quality."""
     g = params.gates
     out: dict[str, dict[str, Any]] = {}
-    # val loss - train loss at the end of training (signed: val below train is no overfitting)
+    srv, base = variants.get(served or "", {}), variants.get("retrieval", {})
+    if "bleu_zh" in srv or served is None:
+        for lang in LANGS:
+            value, bar = srv.get(f"bleu_{lang}"), base.get(f"bleu_{lang}")
+            ok = None if _missing(value) or _missing(bar) else value >= g.min_bleu_vs_retrieval * bar
+            limit = f">= {g.min_bleu_vs_retrieval} x retrieval ({'?' if _missing(bar) else f'{bar:.2f}'})"
+            out[f"served_bleu_{lang}"] = gate(value, ok=ok, limit=limit)
+        carry = srv.get("slot_carry")
+        out["served_slot_carry"] = gate(carry, ok=None if _missing(carry) else carry >= g.min_slot_carry,
+                                        limit=f">= {g.min_slot_carry}")
+        degen = srv.get("degenerate_rate")
+        out["served_degenerate_rate"] = gate(degen, ok=None if _missing(degen) else degen <= g.max_degenerate_rate,
+                                             limit=f"<= {g.max_degenerate_rate}")
+        for lang in LANGS:
+            wrong = srv.get(f"wrong_lang_{lang}")
+            out[f"served_wrong_lang_{lang}"] = gate(wrong, ok=None if _missing(wrong) else wrong <= g.max_wrong_lang,
+                                                    limit=f"<= {g.max_wrong_lang}")
+    # val loss - train loss at the end of training (signed: val below train is no overfitting);
+    # a proxy, so a warning: the answer gates decide
     gap = _first_number(reports.get("train", {}), ("val_gap", "train_val_gap"))
-    out["train_val_gap"] = gate(gap, ok=None if gap is None else gap <= g.max_gap, limit=f"<= {g.max_gap}")
+    out["train_val_gap"] = gate(gap, ok=None if gap is None else gap <= g.max_gap, limit=f"<= {g.max_gap}", warn_only=True)
     teacher = variants.get("teacher", {})
     ppl = teacher.get("perplexity")
     lo, hi = g.perplexity_band
     ok_ppl = None if ppl is None or _nan(ppl) else lo <= ppl <= hi
     out["teacher_perplexity_band"] = gate(ppl, ok=ok_ppl, limit=f"[{lo}, {hi}]", warn_only=True)
-    student = variants.get("student", {})
-    ret = _retention(teacher, student)
-    out["distill_retention"] = gate(ret, ok=None if ret is None else ret >= g.min_retention, limit=f">= {g.min_retention}")
     q = reports.get("quantize", {})
+    chain = (("distill_retention", "teacher", "student"), ("prune_retention", _prune_source(reports), "pruned"),
+             ("int8_retention", _quantize_source(q), "int8"))
+    for name, parent, child in chain:
+        p, c = variants.get(parent, {}), variants.get(child, {})
+        if "macro_f1" in p and "macro_f1" in c:
+            value = metrics.retention(c["macro_f1"], p["macro_f1"])
+        elif p and c:
+            value = retention(c, p)["retention_answers"]
+        else:
+            value = None
+        value = None if value is None or _nan(value) else value
+        out[name] = gate(value, ok=None if value is None else value >= g.min_retention,
+                         limit=f">= {g.min_retention} of {parent} (min over BLEU zh, BLEU en, slot carry)")
     red = _size_reduction(q)
     out["int8_size_reduction"] = gate(
         red, ok=None if red is None else red >= g.min_int8_size_reduction, limit=f">= {g.min_int8_size_reduction}"
     )
     int8, parent = variants.get("int8", {}), variants.get(_quantize_source(q), {})
-    if "bleu" in int8 and "bleu" in parent:
-        drop = parent["bleu"] - int8["bleu"]
-        out["int8_bleu_drop"] = gate(drop, ok=drop <= g.max_int8_bleu_drop, limit=f"<= {g.max_int8_bleu_drop}")
-    elif "accuracy" in int8 and "accuracy" in parent:
+    if "accuracy" in int8 and "accuracy" in parent:
         drop = parent["accuracy"] - int8["accuracy"]
         out["int8_accuracy_drop"] = gate(drop, ok=drop <= g.max_int8_accuracy_drop, limit=f"<= {g.max_int8_accuracy_drop}")
-    else:
-        out["int8_quality_drop"] = gate(None, ok=None, limit="int8 and its source variant both evaluated")
     return out
 
 
-def _retention(teacher: dict[str, Any], student: dict[str, Any]) -> float | None:
-    """Classifier: macro-F1 ratio. Causal LM: teacher/student test perplexity, the same measure
-    the distill stage gates on by default (BLEU on a few dozen samples is too noisy to gate on;
-    the BLEU ratio is still visible in the variant table)."""
-    if "macro_f1" in teacher and "macro_f1" in student:
-        return metrics.retention(student["macro_f1"], teacher["macro_f1"])
-    t, s = teacher.get("perplexity"), student.get("perplexity")
-    if isinstance(t, float) and isinstance(s, float) and not (_nan(t) or _nan(s)):
-        return metrics.retention(s, t, higher_is_better=False)
-    return None
+def gate_failures(gates: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """One line per failed gate: name, value, limit, and the params to look at."""
+    lines = []
+    for name, g in gates.items():
+        if g["status"] != "fail":
+            continue
+        hint = next((h for prefix, h in GATE_HINTS.items() if name.startswith(prefix)), "")
+        value = g["value"]
+        shown = f"{value:.4g}" if isinstance(value, float) else str(value)
+        lines.append(f"gate {name} failed: {shown}, needs {g['limit']}" + (f". Look at: {hint}" if hint else ""))
+    return lines
+
+
+def _missing(x: Any) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
 
 
 def _size_reduction(quantize_report: dict[str, Any]) -> float | None:
     ratio = _first_number(quantize_report, ("size_ratio", "int8_size_ratio"))
     return None if ratio is None else 1.0 - ratio
+
+
+def _prune_source(reports: dict[str, dict[str, Any]]) -> str:
+    source = reports.get("prune", {}).get("source")
+    return source if isinstance(source, str) else "student"
 
 
 def _quantize_source(quantize_report: dict[str, Any]) -> str:

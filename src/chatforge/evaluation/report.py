@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 STAGES = ("ingest", "clean", "split", "balance", "translator", "augment", "base", "train", "distill", "prune", "quantize", "evaluate")
-VARIANTS = ("base", "teacher", "student", "pruned", "int8")
+VARIANTS = ("retrieval", "base", "teacher", "student", "pruned", "int8")
 PACKAGES = ("torch", "transformers", "accelerate", "polars", "dvc", "onnx", "onnxruntime", "torch-pruning", "sacrebleu", "peft")
 
 
@@ -160,13 +160,33 @@ def _num(x: Any) -> float:
 
 
 # ------------------------------------------------------------------------------------------ sections
+def headline_table(evaluation: Mapping[str, Any]) -> str:
+    """Served variant vs the retrieval baseline vs the untrained base: what a user would notice."""
+    served = evaluation.get("summary", {}).get("served_variant")
+    rows = []
+    for label, name in ((f"served ({served})", served), ("retrieval baseline", "retrieval"), ("base (untrained)", "base")):
+        r = evaluation.get(name or "")
+        if not r or "bleu_zh" not in r:
+            continue
+        rows.append([label, r.get("bleu_zh"), r.get("bleu_en"), r.get("chrf_zh"), r.get("chrf_en"),
+                     r.get("slot_carry_zh"), r.get("slot_carry_en"), r.get("degenerate_rate_zh"), r.get("degenerate_rate_en"),
+                     r.get("latency_p50_ms")])
+    if not rows:
+        return "_no answers were scored (classifier build, or evaluate has not run)._"
+    summary = evaluation.get("summary", {})
+    note = (f"Test assistant turns scored: {summary.get('samples_zh', '?')} zh, {summary.get('samples_en', '?')} en "
+            f"(other variants: {summary.get('other_samples_zh', '?')} zh, {summary.get('other_samples_en', '?')} en).")
+    return table(["", "BLEU zh", "BLEU en", "chrF zh", "chrF en", "slot carry zh", "slot carry en",
+                  "degenerate zh", "degenerate en", "p50 ms"], rows) + "\n\n" + note
+
+
 def variant_table(evaluation: Mapping[str, Any]) -> str:
     names = [v for v in VARIANTS if v in evaluation]
     if not names:
         return "_evaluate has not run._"
     if any("bleu" in evaluation[v] for v in names):
-        cols = ["bleu_zh", "bleu_en", "chrf", "perplexity_zh", "perplexity_en", "wrong_lang_zh", "wrong_lang_en",
-                "params", "size_mb", "latency_p50_ms", "latency_p95_ms", "tokens_per_s"]
+        cols = ["bleu_zh", "bleu_en", "chrf", "exact_match", "slot_carry", "degenerate_rate", "perplexity_zh", "perplexity_en",
+                "wrong_lang_zh", "wrong_lang_en", "params", "size_mb", "latency_p50_ms", "tokens_per_s"]
     else:
         cols = ["accuracy", "macro_f1", "fallback_rate", "answered_accuracy", "params", "size_mb", "latency_p50_ms", "latency_p95_ms"]
     return table(["variant", *cols], [[v, *(evaluation[v].get(c) for c in cols)] for v in names])
@@ -263,6 +283,10 @@ def render(
         evaluated = ", ".join(v for v in VARIANTS if v in ev) or "none"
         out += [f"Variants evaluated: {evaluated}; missing: {summary.get('variants_missing', 'none')}; "
                 + f"gates failed: {summary.get('gates_failed', 0)}.", ""]
+    out += ["## Answers: served model vs retrieval baseline", "", headline_table(ev), ""]
+    out += ["## Five test conversations", "", sample_section(details), ""]
+    out += ["## Gates", "", gates_table(ev["gates"]) if "gates" in ev else "_evaluate has not run._", ""]
+    out += ["## Stage wall times", "", wall_times(timings or {}), ""]
     out += ["## Data", ""]
     out += ["### Ingest", "", key_values(reports["ingest"]) if "ingest" in reports else "_ingest has not run._", ""]
     out += ["### Clean (rows changed and conversations dropped per rule)", "", key_values(reports["clean"]) if "clean" in reports else "_clean has not run._", ""]
@@ -282,9 +306,6 @@ def render(
     if "variants" in figures:
         out += [f"![variant comparison]({figures['variants']})", ""]
     out += [variant_table(ev), ""]
-    out += ["## Gates", "", gates_table(ev["gates"]) if "gates" in ev else "_evaluate has not run._", ""]
-    out += ["## Five test conversations", "", sample_section(details), ""]
-    out += ["## Stage wall times", "", wall_times(timings or {}), ""]
     out += ["## Environment", "", environment(), ""]
     out += ["## Provenance (dvc.lock)", "", provenance(lock_path), ""]
     return "\n".join(out)

@@ -208,6 +208,26 @@ def build_scratch(params: ModelParams, corpus: Iterable[str]) -> ResolvedBase:
     return ResolvedBase(model, tokenizer, "scratch", {"source": "scratch", "vocab_size": vocab, "corpus_texts": len(texts)})
 
 
+def add_slot_placeholders(base: ResolvedBase, kinds: list[str], *, max_per_kind: int,
+                          gazetteer: dict[str, dict[str, list[str]]]) -> list[str]:
+    """Give a causal LM base slot placeholders (chatforge.modeling.slots): the tokens join the
+    vocabulary, the embedding matrix grows to match (new rows initialised to the mean embedding, so
+    they start neutral), and the configuration is stored in the tokenizer."""
+    import torch
+
+    from chatforge.modeling import slots
+
+    tokens = slots.enable(base.tokenizer, slots.slot_config(kinds, max_per_kind=max_per_kind, gazetteer=gazetteer))
+    old = base.model.get_input_embeddings().weight.shape[0]
+    if len(base.tokenizer) > old:
+        base.model.resize_token_embeddings(len(base.tokenizer), mean_resizing=False)
+        with torch.no_grad():
+            emb = base.model.get_input_embeddings().weight
+            emb[old:] = emb[:old].mean(dim=0, keepdim=True)
+    base.details["slot_placeholders"] = len(tokens)
+    return tokens
+
+
 def describe(model: Any) -> dict[str, Any]:
     """What chatforge.json records about a base: architecture and size."""
     config = model.config

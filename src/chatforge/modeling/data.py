@@ -22,6 +22,8 @@ from typing import Any, Literal
 import polars as pl
 import torch
 
+from chatforge.modeling.slots import codec_for
+
 IGNORE = -100
 
 
@@ -87,6 +89,8 @@ def tokenize_chat(tokenizer: Any, conv: Conversation) -> Example:
     Llama, Mistral ...), without needing `{% generation %}` markers in the template.
     """
     msgs = conv.messages
+    if (codec := codec_for(tokenizer)) is not None:  # a model trained with slot placeholders
+        msgs = codec.encode(msgs).messages
     text = tokenizer.apply_chat_template(msgs, tokenize=False)
     spans: list[tuple[int, int]] = []
     for i, msg in enumerate(msgs):

@@ -23,8 +23,8 @@ import polars as pl
 import torch
 import torch.nn.functional as F
 
-from chatforge.evaluation.metrics import classification_scores, latency_stats, perplexity, retention
 from chatforge.io import progress
+from chatforge.metrics import classification_scores, latency_stats, perplexity, retention
 from chatforge.modeling import classifier as clf
 from chatforge.modeling.data import (
     IGNORE,
@@ -34,6 +34,7 @@ from chatforge.modeling.data import (
     tokenize_conversations,
 )
 from chatforge.modeling.manifest import MANIFEST_NAME, Manifest, read_manifest
+from chatforge.modeling.quality import model_answer_scores
 
 LAYER_INDEX = re.compile(r"(\.(?:layers|layer)\.)(\d+)\.")
 
@@ -222,13 +223,7 @@ def quality(model: Any, tokenizer: Any, convs: list[Conversation], *, family: st
         count += int(targets.numel())
     out = {"perplexity": perplexity(nll, count)}
     if bleu_samples:
-        from chatforge.modeling.train import bleu_by_lang, bleu_prompts, generate_replies
-
-        items = bleu_prompts(convs, tokenizer, samples=bleu_samples, seed=seed, max_prompt_tokens=max_seq_len)
-        if items:
-            replies = generate_replies(model, tokenizer, [p for p, _, _ in items], max_new_tokens=max_new_tokens, device="cpu")
-            model.eval()
-            out["bleu"] = bleu_by_lang(replies, [r for _, r, _ in items], [lang for _, _, lang in items]).get("bleu", 0.0)
+        out.update(model_answer_scores(model, tokenizer, convs, samples_per_lang=bleu_samples, max_new_tokens=max_new_tokens, seed=seed))
     return out
 
 
@@ -257,11 +252,19 @@ def latency(model: Any, tokenizer: Any, convs: list[Conversation], *, family: st
     return latency_stats(seconds)
 
 
+def answer_retention(child: dict[str, Any], parent: dict[str, Any]) -> dict[str, float]:
+    """retention_bleu_zh / _bleu_en / _slot_carry and their minimum, retention_answers (nan when
+    answers were not scored: set the stage's bleu_samples above 0)."""
+    from chatforge.modeling.quality import retention as answer_kept
+
+    return answer_kept(child, parent)
+
+
 def primary_metric(family: str, choice: str) -> tuple[str, bool]:
     """The quality number a gate compares, and whether higher is better."""
     if choice == "auto":
-        choice = "perplexity" if family == "causal_lm" else "accuracy"
-    allowed = ("perplexity", "bleu") if family == "causal_lm" else ("accuracy", "macro_f1")
+        choice = "answers" if family == "causal_lm" else "accuracy"
+    allowed = ("answers", "perplexity", "bleu") if family == "causal_lm" else ("accuracy", "macro_f1")
     if choice not in allowed:
         raise CompressError(f"distill.retention_metric = {choice!r} does not apply to a {family} model; use auto or one of {allowed}")
     return choice, choice != "perplexity"
@@ -303,11 +306,12 @@ def distill(teacher_dir: Path, train_turns: pl.DataFrame, val_turns: pl.DataFram
         return {**q, "params": parameter_count(model), "size_mb": size_mb(model), "layers": layer_count(model.config)}
 
     t, s = measure(teacher), measure(student)
-    kept = retention(s[metric], t[metric], higher_is_better=higher)
     metrics: dict[str, Any] = {f"teacher_{k}": v for k, v in t.items()} | {f"student_{k}": v for k, v in s.items()}
     for name in t:
         if name in ("perplexity", "bleu", "accuracy", "macro_f1"):
             metrics[f"retention_{name}"] = retention(s[name], t[name], higher_is_better=name != "perplexity")
+    metrics.update(answer_retention(s, t))
+    kept = metrics["retention_answers"] if metric == "answers" else retention(s[metric], t[metric], higher_is_better=higher)
     metrics.update(
         retention=kept, retention_metric=metric, min_retention=params.min_retention,
         retention_ok=bool(kept >= params.min_retention), loss_first=losses[0], loss_last=losses[-1],

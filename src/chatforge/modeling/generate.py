@@ -20,6 +20,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from chatforge.modeling.manifest import MANIFEST_NAME, read_manifest
+from chatforge.modeling.slots import SlotCodec, codec_for
 
 Backend = Literal["auto", "torch", "onnx", "onnx_int8"]
 ONNX_FLOAT_NAME = "model.onnx"
@@ -122,10 +123,13 @@ def _held_back(text: str, stop_strings: tuple[str, ...]) -> int:
 
 
 class _Reply:
-    """One sequence being decoded: eos and stop strings end it; `text` is what the user sees."""
+    """One sequence being decoded: eos and stop strings end it; `text` is what the user sees
+    (slot placeholders filled in from `slot_values`, an unfinished multi-byte character dropped)."""
 
-    def __init__(self, tokenizer: Any, eos_ids: set[int], config: GenerationConfig) -> None:
+    def __init__(self, tokenizer: Any, eos_ids: set[int], config: GenerationConfig,
+                 slot_values: dict[str, str] | None = None) -> None:
         self.tokenizer, self.eos_ids, self.config = tokenizer, eos_ids, config
+        self.slot_values = slot_values
         self.token_ids: list[int] = []
         self.logprobs: list[float] = []
         self.text = ""
@@ -140,6 +144,8 @@ class _Reply:
         self.token_ids.append(token)
         self.logprobs.append(logprob)
         self.text = self.tokenizer.decode(self.token_ids, skip_special_tokens=True)
+        if self.slot_values is not None:
+            self.text = SlotCodec.decode(self.text, self.slot_values)
         cut = min((i for i in (self.text.find(s) for s in self.config.stop_strings) if i >= 0), default=-1)
         if cut >= 0:
             self.text = self.text[:cut]
@@ -147,6 +153,8 @@ class _Reply:
         return self.done
 
     def result(self) -> Generation:
+        if self.finish == "length":  # the limit may have cut a character between its byte tokens
+            self.text = self.text.rstrip("\ufffd")
         return Generation(text=self.text, token_ids=self.token_ids, token_logprobs=self.logprobs, finish_reason=self.finish)
 
 
@@ -165,12 +173,21 @@ class _Decoder:
         raise NotImplementedError
 
     def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        return self.encode_prompt(messages)[0]
+
+    def encode_prompt(self, messages: list[dict[str, str]]) -> tuple[list[int], dict[str, str] | None]:
+        """Token ids of the prompt (chat template, generation prompt added) and, for a model trained
+        with slot placeholders, the placeholder -> value map its reply is decoded with."""
         if not messages:
             raise ValueError("messages is empty: pass at least one {'role': 'user', 'content': ...}")
+        values = None
+        if (codec := codec_for(self.tokenizer)) is not None:
+            encoded = codec.encode(messages)
+            messages, values = encoded.messages, encoded.values
         ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
         if hasattr(ids, "keys"):  # transformers 5 returns a BatchEncoding
             ids = ids["input_ids"]
-        return [int(i) for i in ids]
+        return [int(i) for i in ids], values
 
     def generate(self, messages: list[dict[str, str]], config: GenerationConfig) -> Generation:
         for _ in self.stream(messages, config):
@@ -186,11 +203,11 @@ class _Decoder:
 
     def stream(self, messages: list[dict[str, str]], config: GenerationConfig) -> Iterator[str]:
         """Yield text deltas as tokens arrive; afterwards `self.last` holds the whole Generation."""
-        prompt = self.prompt_ids(messages)
+        prompt, values = self.encode_prompt(messages)
         rng = np.random.default_rng(config.seed)
         session = self._session()
         logits = session.start(prompt)
-        reply = _Reply(self.tokenizer, self.eos_ids, config)
+        reply = _Reply(self.tokenizer, self.eos_ids, config, values)
         emitted = 0
         for step in range(config.max_new_tokens):
             if reply.push(*choose_token(logits, config, rng)):
@@ -218,10 +235,11 @@ class _TorchSession:
         with torch.inference_mode():
             # logits_to_keep=1: the prompt's other positions never need the vocabulary projection
             out = self.model(
-                input_ids=torch.tensor([ids], dtype=torch.long), cache=self.past, use_cache=True, logits_to_keep=1
+                input_ids=torch.tensor([ids], dtype=torch.long, device=self.model.device), cache=self.past,
+                use_cache=True, logits_to_keep=1,
             )
         self.past = out.cache
-        return out.logits[0, -1].float().numpy()
+        return out.logits[0, -1].float().cpu().numpy()
 
     def start(self, prompt_ids: list[int]) -> np.ndarray:
         self.past = None
@@ -248,18 +266,20 @@ class TorchGenerator(_Decoder):
             return super().generate_many(conversations, config, batch_size=batch_size)
         out: list[Generation] = []
         for i in range(0, len(conversations), batch_size):
-            out += self._greedy_batch([self.prompt_ids(m) for m in conversations[i : i + batch_size]], config)
+            out += self._greedy_batch([self.encode_prompt(m) for m in conversations[i : i + batch_size]], config)
         return out
 
-    def _greedy_batch(self, prompts: list[list[int]], config: GenerationConfig) -> list[Generation]:
+    def _greedy_batch(self, encoded: list[tuple[list[int], dict[str, str] | None]], config: GenerationConfig) -> list[Generation]:
         import torch
 
+        prompts = [p for p, _ in encoded]
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.eos_ids, default=0)
         width = max(len(p) for p in prompts)
-        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], dtype=torch.long)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], dtype=torch.long)
+        device = self.model.device
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], dtype=torch.long, device=device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], dtype=torch.long, device=device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        replies = [_Reply(self.tokenizer, self.eos_ids, config) for _ in prompts]
+        replies = [_Reply(self.tokenizer, self.eos_ids, config, values) for _, values in encoded]
         rng = np.random.default_rng(config.seed)  # unused by greedy choice; choose_token's signature
         cache = None
         with torch.inference_mode():
@@ -267,7 +287,7 @@ class TorchGenerator(_Decoder):
                 out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
                                  use_cache=True, logits_to_keep=1)
                 cache = out.cache
-                logits = out.logits[:, -1].float().numpy()
+                logits = out.logits[:, -1].float().cpu().numpy()
                 following = []
                 for row, reply in enumerate(replies):
                     if not reply.done:
@@ -276,8 +296,8 @@ class TorchGenerator(_Decoder):
                 if all(r.done for r in replies) or step + 1 == config.max_new_tokens:
                     break
                 # finished rows keep decoding pad tokens (cheaper than reshaping the cache); ignored
-                ids = torch.tensor(following, dtype=torch.long)[:, None]
-                mask = torch.cat([mask, torch.ones((len(prompts), 1), dtype=torch.long)], dim=1)
+                ids = torch.tensor(following, dtype=torch.long, device=device)[:, None]
+                mask = torch.cat([mask, torch.ones((len(prompts), 1), dtype=torch.long, device=device)], dim=1)
                 positions = positions[:, -1:] + 1
         return [r.result() for r in replies]
 

@@ -49,6 +49,7 @@ from chatforge.modeling.data import (
 )
 from chatforge.modeling.freezing import apply_freezing, find_layer_stack, frozen_layer_count
 from chatforge.modeling.manifest import read_manifest
+from chatforge.modeling.quality import model_answer_scores
 from chatforge.modeling.schedule import cosine_with_floor
 from chatforge.params import ModelParams, TrainParams
 
@@ -288,67 +289,6 @@ def evaluate_loss(model: Any, batches: list[dict[str, torch.Tensor]], *, family:
     return total / max(1, count)
 
 
-@torch.no_grad()
-def generate_replies(model: Any, tokenizer: Any, prompts: list[list[dict[str, str]]], *, max_new_tokens: int, device: Any, batch_size: int = 8) -> list[str]:
-    """Greedy replies, left-padded batches (what BLEU during training is computed on)."""
-    model.eval()
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    out: list[str] = []
-    try:
-        for i in range(0, len(prompts), batch_size):
-            texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts[i : i + batch_size]]
-            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-            gen = model.generate(
-                **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-            )
-            out += [t.strip() for t in tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)]
-    finally:
-        tokenizer.padding_side = side
-        model.train()
-    return out
-
-
-def bleu_by_lang(hypotheses: list[str], references: list[str], langs: list[str]) -> dict[str, float]:
-    """sacrebleu corpus BLEU per language (zh tokenisation for Chinese, 13a otherwise) and their mean."""
-    import sacrebleu
-
-    out: dict[str, float] = {}
-    for lang in sorted(set(langs)):
-        idx = [i for i, la in enumerate(langs) if la == lang]
-        tokenize = "zh" if lang == "zh" else "13a"
-        out[f"bleu_{lang}"] = sacrebleu.corpus_bleu(
-            [hypotheses[i] for i in idx], [[references[i] for i in idx]], tokenize=tokenize
-        ).score
-    if out:
-        out["bleu"] = sum(out.values()) / len(out)
-    return out
-
-
-def bleu_prompts(
-    convs: list[Conversation], tokenizer: Any, *, samples: int, seed: int, max_prompt_tokens: int
-) -> list[tuple[list[dict[str, str]], str, str]]:
-    """(messages before the first assistant reply, that reply, lang) for a seeded sample of conversations.
-
-    Prompts longer than max_prompt_tokens are not eligible: one pasted 3,000-token message would make
-    every greedy step of its batch attend over it, and the model never trained on such lengths."""
-    items = []
-    for conv in convs:
-        k = next((i for i, m in enumerate(conv.messages) if m["role"] == "assistant"), None)
-        if k and conv.messages[k]["content"].strip():
-            items.append((conv.messages[:k], conv.messages[k]["content"], conv.lang))
-    random.Random(seed).shuffle(items)
-    picked = []
-    for item in items:
-        if len(picked) == samples:
-            break
-        text = tokenizer.apply_chat_template(item[0], tokenize=False, add_generation_prompt=True)
-        if len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]) <= max_prompt_tokens:
-            picked.append(item)
-    return picked
-
-
 # ------------------------------------------------------------------------------------ launch
 def relaunch_command(num_processes: int, argv: list[str]) -> list[str] | None:
     """The `accelerate launch` command that re-runs this script on N processes, or None when this
@@ -460,19 +400,15 @@ def train(
     live = _open_live(live_dir, state["history"]) if live_dir and acc.is_main_process else None
 
     loss_fn = causal_loss_sums if family == "causal_lm" else classifier_loss_sums
-    bleu_items = (
-        bleu_prompts(val_convs, tokenizer, samples=tp.bleu_samples, seed=tp.seed,
-                     max_prompt_tokens=max(8, tp.max_seq_len - tp.bleu_max_new_tokens))
-        if family == "causal_lm" else []
-    )
 
     def evaluate() -> dict[str, float]:
         out = {"val/loss": evaluate_loss(model, val_batches, family=family, device=acc.device, autocast=acc.autocast)}
         if family == "causal_lm":
             out["val/perplexity"] = math.exp(min(out["val/loss"], 50.0))
-            if bleu_items:
-                hyps = generate_replies(model, tokenizer, [p for p, _, _ in bleu_items], max_new_tokens=tp.bleu_max_new_tokens, device=acc.device)
-                out.update({f"val/{k}": v for k, v in bleu_by_lang(hyps, [r for _, r, _ in bleu_items], [la for _, _, la in bleu_items]).items()})
+            if tp.bleu_samples:  # the one answer-quality path (chatforge.modeling.quality)
+                scores = model_answer_scores(acc.unwrap_model(model), tokenizer, val_convs, samples_per_lang=tp.bleu_samples,
+                                             max_new_tokens=tp.bleu_max_new_tokens, seed=tp.seed)
+                out.update({f"val/{k}": v for k, v in scores.items()})
         else:
             out["val/accuracy"] = _accuracy(model, val_batches, acc)
         return out

@@ -9,7 +9,7 @@ import pytest
 import torch
 from tinymodels import tiny_turns, write_tiny_causal_lm, write_tiny_classifier
 
-from chatforge.evaluation.metrics import retention
+from chatforge.metrics import retention
 from chatforge.modeling.distill import (
     CompressError,
     build_student,

@@ -1,12 +1,16 @@
 """Metric functions: pure, small, and checked against hand-computed values in the tests.
 
 BLEU and chrF come from sacrebleu (the reference implementation reviewers compare against): `zh`
-tokenisation for Chinese (character-level for CJK), `13a` for English.
+tokenisation for Chinese (character-level for CJK), `13a` for English. Slot carry and degenerate
+answers are chatforge's own definitions of what a user notices first: an order number dropped or
+altered, an answer that loops, never ends, or breaks a character.
 """
 
 from __future__ import annotations
 
 import math
+import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -31,6 +35,85 @@ def chrf(hypotheses: Sequence[str], references: Sequence[str]) -> float:
     if not hypotheses:
         return float("nan")
     return float(sacrebleu.corpus_chrf(list(hypotheses), [list(references)]).score)
+
+
+def normalise_whitespace(text: str) -> str:
+    """Runs of whitespace -> one space, ends trimmed (what exact match compares)."""
+    return " ".join(text.split())
+
+
+def exact_match(hypotheses: Sequence[str], references: Sequence[str]) -> float:
+    """Share (0-1) of answers equal to their reference after whitespace normalisation; nan if none."""
+    _same_length(hypotheses, references)
+    if not hypotheses:
+        return float("nan")
+    same = sum(normalise_whitespace(h) == normalise_whitespace(r) for h, r in zip(hypotheses, references, strict=True))
+    return same / len(hypotheses)
+
+
+# digit runs of 4 or more (order numbers, phone tails, years) and the mask tags clean writes
+SLOT_PATTERN = re.compile(r"(?<!\d)\d{4,}(?!\d)|<(?:PHONE|EMAIL|ID|CARD)>")
+
+
+def slots_in(text: str, *, gazetteer: Sequence[str] = ()) -> set[str]:
+    """The slot values found in `text`: digit runs of 4+ digits, mask tags (`<PHONE>` ...) and every
+    gazetteer entry that occurs in it (plain substring; English compared case-insensitively)."""
+    found = set(SLOT_PATTERN.findall(text))
+    low = text.lower()
+    found.update(e for e in gazetteer if e and (e in text or (e.isascii() and e.lower() in low)))
+    return found
+
+
+def _contains(answer: str, slot: str) -> bool:
+    if slot.isdigit():  # 2024052012345 must appear as a whole number, not inside a longer one
+        return re.search(rf"(?<!\d){slot}(?!\d)", answer) is not None
+    return slot in answer or (slot.isascii() and slot.lower() in answer.lower())
+
+
+def slot_carry_counts(context: str, reference: str, answer: str, *, gazetteer: Sequence[str] = ()) -> tuple[int, int]:
+    """(carried, expected) for one answer: the slots that appear both in the dialogue so far
+    (`context`) and in the reference answer are expected; carried are those the answer contains."""
+    expected = slots_in(context, gazetteer=gazetteer) & slots_in(reference, gazetteer=gazetteer)
+    return sum(_contains(answer, s) for s in expected), len(expected)
+
+
+def slot_carry(counts: Sequence[tuple[int, int]]) -> float:
+    """Share of expected slots carried over a set of answers (micro average); nan when no answer
+    expected any slot."""
+    expected = sum(n for _, n in counts)
+    return sum(c for c, _ in counts) / expected if expected else float("nan")
+
+
+# a unit of 1-12 characters repeated back to back at least this many times is a loop ("工客工客工客")
+LOOP_REPEATS = 4
+# ... unless the unit is one character, which may repeat a little (9999 in a price, "!!!")
+LOOP_SAME_CHAR = 8
+# an n-gram (characters for Chinese, words otherwise) seen this many times anywhere is a loop too
+NGRAM_N, NGRAM_REPEATS = 4, 3
+_REPEAT_UNIT = re.compile(rf"(.{{2,12}}?)\1{{{LOOP_REPEATS - 1},}}", re.DOTALL)
+_REPEAT_CHAR = re.compile(rf"(.)\1{{{LOOP_SAME_CHAR - 1},}}", re.DOTALL)
+
+
+def degenerate_reason(answer: str, *, finish_reason: str = "stop") -> str | None:
+    """Why an answer is degenerate, or None for a clean one. Reasons, in order: `empty` (nothing
+    but whitespace), `no_eos` (the length limit ended it, finish_reason "length"), `replacement_char`
+    (U+FFFD: a broken multi-byte character), `loop` (a unit repeated back to back LOOP_REPEATS
+    times, one character LOOP_SAME_CHAR times, or an n-gram NGRAM_REPEATS times)."""
+    text = answer.strip()
+    if not text:
+        return "empty"
+    if finish_reason == "length":
+        return "no_eos"
+    if "\ufffd" in text:
+        return "replacement_char"
+    if _REPEAT_CHAR.search(text) or _REPEAT_UNIT.search(text):
+        return "loop"
+    cjk = sum("\u4e00" <= ch <= "\u9fff" for ch in text)
+    units = [ch for ch in text if not ch.isspace()] if cjk * 2 >= len(text.split()) else text.lower().split()
+    grams = [tuple(units[i : i + NGRAM_N]) for i in range(len(units) - NGRAM_N + 1)]
+    if grams and Counter(grams).most_common(1)[0][1] >= NGRAM_REPEATS:
+        return "loop"
+    return None
 
 
 def perplexity(total_nll: float, n_tokens: int) -> float:

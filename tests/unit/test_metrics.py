@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from chatforge.evaluation import metrics
+from chatforge import metrics
 
 
 def test_bleu_english_hand_computed():

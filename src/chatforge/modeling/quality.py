@@ -1,0 +1,183 @@
+"""The one answer-quality path: every stage that reports answer quality (train, distill, prune,
+quantize, evaluate) samples prompts, generates full answers and scores them here, so `bleu_zh` in
+one report means what it means in every other.
+
+A sample is one assistant turn of a held-out conversation: the messages before it are the prompt,
+the turn is the reference. Answers are decoded greedily until EOS; the length limit comes from the
+references (twice the longest reference in tokens, plus slack), never a fixed small number, so a
+model that writes the full answer is never cut short. Scores per language: sacrebleu BLEU and chrF,
+exact match, slot carry, degenerate rate and wrong-language rate (chatforge.metrics).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from chatforge import metrics
+from chatforge.data.lang import detect_lang
+from chatforge.io import progress
+from chatforge.modeling.data import Conversation
+
+LANGS = ("zh", "en")
+# what a retention gate compares between a model and its parent
+RETENTION_KEYS = ("bleu_zh", "bleu_en", "slot_carry")
+# what the train/distill/prune/quantize reports carry of a model's answers
+ANSWER_KEYS = ("bleu", "bleu_zh", "bleu_en", "chrf", "exact_match", "slot_carry", "degenerate_rate")
+
+
+@dataclass(frozen=True)
+class Sample:
+    conversation_id: str
+    lang: str
+    intent: str | None
+    prompt: list[dict[str, str]]
+    reference: str
+
+    @property
+    def context(self) -> str:
+        """The dialogue so far as one text (where slot values the answer must repeat come from)."""
+        return "\n".join(m["content"] for m in self.prompt)
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    finish_reason: str  # "stop" (EOS or stop string) | "length" (the limit cut it)
+
+
+def answer_samples(convs: Sequence[Conversation], *, max_per_lang: int | None, seed: int) -> tuple[list[Sample], dict[str, int]]:
+    """Up to `max_per_lang` samples per language (None: all), conversations in a seeded shuffle,
+    every assistant turn after the first message of a taken conversation. A reference with no text
+    is skipped and counted. Same inputs and seed -> same samples, in the same order."""
+    order = sorted(convs, key=lambda c: c.conversation_id)
+    random.Random(seed).shuffle(order)
+    cap = math.inf if max_per_lang is None else max_per_lang
+    taken = dict.fromkeys(LANGS, 0)
+    skipped_empty = 0
+    out: list[Sample] = []
+    for conv in order:
+        lang = conv.lang if conv.lang in LANGS else "en"
+        for i, msg in enumerate(conv.messages):
+            if msg["role"] != "assistant" or i == 0 or taken[lang] >= cap:
+                continue
+            if not (msg.get("content") or "").strip():
+                skipped_empty += 1
+                continue
+            out.append(Sample(conv.conversation_id, lang, conv.intent, conv.messages[:i], msg["content"]))
+            taken[lang] += 1
+    return out, {"references_empty_skipped": skipped_empty, **{f"samples_{k}": v for k, v in taken.items()}}
+
+
+def answer_length_limit(tokenizer: Any, samples: Sequence[Sample], *, cap: int) -> int:
+    """max_new_tokens for a set of samples: 2 x the longest reference in this tokenizer's tokens
+    + 16 (room for an answer a little longer than the reference, and its EOS), at most `cap`."""
+    if not samples:
+        return min(cap, 16)
+    longest = max(len(tokenizer(s.reference, add_special_tokens=False)["input_ids"]) for s in samples)
+    return max(1, min(cap, 2 * longest + 16))
+
+
+def generate_answers(generator: Any, samples: Sequence[Sample], *, max_new_tokens: int, batch_size: int = 8,
+                     desc: str = "generate") -> list[Answer]:
+    """Greedy answers through chatforge.modeling.generate (torch or ONNX), `batch_size` prompts per
+    batch; the same tokens as one at a time."""
+    from chatforge.modeling.generate import GenerationConfig
+
+    config = GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.0)
+    chunks = [list(samples[i : i + batch_size]) for i in range(0, len(samples), batch_size)]
+    out: list[Answer] = []
+    for chunk in progress(chunks, total=len(chunks), desc=desc, every=max(1, len(chunks) // 10)):
+        gens = generator.generate_many([s.prompt for s in chunk], config, batch_size=batch_size)
+        out += [Answer(g.text.strip(), g.finish_reason) for g in gens]
+    return out
+
+
+def score_answers(samples: Sequence[Sample], answers: Sequence[Answer], *,
+                  gazetteer: Mapping[str, Sequence[str]] | None = None) -> dict[str, float]:
+    """Per language (`_zh`, `_en`) and overall: bleu, chrf, exact_match, slot_carry,
+    degenerate_rate (plus degenerate_<reason> counts), wrong_lang; answer_chars. Overall BLEU and
+    chrF are the sample-weighted means of the per-language scores (zh and en need different
+    tokenisers); rates are over all samples. `gazetteer` maps a language to entity surfaces
+    counted as slots (cities, products ...). Empty languages score nan."""
+    if len(samples) != len(answers):
+        raise ValueError(f"got {len(answers)} answers for {len(samples)} samples")
+    gazetteer = gazetteer or {}
+    out: dict[str, float] = {}
+    slots_all: list[tuple[int, int]] = []
+    reasons_all: list[str | None] = []
+    for lang in LANGS:
+        idx = [i for i, s in enumerate(samples) if s.lang == lang]
+        hyps = [answers[i].text for i in idx]
+        refs = [samples[i].reference for i in idx]
+        slots = [metrics.slot_carry_counts(samples[i].context, samples[i].reference, answers[i].text,
+                                           gazetteer=gazetteer.get(lang, ())) for i in idx]
+        reasons = [metrics.degenerate_reason(answers[i].text, finish_reason=answers[i].finish_reason) for i in idx]
+        slots_all += slots
+        reasons_all += reasons
+        out[f"bleu_{lang}"] = metrics.bleu(hyps, refs, lang=lang)
+        out[f"chrf_{lang}"] = metrics.chrf(hyps, refs)
+        out[f"exact_match_{lang}"] = metrics.exact_match(hyps, refs)
+        out[f"slot_carry_{lang}"] = metrics.slot_carry(slots)
+        out[f"slots_expected_{lang}"] = float(sum(n for _, n in slots))
+        out[f"degenerate_rate_{lang}"] = float(np.mean([r is not None for r in reasons])) if idx else float("nan")
+        spoken = [h for h in hyps if h]
+        out[f"wrong_lang_{lang}"] = float(np.mean([detect_lang(h) != lang for h in spoken])) if spoken else float("nan")
+        out[f"samples_{lang}"] = float(len(idx))
+    n = {lang: out[f"samples_{lang}"] for lang in LANGS}
+    for key in ("bleu", "chrf"):
+        scored = [(out[f"{key}_{lang}"], n[lang]) for lang in LANGS if n[lang]]
+        out[key] = sum(v * w for v, w in scored) / sum(w for _, w in scored) if scored else float("nan")
+    out["exact_match"] = metrics.exact_match([a.text for a in answers], [s.reference for s in samples])
+    out["slot_carry"] = metrics.slot_carry(slots_all)
+    out["degenerate_rate"] = float(np.mean([r is not None for r in reasons_all])) if reasons_all else float("nan")
+    for reason in ("empty", "no_eos", "replacement_char", "loop"):
+        out[f"degenerate_{reason}"] = float(sum(r == reason for r in reasons_all))
+    out["answer_chars"] = float(np.mean([len(a.text) for a in answers])) if answers else float("nan")
+    return out
+
+
+def answer_quality(generator: Any, samples: Sequence[Sample], *, max_new_tokens_cap: int, batch_size: int = 8,
+                   gazetteer: Mapping[str, Sequence[str]] | None = None, desc: str = "generate") -> tuple[dict[str, float], list[Answer]]:
+    """Generate full answers for `samples` and score them: (scores, answers). `max_new_tokens` is
+    in the scores, so a report says how long answers were allowed to be."""
+    limit = answer_length_limit(generator.tokenizer, samples, cap=max_new_tokens_cap)
+    answers = generate_answers(generator, samples, max_new_tokens=limit, batch_size=batch_size, desc=desc)
+    return {**score_answers(samples, answers, gazetteer=gazetteer), "max_new_tokens": float(limit)}, answers
+
+
+def model_answer_scores(model: Any, tokenizer: Any, convs: Sequence[Conversation], *, samples_per_lang: int,
+                        max_new_tokens: int, seed: int, batch_size: int = 16) -> dict[str, float]:
+    """ANSWER_KEYS for an in-memory torch model: full greedy answers to `samples_per_lang` held-out
+    assistant turns per language; slots include the gazetteer entities the model's slot
+    placeholders know. `max_new_tokens` caps the reference-derived length limit. {} without samples."""
+    from chatforge.modeling.generate import TorchGenerator
+    from chatforge.modeling.slots import gazetteer_of
+
+    samples, _ = answer_samples(convs, max_per_lang=samples_per_lang, seed=seed)
+    if not samples:
+        return {}
+    was_training = model.training
+    scores, _ = answer_quality(TorchGenerator(model, tokenizer, fingerprint="quality"), samples,
+                               max_new_tokens_cap=max_new_tokens, batch_size=batch_size, gazetteer=gazetteer_of(tokenizer),
+                               desc="answers")
+    model.train(was_training)
+    return {k: scores[k] for k in ANSWER_KEYS}
+
+
+def retention(child: Mapping[str, float], parent: Mapping[str, float], *, keys: Sequence[str] = RETENTION_KEYS) -> dict[str, float]:
+    """child / parent for each answer-quality key (`retention_bleu_zh` ...) and their minimum
+    (`retention_answers`): the share of its parent's answer quality a distilled, pruned or quantized
+    model keeps (seed guide: at least 0.9). A key the parent scores 0 or nan is left out."""
+    out: dict[str, float] = {}
+    for key in keys:
+        c, p = child.get(key, float("nan")), parent.get(key, float("nan"))
+        if p and not (math.isnan(p) or math.isnan(c)):
+            out[f"retention_{key}"] = float(c / p)
+    out["retention_answers"] = min(out.values()) if out else float("nan")
+    return out
