@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from chatforge.modeling.generate import Generation, GenerationConfig, choose_token, load_generator
+from chatforge.modeling.generate import Generation, GenerationConfig, TorchGenerator, choose_token, load_generator
 
 torch.set_num_threads(1)
 USER = [{"role": "user", "content": "查询北京天气"}]
@@ -163,3 +163,41 @@ def test_generate_many_keeps_sampling_and_onnx_per_request(tiny_causal_lm: Path,
     assert [g.token_ids for g in onnx_gen.generate_many(PROMPTS, greedy)] == [
         g.token_ids for g in torch_gen.generate_many(PROMPTS, greedy, batch_size=3)
     ]
+
+
+def test_a_reply_cut_by_the_length_limit_drops_a_half_character() -> None:
+    """Byte-level tokens split 问 into three bytes: a reply cut after two of them must not end in U+FFFD."""
+    from tinymodels import build_tiny_tokenizer
+
+    from chatforge.modeling.generate import _Reply
+
+    tok = build_tiny_tokenizer()
+    ids = tok("请问", add_special_tokens=False)["input_ids"]
+    whole = len(tok("请", add_special_tokens=False)["input_ids"])
+    assert len(ids) > whole + 1  # 问 is more than one byte token here
+    reply = _Reply(tok, {tok.eos_token_id}, GenerationConfig(max_new_tokens=len(ids) - 1))
+    for t in ids[:-1]:
+        reply.push(t, 0.0)
+    assert reply.text.endswith("\ufffd")  # what the decoder gives mid-character
+    result = reply.result()
+    assert result.finish_reason == "length" and result.text == "请"
+
+
+def test_slot_placeholders_are_filled_from_the_prompt(tiny_causal_lm: Path, tmp_path: Path) -> None:
+    """A model whose tokenizer carries slot placeholders: the prompt is encoded, the reply decoded."""
+    from transformers import AutoTokenizer
+
+    from chatforge.modeling import slots
+    from chatforge.modeling.generate import _Reply
+
+    tok = AutoTokenizer.from_pretrained(tiny_causal_lm)
+    slots.enable(tok, slots.slot_config(["number", "city"], max_per_kind=2, gazetteer={"zh": {"city": ["北京"]}}))
+    gen = TorchGenerator.__new__(TorchGenerator)
+    gen.tokenizer = tok
+    ids, values = gen.encode_prompt([{"role": "user", "content": "订单2024061580787改到北京"}])
+    assert values == {"<number_1>": "2024061580787", "<city_1>": "北京"}
+    assert "<number_1>" in tok.decode(ids) and "2024061580787" not in tok.decode(ids)
+    reply = _Reply(tok, {tok.eos_token_id}, GenerationConfig(), values)
+    for t in tok("订单<number_1>已改为<city_1>", add_special_tokens=False)["input_ids"]:
+        reply.push(t, 0.0)
+    assert reply.result().text == "订单2024061580787已改为北京"
