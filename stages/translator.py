@@ -1,7 +1,7 @@
 """Build the translator behind back-translation: train a compact zh<->en MarianMT model from scratch
 on the parallel pairs (or copy `translator.pretrained` in), and report its BLEU on held-out pairs.
-When augment does not use it (back-translation off, ratio 0, or its own translator), the folder
-only records why it was skipped.
+When augment does not use it (back-translation off, or its own translator), the folder only
+records why it was skipped.
 
     dvc repro translator
 
@@ -42,7 +42,6 @@ def main(
 
     log = setup_logging("translator")
     unused = ("augment.back_translation.enabled is false" if not bt.enabled else
-              "augment.back_translation.ratio is 0" if bt.ratio == 0 else
               "augment.back_translation.translator names its own model" if bt.translator else None)
     if unused:
         # nothing reads this translator: do not spend minutes training it (enabling back-translation

@@ -76,3 +76,15 @@ def test_bad_augment_param_stops_the_stage_with_a_clear_message(built):
                           cwd=project.root, env=project.env, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 2
     assert "augment.max_ratio = 'lots'" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_translator_is_skipped_while_back_translation_is_off(built):
+    project, _ = built
+    project.set_param("augment.max_ratio", 0.6)  # an earlier test left a bad value here
+    project.set_param("augment.back_translation.enabled", False)
+    repro = project.repro("augment")
+    assert repro.ran == ["translator", "augment"], repro.output
+    assert json.loads((project.root / "reports/translator.json").read_text()) == {"skipped": 1}
+    assert json.loads((project.root / "models/translator/skipped.json").read_text())["reason"] == \
+        "augment.back_translation.enabled is false"
+    assert json.loads((project.root / "reports/augment.json").read_text())["rows_added_back_translation"] == 0

@@ -35,6 +35,7 @@ from chatforge.modeling.data import (
 )
 from chatforge.modeling.manifest import MANIFEST_NAME, Manifest, read_manifest
 from chatforge.modeling.quality import model_answer_scores
+from chatforge.modeling.schedule import cosine_with_floor
 
 LAYER_INDEX = re.compile(r"(\.(?:layers|layer)\.)(\d+)\.")
 
@@ -147,7 +148,8 @@ def make_batches(convs: list[Conversation], tokenizer: Any, *, family: str, labe
 def fit(student: Any, batches: list[dict[str, torch.Tensor]], *, family: str, steps: int, lr: float, seed: int,
         teacher: Any = None, alpha: float = 0.0, temperature: float = 1.0,
         masks: dict[str, torch.Tensor] | None = None, desc: str = "distill") -> list[float]:
-    """`steps` AdamW steps over shuffled batches (cycled); returns the loss of every step.
+    """`steps` AdamW steps over shuffled batches (cycled), lr decaying from `lr` to lr/100 on a
+    cosine; returns the loss of every step.
 
     `masks` (parameter name -> 0/1 tensor) are re-applied after each step so magnitude-pruned
     weights stay exactly zero through the recovery fine-tune."""
@@ -156,6 +158,9 @@ def fit(student: Any, batches: list[dict[str, torch.Tensor]], *, family: str, st
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+    # cosine decay to lr/100 over the steps (no warmup: the student starts from trained weights); the
+    # last steps at a small lr settle the weights instead of leaving them mid-jump
+    scheduler = cosine_with_floor(optimizer, lr=lr, lr_min=lr / 100, warmup_steps=0, total_steps=steps)
     params = dict(student.named_parameters())
     student.train()
     if teacher is not None:
@@ -174,6 +179,7 @@ def fit(student: Any, batches: list[dict[str, torch.Tensor]], *, family: str, st
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
         optimizer.step()
+        scheduler.step()
         if masks:
             with torch.no_grad():
                 for name, mask in masks.items():

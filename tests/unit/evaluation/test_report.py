@@ -8,7 +8,7 @@ import yaml
 
 from chatforge.evaluation import report
 
-SECTIONS = ["## Data", "### Ingest", "### Clean", "### Balance", "### Augmentation", "## Training",
+SECTIONS = ["## Answers: served model vs retrieval baseline", "## Data", "### Ingest", "### Clean", "### Balance", "### Augmentation", "## Training",
             "## Variants (test split)", "## Gates", "## Five test conversations", "## Stage wall times",
             "## Environment", "## Provenance (dvc.lock)"]
 
@@ -32,8 +32,13 @@ def write_inputs(root: Path) -> None:
     gates = {"train_val_gap": {"value": 0.2, "limit": "<= 0.1", "status": "fail"}}
     (reports / "evaluate.json").write_text(json.dumps({
         "teacher": {"bleu": 12.5, "bleu_zh": 15.0, "bleu_en": 10.0, "size_mb": 500.0, "latency_p50_ms": 300.0},
-        "int8": {"bleu": 12.0, "size_mb": 140.0, "latency_p50_ms": 120.0},
-        "gates": gates, "summary": {"variants_missing": "student,pruned", "gates_failed": 1},
+        "int8": {"bleu": 12.0, "bleu_zh": 14.0, "bleu_en": 10.0, "chrf_zh": 20.0, "chrf_en": 30.0, "slot_carry_zh": 1.0,
+                 "slot_carry_en": 0.5, "degenerate_rate_zh": 0.0, "degenerate_rate_en": 0.25, "size_mb": 140.0,
+                 "latency_p50_ms": 120.0},
+        "retrieval": {"bleu": 13.0, "bleu_zh": 16.0, "bleu_en": 9.5, "chrf_zh": 21.0, "chrf_en": 29.0, "slot_carry_zh": 0.25,
+                      "slot_carry_en": 0.0, "degenerate_rate_zh": 0.0, "degenerate_rate_en": 0.0, "latency_p50_ms": 0.5},
+        "gates": gates, "summary": {"variants_missing": "student,pruned", "gates_failed": 1, "served_variant": "int8",
+                                    "samples_zh": 4, "samples_en": 4, "other_samples_zh": 4, "other_samples_en": 4},
     }))
     details = {"samples": [{"conversation_id": "demo:c1", "lang": "zh", "intent": "weather",
                             "prompt": [{"role": "user", "content": "查询北京天气"}], "reference": "今日北京晴"}],
@@ -61,6 +66,10 @@ def test_report_stage_renders_every_section_and_figure(tmp_path, repo_root):
     for rel in images:
         assert (tmp_path / "reports" / rel).stat().st_size > 1000
     assert "❌ fail" in text and "missing: student,pruned" in text
+    # the report leads with the answers: served vs retrieval, then the five conversations
+    assert text.index("## Answers") < text.index("## Five test conversations") < text.index("## Data")
+    assert "| served (int8) | 14 | 10 | 20 | 30 | 1 | 0.5 | 0 | 0.25 | 120.0 |" in text
+    assert "| retrieval baseline | 16 | 9.5 | 21 | 29 | 0.25 | 0 | 0 | 0 | 0.5 |" in text
     assert "| teacher | 北京晴 |" in text and "| reference | 今日北京晴 |" in text
     assert "| clean | out | data/clean.parquet | 0123456789ab |" in text
     assert "| **total** | 3.5 |" in text
