@@ -20,9 +20,17 @@ import polars as pl
 
 from chatforge import metrics
 from chatforge.io import progress
-from chatforge.modeling.data import IGNORE, Conversation, conversations, tokenize_chat
+from chatforge.modeling.data import Conversation, conversations
 from chatforge.modeling.manifest import MANIFEST_NAME, read_manifest
-from chatforge.modeling.quality import LANGS, Answer, Sample, answer_quality, retention, score_answers
+from chatforge.modeling.quality import (
+    LANGS,
+    Answer,
+    Sample,
+    answer_quality,
+    assistant_perplexity,
+    retention,
+    score_answers,
+)
 from chatforge.params import EvaluateParams
 
 log = logging.getLogger("chatforge.evaluate")
@@ -62,48 +70,6 @@ def subset(samples: Sequence[Sample], per_lang: int | None) -> list[Sample]:
 
 
 # ------------------------------------------------------------------------------ causal language model
-def sequence_logprobs(generator: Any, ids: list[int]) -> np.ndarray:
-    """log p(ids[t] | ids[:t]) for t >= 1, from whichever backend the generator wraps."""
-    if hasattr(generator, "model"):  # torch
-        import torch
-
-        with torch.inference_mode():
-            logits = generator.model(input_ids=torch.tensor([ids], dtype=torch.long)).logits[0].float()
-        logp = torch.log_softmax(logits[:-1], dim=-1)
-        return logp.gather(1, torch.tensor(ids[1:])[:, None])[:, 0].numpy()
-    session, layout = generator.session, generator.layout  # onnx: one pass with an empty cache
-    n = len(ids)
-    empty = np.zeros((1, layout.num_kv_heads, 0, layout.head_dim), dtype=generator.dtype)
-    feeds = {
-        "input_ids": np.asarray([ids], dtype=np.int64),
-        "attention_mask": np.ones((1, n), dtype=np.int64),
-        "position_ids": np.arange(n, dtype=np.int64)[None, :],
-        **dict.fromkeys(layout.past_names, empty),
-    }
-    logits = session.run(None, feeds)[0][0].astype(np.float64)[:-1]
-    logits -= logits.max(axis=-1, keepdims=True)
-    logp = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
-    return logp[np.arange(n - 1), np.asarray(ids[1:])]
-
-
-def assistant_perplexity(generator: Any, convs: Sequence[Conversation], *, max_seq_len: int) -> dict[str, float]:
-    """Perplexity on assistant tokens only (the tokens the model is trained to write), per language."""
-    nll = dict.fromkeys(LANGS, 0.0)
-    count = dict.fromkeys(LANGS, 0)
-    for conv in progress(convs, total=len(convs), desc="perplexity"):
-        ex = tokenize_chat(generator.tokenizer, conv)
-        ids, labels = ex.input_ids[:max_seq_len], ex.labels[:max_seq_len]
-        mask = np.asarray([lab != IGNORE for lab in labels[1:]])
-        if len(ids) < 2 or not mask.any():
-            continue
-        lang = conv.lang if conv.lang in LANGS else "en"
-        nll[lang] -= float(sequence_logprobs(generator, ids)[mask].sum())
-        count[lang] += int(mask.sum())
-    out = {f"perplexity_{k}": metrics.perplexity(nll[k], count[k]) for k in LANGS}
-    out["perplexity"] = metrics.perplexity(sum(nll.values()), sum(count.values()))
-    return out
-
-
 def generation_latency(generator: Any, prompts: Sequence[list[dict[str, str]]], *, new_tokens: int, runs: int) -> dict[str, float]:
     """Batch-1 latency to generate `new_tokens` tokens (eos ignored by using no stop and counting
     what came), and decoded tokens per second."""

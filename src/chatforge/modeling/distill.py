@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from chatforge.io import progress
-from chatforge.metrics import classification_scores, latency_stats, perplexity, retention
+from chatforge.metrics import classification_scores, latency_stats, retention
 from chatforge.modeling import classifier as clf
 from chatforge.modeling.data import (
     IGNORE,
@@ -34,7 +34,7 @@ from chatforge.modeling.data import (
     tokenize_conversations,
 )
 from chatforge.modeling.manifest import MANIFEST_NAME, Manifest, read_manifest
-from chatforge.modeling.quality import model_answer_scores
+from chatforge.modeling.quality import assistant_perplexity, model_answer_scores
 from chatforge.modeling.schedule import cosine_with_floor
 
 LAYER_INDEX = re.compile(r"(\.(?:layers|layer)\.)(\d+)\.")
@@ -210,11 +210,12 @@ def size_mb(model: Any) -> float:
 def quality(model: Any, tokenizer: Any, convs: list[Conversation], *, family: str, labels: list[str] | None,
             max_seq_len: int, bleu_samples: int, max_new_tokens: int, seed: int,
             classifier_input: Literal["first_user", "all_user"] = "first_user") -> dict[str, float]:
-    """Causal LM: perplexity on assistant tokens + greedy-reply BLEU; classifier: accuracy + macro-F1."""
+    """Causal LM: perplexity on assistant tokens + full answers scored by the one quality path
+    (BLEU, slot carry ...); classifier: accuracy + macro-F1."""
     model.eval()
-    batches = make_batches(convs, tokenizer, family=family, labels=labels, max_seq_len=max_seq_len, batch_size=8,
-                           classifier_input=classifier_input)
     if family == "classifier":
+        batches = make_batches(convs, tokenizer, family=family, labels=labels, max_seq_len=max_seq_len, batch_size=8,
+                               classifier_input=classifier_input)
         truth, pred = [], []
         for batch in batches:
             logits, targets = target_logits(model, batch, family)
@@ -222,12 +223,11 @@ def quality(model: Any, tokenizer: Any, convs: list[Conversation], *, family: st
             pred += [labels[i] for i in logits.argmax(-1).tolist()]  # type: ignore[index]
         scores = classification_scores(truth, pred, labels=labels or [])
         return {"accuracy": scores.accuracy, "macro_f1": scores.macro_f1}
-    nll, count = 0.0, 0
-    for batch in batches:
-        logits, targets = target_logits(model, batch, family)
-        nll += float(F.cross_entropy(logits, targets, reduction="sum"))
-        count += int(targets.numel())
-    out = {"perplexity": perplexity(nll, count)}
+    from chatforge.modeling.generate import TorchGenerator
+
+    # the one perplexity path (chatforge.modeling.quality), as evaluate measures it
+    scored = assistant_perplexity(TorchGenerator(model, tokenizer, fingerprint="quality"), convs, max_seq_len=max_seq_len)
+    out = {"perplexity": scored["perplexity"]}
     if bleu_samples:
         out.update(model_answer_scores(model, tokenizer, convs, samples_per_lang=bleu_samples, max_new_tokens=max_new_tokens, seed=seed))
     return out

@@ -11,6 +11,7 @@ import torch
 from chatforge.data.schema import conform
 from chatforge.evaluation import evaluate as ev
 from chatforge.modeling.generate import load_generator
+from chatforge.modeling import quality
 from chatforge.modeling.quality import answer_samples
 from chatforge.params import EvaluateParams
 from chatforge.serving.tiny import build_tiny_causal_lm, build_tiny_classifier
@@ -60,7 +61,7 @@ def test_perplexity_of_uniform_model_equals_vocab_size(tiny_lm):
     with torch.no_grad():
         gen.model.get_output_embeddings().weight.zero_()  # logits all 0 -> uniform distribution
     convs, _ = ev.test_conversations(TEST)
-    out = ev.assistant_perplexity(gen, convs, max_seq_len=512)
+    out = quality.assistant_perplexity(gen, convs, max_seq_len=512)
     v = gen.model.config.vocab_size
     assert out["perplexity"] == pytest.approx(v, rel=1e-5)
     assert out["perplexity_zh"] == pytest.approx(v, rel=1e-5)
@@ -70,7 +71,7 @@ def test_perplexity_of_uniform_model_equals_vocab_size(tiny_lm):
 def test_sequence_logprobs_match_full_forward(tiny_lm):
     gen = load_generator(tiny_lm, backend="torch")
     ids = gen.prompt_ids([{"role": "user", "content": "hello"}])
-    lp = ev.sequence_logprobs(gen, ids)
+    lp = quality.sequence_logprobs(gen, ids)
     assert lp.shape == (len(ids) - 1,)
     assert (lp <= 0).all() and math.isfinite(float(lp.sum()))
 

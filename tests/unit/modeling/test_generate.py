@@ -11,7 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from chatforge.modeling.generate import Generation, GenerationConfig, TorchGenerator, choose_token, load_generator
+from chatforge.modeling.generate import (
+    Generation,
+    GenerationConfig,
+    TorchGenerator,
+    choose_token,
+    load_generator,
+)
 
 torch.set_num_threads(1)
 USER = [{"role": "user", "content": "查询北京天气"}]
