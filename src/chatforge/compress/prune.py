@@ -32,7 +32,6 @@ import torch
 from chatforge.modeling.data import conversations
 from chatforge.modeling.distill import (
     CompressError,
-    answer_retention,
     fit,
     latency,
     load_model,
@@ -43,6 +42,7 @@ from chatforge.modeling.distill import (
     size_mb,
     target_logits,
 )
+from chatforge.modeling.quality import retention as answer_retention
 
 log = logging.getLogger(__name__)
 

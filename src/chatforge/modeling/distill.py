@@ -35,6 +35,7 @@ from chatforge.modeling.data import (
 )
 from chatforge.modeling.manifest import MANIFEST_NAME, Manifest, read_manifest
 from chatforge.modeling.quality import assistant_perplexity, model_answer_scores
+from chatforge.modeling.quality import retention as answer_retention
 from chatforge.modeling.schedule import cosine_with_floor
 
 LAYER_INDEX = re.compile(r"(\.(?:layers|layer)\.)(\d+)\.")
@@ -256,14 +257,6 @@ def latency(model: Any, tokenizer: Any, convs: list[Conversation], *, family: st
             gen.generate(p, config)
             seconds.append(time.perf_counter() - start)
     return latency_stats(seconds)
-
-
-def answer_retention(child: dict[str, Any], parent: dict[str, Any]) -> dict[str, float]:
-    """retention_bleu_zh / _bleu_en / _slot_carry and their minimum, retention_answers (nan when
-    answers were not scored: set the stage's bleu_samples above 0)."""
-    from chatforge.modeling.quality import retention as answer_kept
-
-    return answer_kept(child, parent)
 
 
 def primary_metric(family: str, choice: str) -> tuple[str, bool]:
