@@ -143,6 +143,10 @@ def serve(
     if keys is not None and not keys.exists():
         typer.echo(f"{keys}: API keys file not found. Create it with `chatforge keys add NAME --keys {keys}`.", err=True)
         raise typer.Exit(code=2)
+    if workers > 1 and not config.params.redis_url:
+        typer.echo(f"warning: without serve.redis_url (or --redis-url) each of the {workers} workers counts the "
+                   f"rate limit on its own, so a key gets {workers} x its budget; set a Redis URL to share it.",
+                   err=True)
     os.environ[CONFIG_ENV] = config.to_json()
     uvicorn.run("chatforge.serving.app:app_from_env", factory=True, host=host, port=port, workers=workers,
                 log_config=None, proxy_headers=True)
@@ -167,15 +171,107 @@ def feedback_export(
     out: Annotated[Path, typer.Option(help="JSONL file ingest reads (format `feedback`).")] = Path("data/raw/feedback/feedback.jsonl"),
     params: ParamsOpt = Path("params.yaml"),
     database_url: DatabaseOpt = None,
+    include_unreviewed: Annotated[
+        bool, typer.Option("--include-unreviewed", help="Also export corrections not yet approved (never flagged or rejected ones).")
+    ] = False,
 ) -> None:
-    """Write positively rated and corrected conversations for the next `dvc repro` to learn from."""
+    """Write positively rated conversations and approved corrections for the next `dvc repro` to learn from."""
     from chatforge.io import write_jsonl
-    from chatforge.serving.feedback_export import feedback_rows
+    from chatforge.serving.feedback_export import describe_held_back, export_feedback
     from chatforge.serving.store import open_store
 
     serve_params = _serve_params(params, database_url)
-    n = write_jsonl(feedback_rows(open_store(serve_params.database_url)), out)
+    exported = export_feedback(open_store(serve_params.database_url), include_unreviewed=include_unreviewed)
+    n = write_jsonl(exported.rows, out)
     typer.echo(f"wrote {n} conversations to {out}; `dvc status` now shows ingest as changed if they are new")
+    held = describe_held_back(exported.held_back)
+    if held:
+        typer.echo(held, err=True)
+
+
+def _preview(text: str, max_chars: int = 60) -> str:
+    # user text on a reviewer's terminal: one line, no control characters (escape sequences)
+    flat = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    return flat if len(flat) <= max_chars else flat[: max_chars - 1].rstrip() + "…"
+
+
+@feedback_app.command("review")
+def feedback_review(
+    approve: Annotated[list[int] | None, typer.Option("--approve", help="Approve the correction with this id (repeatable).")] = None,
+    reject: Annotated[list[int] | None, typer.Option("--reject", help="Reject the correction with this id (repeatable).")] = None,
+    held: Annotated[bool, typer.Option("--held", help="List the corrections the sensitive-word filter flagged instead.")] = False,
+    params: ParamsOpt = Path("params.yaml"),
+    database_url: DatabaseOpt = None,
+) -> None:
+    """List corrections awaiting review (id, completion id, rating, preview), or approve / reject them by id.
+
+    Only approved corrections are exported as training data (`chatforge feedback export`).
+    """
+    from chatforge.serving.store import list_corrections, open_store, set_review
+
+    approve, reject = approve or [], reject or []
+    both = sorted(set(approve) & set(reject))
+    if both:
+        typer.echo(f"ids given to both --approve and --reject: {both[:10]}; give each id once.", err=True)
+        raise typer.Exit(code=2)
+    sessions = open_store(_serve_params(params, database_url).database_url)
+    if approve or reject:
+        missing = []
+        for status, ids in (("approved", approve), ("rejected", reject)):
+            for feedback_id in ids:
+                if set_review(sessions, feedback_id, status):  # type: ignore[arg-type]
+                    typer.echo(f"{feedback_id}: {status}")
+                else:
+                    missing.append(feedback_id)
+        if missing:
+            typer.echo(
+                f"no correction with id {', '.join(map(str, missing[:10]))}; "
+                "list them with `chatforge feedback review` (the first column is the id).",
+                err=True,
+            )
+            raise typer.Exit(code=1)
+        return
+    status = "held" if held else "pending"
+    rows = list_corrections(sessions, statuses=[status])
+    if not rows:
+        typer.echo(f"no corrections {'flagged by the sensitive-word filter' if held else 'awaiting review'}", err=True)
+        return
+    typer.echo("id\tcompletion_id\trating\tcorrection")
+    for row in rows:
+        typer.echo(f"{row.id}\t{row.conversation_id}\t{row.rating:+d}\t{_preview(row.correction)}")
+    typer.echo(f"{len(rows)} {status}; approve with `--approve ID`, reject with `--reject ID`", err=True)
+
+
+# ---- issue 12: the conversation store (retention)
+store_app = typer.Typer(help="The conversation store the service writes (serve.database_url).", no_args_is_help=True)
+app.add_typer(store_app, name="store")
+
+
+@store_app.command("purge")
+def store_purge(
+    older_than_days: Annotated[
+        float | None, typer.Option("--older-than-days", help="Overrides serve.privacy.retention_days (days, > 0).")
+    ] = None,
+    params: ParamsOpt = Path("params.yaml"),
+    database_url: DatabaseOpt = None,
+) -> None:
+    """Delete conversations (with their messages and feedback) older than the retention."""
+    from chatforge.serving.store import open_store, purge_expired
+
+    if older_than_days is not None and not older_than_days > 0:
+        typer.echo(f"--older-than-days must be > 0 (got {older_than_days:g}); pass the age in days.", err=True)
+        raise typer.Exit(code=2)
+    serve_params = _serve_params(params, database_url)
+    days = older_than_days if older_than_days is not None else serve_params.privacy.retention_days
+    if days is None:
+        typer.echo(
+            "serve.privacy.retention_days is null (keep conversations forever): nothing deleted. "
+            "Pass --older-than-days N to purge anyway.",
+            err=True,
+        )
+        return
+    n = purge_expired(open_store(serve_params.database_url), retention_days=days)
+    typer.echo(f"deleted {n} conversation{'s' if n != 1 else ''} older than {days:g} days")
 
 
 @ab_app.command("report")

@@ -549,6 +549,10 @@ class ServeLimits(Section):
     max_chars: int = Field(default=8000, ge=1)  # characters over all messages of a request
     max_tokens: int = Field(default=512, ge=1)  # the largest max_tokens a request may ask for
     default_max_tokens: int = Field(default=128, ge=1)  # used when the request does not say
+    # checked while the request is read, before the body is parsed: larger bodies get 413, larger
+    # header blocks 431 (OpenAI error shape); an unauthenticated request is refused before its body
+    max_body_bytes: int = Field(default=262_144, ge=1024)  # bytes of one request body
+    max_header_bytes: int = Field(default=16_384, ge=1024)  # bytes of all request headers together
 
     @model_validator(mode="after")
     def _default_within(self) -> ServeLimits:
@@ -560,8 +564,18 @@ class ServeLimits(Section):
 
 
 class ServeRateLimit(Section):
+    # per API key, shared by every worker and host through redis_url; in-process without Redis
     requests_per_minute: float = Field(default=120.0, gt=0.0)  # sustained rate per API key
     burst: int = Field(default=20, ge=1)  # requests a key may make at once before the rate applies
+
+
+class ServePrivacy(Section):
+    # what the conversation store keeps: masked with the clean stage's PII rules, for a limited time
+    mask_pii: bool = True  # phone, email, ID-card and bank-card numbers -> <PHONE> <EMAIL> <ID> <CARD> before storing
+    pii_kinds: list[Literal["phone", "email", "id_number", "card"]] = Field(
+        default_factory=lambda: ["phone", "email", "id_number", "card"], min_length=1
+    )
+    retention_days: float | None = Field(default=30.0, gt=0.0)  # conversations older than this are deleted; null keeps them
 
 
 class ServeParams(Section):
@@ -582,6 +596,7 @@ class ServeParams(Section):
     filter: ServeFilter = Field(default_factory=ServeFilter)
     limits: ServeLimits = Field(default_factory=ServeLimits)
     rate_limit: ServeRateLimit = Field(default_factory=ServeRateLimit)
+    privacy: ServePrivacy = Field(default_factory=ServePrivacy)
 
     @model_validator(mode="after")
     def _consistent(self) -> ServeParams:

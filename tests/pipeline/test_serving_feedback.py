@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import polars as pl
 import pytest
 
-from chatforge.serving.store import open_store, record_conversation, record_feedback
+from chatforge.serving.store import open_store, record_conversation, record_feedback, set_review
 
 if TYPE_CHECKING:
     from tests.pipeline.conftest import Project
@@ -42,7 +42,9 @@ def test_feedback_export_changes_ingest_and_flows_into_turns(project: Project, t
             confidence=0.9,
             finish_reason="stop",
         )
-        record_feedback(sessions, conversation_id=cid, rating=rating, correction=correction)
+        row = record_feedback(sessions, conversation_id=cid, rating=rating, correction=correction)
+        if correction:  # a correction is exported only once someone approved it
+            assert set_review(sessions, row, "approved")
 
     done = subprocess.run(
         [

@@ -51,3 +51,43 @@ def test_models_list_and_errors_through_the_openai_client(client, live_server):
         extra_body={"persona": "friendly"},
     )
     assert friendly.model_extra["chatforge"]["persona"] == "friendly"
+
+
+def test_logprobs_plain_and_streamed_through_the_openai_client(client):
+    messages = [{"role": "user", "content": "Where is my order?"}]
+    plain = client.chat.completions.create(model="chatforge", messages=messages, max_tokens=8, logprobs=True,
+                                           top_logprobs=2)
+    content = plain.choices[0].logprobs.content
+    assert len(content) == plain.usage.completion_tokens
+    assert "".join(t.token for t in content) == plain.choices[0].message.content
+    assert all(len(t.top_logprobs) == 2 and t.logprob <= 0 for t in content)
+    stream = client.chat.completions.create(model="chatforge", messages=messages, max_tokens=8, logprobs=True,
+                                            top_logprobs=2, stream=True)
+    streamed = [t for c in stream if c.choices and c.choices[0].logprobs and c.choices[0].logprobs.content
+                for t in c.choices[0].logprobs.content]
+    assert [(t.token, t.logprob) for t in streamed] == [(t.token, t.logprob) for t in content]
+
+
+def test_developer_role_and_response_format_through_the_openai_client(client, live_server):
+    from sqlalchemy import select
+
+    from chatforge.serving.store import Conversation
+
+    answer = client.chat.completions.create(
+        model="chatforge",
+        messages=[{"role": "developer", "content": "Answer briefly."}, {"role": "user", "content": "hi"}],
+        max_tokens=4,
+    )
+    with live_server.app.state.service.sessions() as s:
+        conv = s.scalars(select(Conversation).where(Conversation.id == answer.id)).one()
+        assert [m.role for m in conv.messages] == ["system", "user", "assistant"]
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model="chatforge", messages=[{"role": "user", "content": "hi"}],
+                                       response_format={"type": "json_object"})
+    assert err.value.body["param"] == "response_format"
+    assert err.value.body["code"] == "unsupported_value"
+    assert "not supported by this model" in err.value.body["message"]
+    # a model by id, as the client's models.retrieve asks for it
+    assert client.models.retrieve("lm").id == "lm"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-4")

@@ -34,6 +34,7 @@ class GenerationConfig:
     top_p: float = 1.0
     stop_strings: tuple[str, ...] = ()
     seed: int | None = None
+    top_logprobs: int = 0  # 0-20 most likely alternatives recorded per generated token (OpenAI top_logprobs)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -44,6 +45,8 @@ class GenerationConfig:
             raise ValueError(f"top_p = {self.top_p}: must be in (0, 1]")
         if any(not s for s in self.stop_strings):
             raise ValueError("stop_strings must not contain an empty string")
+        if not 0 <= self.top_logprobs <= 20:
+            raise ValueError(f"top_logprobs = {self.top_logprobs}: must be in [0, 20]")
 
 
 @dataclass
@@ -54,6 +57,11 @@ class Generation:
     # so confidence means the same thing whatever sampling settings produced the text
     token_logprobs: list[float]
     finish_reason: Literal["stop", "length"]
+    # the text each token added to `text` (slot values filled in; "" for a token that only began a
+    # multi-byte character, whose text the completing token carries): "".join(token_texts) == text
+    token_texts: list[str] = field(default_factory=list)
+    # per token, the config.top_logprobs most likely tokens (their text alone, log-probability at T = 1)
+    top_logprobs: list[list[tuple[str, float]]] = field(default_factory=list)
 
     @property
     def confidence(self) -> float:
@@ -109,6 +117,13 @@ def choose_token(logits: np.ndarray, config: GenerationConfig, rng: np.random.Ge
     return token, float(logprobs[token])
 
 
+def top_alternatives(logits: np.ndarray, k: int) -> list[tuple[int, float]]:
+    """The k most likely token ids with their log-probabilities (T = 1), most likely first."""
+    logprobs = _log_softmax(np.asarray(logits, dtype=np.float64))
+    order = np.argsort(-logprobs, kind="stable")[:k]
+    return [(int(i), float(logprobs[i])) for i in order]
+
+
 def _held_back(text: str, stop_strings: tuple[str, ...]) -> int:
     """How many trailing characters could still become a stop string (or an unfinished UTF-8 char)."""
     hold = 0
@@ -132,20 +147,29 @@ class _Reply:
         self.slot_values = slot_values
         self.token_ids: list[int] = []
         self.logprobs: list[float] = []
+        self.pieces: list[str] = []
+        self.top: list[list[tuple[str, float]]] = []
         self.text = ""
         self.finish: Literal["stop", "length"] = "length"
         self.done = False
 
-    def push(self, token: int, logprob: float) -> bool:
-        """Take one chosen token; return True when this reply is finished."""
+    def _decode(self, ids: list[int], *, skip_special_tokens: bool = True) -> str:
+        text = self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+        return SlotCodec.decode(text, self.slot_values) if self.slot_values is not None else text
+
+    def push(self, token: int, logprob: float, top: list[tuple[int, float]] | None = None) -> bool:
+        """Take one chosen token (and its top alternatives, when asked for); return True when
+        this reply is finished."""
         if token in self.eos_ids:
             self.finish, self.done = "stop", True
             return True
         self.token_ids.append(token)
         self.logprobs.append(logprob)
-        self.text = self.tokenizer.decode(self.token_ids, skip_special_tokens=True)
-        if self.slot_values is not None:
-            self.text = SlotCodec.decode(self.text, self.slot_values)
+        if top is not None:
+            self.top.append([(self._decode([t], skip_special_tokens=False), lp) for t, lp in top])
+        self.text = self._decode(self.token_ids)
+        shown, stable = "".join(self.pieces), self.text.rstrip("\ufffd")
+        self.pieces.append(stable[len(shown):] if stable.startswith(shown) else "")
         cut = min((i for i in (self.text.find(s) for s in self.config.stop_strings) if i >= 0), default=-1)
         if cut >= 0:
             self.text = self.text[:cut]
@@ -155,7 +179,19 @@ class _Reply:
     def result(self) -> Generation:
         if self.finish == "length":  # the limit may have cut a character between its byte tokens
             self.text = self.text.rstrip("\ufffd")
-        return Generation(text=self.text, token_ids=self.token_ids, token_logprobs=self.logprobs, finish_reason=self.finish)
+        # a stop string cut the text: cut the tokens' pieces at the same place
+        pieces, left = [], len(self.text)
+        for piece in self.pieces:
+            pieces.append(piece[:left])
+            left -= len(pieces[-1])
+        joined = "".join(pieces)
+        if joined != self.text and pieces:  # a decode that rewrote earlier text (rare): keep the sum exact
+            if self.text.startswith(joined):
+                pieces[-1] += self.text[len(joined):]
+            else:
+                pieces = [self.text] + [""] * (len(pieces) - 1)
+        return Generation(text=self.text, token_ids=self.token_ids, token_logprobs=self.logprobs,
+                          finish_reason=self.finish, token_texts=pieces, top_logprobs=self.top)
 
 
 class _Decoder:
@@ -210,7 +246,8 @@ class _Decoder:
         reply = _Reply(self.tokenizer, self.eos_ids, config, values)
         emitted = 0
         for step in range(config.max_new_tokens):
-            if reply.push(*choose_token(logits, config, rng)):
+            top = top_alternatives(logits, config.top_logprobs) if config.top_logprobs else None
+            if reply.push(*choose_token(logits, config, rng), top):
                 break
             safe = len(reply.text) - _held_back(reply.text, config.stop_strings)
             if safe > emitted:

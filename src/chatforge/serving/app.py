@@ -1,201 +1,82 @@
 """The OpenAI-compatible chat service: `create_app(config)` builds one FastAPI app.
 
-A request goes: API key and rate limit -> bounds -> persona and variant (A/B by user hash) ->
-input filter -> cache -> model -> output filter -> confidence threshold -> store -> response.
+A request goes: (guard: header size, API key and rate limit, body size, valid JSON and Unicode)
+-> bounds and unsupported features -> persona and variant (A/B by user hash) -> input filter ->
+cache -> model -> output filter -> confidence threshold -> store (PII masked) -> response.
 Every error leaves in the OpenAI error shape {"error": {"message", "type", "code", "param"}}
-with a message saying what to change; no stack trace ever reaches a client.
+with a message saying what to change and `param` naming the public field; no stack trace ever
+reaches a client.
 
-Streaming sends the answer as server-sent-event chunks only after the safety filter and the
-confidence threshold have seen the whole answer (both need it), so a stream never shows text
-that is then withdrawn.
+Streaming sends the answer as server-sent-event chunks (one per token, with its log-probability
+when asked) only after the safety filter and the confidence threshold have seen the whole answer
+(both need it), so a stream never shows text that is then withdrawn.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chatforge.data.lang import detect_lang
 from chatforge.modeling.generate import GenerationConfig
 from chatforge.serving.ab import assign_variant
-from chatforge.serving.auth import KeyRing, RateLimiter, read_keys
+from chatforge.serving.auth import KeyRing, read_keys
 from chatforge.serving.backends import Answer, ModelBackend, open_backend
 from chatforge.serving.cache import AnswerCache, LRUCache, RedisCache, cache_key
 from chatforge.serving.config import ServeConfig
+from chatforge.serving.errors import APIError, error_body
 from chatforge.serving.filters import SensitiveFilter
+from chatforge.serving.guard import RequestGuard
 from chatforge.serving.metrics import ServeMetrics
-from chatforge.serving.store import open_store, record_conversation, record_feedback
+from chatforge.serving.privacy import pii_masker
+from chatforge.serving.ratelimit import KeyRateLimiter
+from chatforge.serving.store import (
+    FeedbackForbidden,
+    correction_review,
+    open_store,
+    purge_expired,
+    record_conversation,
+    record_feedback,
+)
+from chatforge.serving.wire import ChatCompletionRequest, Completion, FeedbackRequest, public_param
 
 log = logging.getLogger("chatforge.serving")
 
 STATIC = Path(__file__).parent / "static"
 BASE_MODEL = "chatforge"  # the A/B-routed model name; a variant name pins that variant
+UNSUPPORTED = "unsupported_value"
 
 
-# ------------------------------------------------------------------------------------- errors
-class APIError(Exception):
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        type: str = "invalid_request_error",
-        code: str | None = None,
-        param: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status, self.message, self.type, self.code, self.param = status, message, type, code, param
-        self.headers = headers or {}
+class RedactQuery(logging.Filter):
+    """Access-log lines keep the path and drop the query string: a client that puts its API key in
+    the URL (`?api_key=...`) must not leave it in the logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 5 and isinstance(args[2], str) and "?" in args[2]:
+            record.args = (args[0], args[1], args[2].split("?", 1)[0] + "?[redacted]", args[3], args[4])
+        return True
 
 
-def _error_body(message: str, type: str, code: str | None, param: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type, "code": code, "param": param}}
-
-
-# ---------------------------------------------------------------------------- request shapes
-class TextPart(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    type: Literal["text"]
-    text: str
-
-
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    role: Literal["system", "user", "assistant"]
-    content: str | list[TextPart]
-
-    def text(self) -> str:
-        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
-
-
-class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    include_usage: bool = False
-
-
-class ChatCompletionRequest(BaseModel):
-    # OpenAI clients send fields this server does not use (presence_penalty, logit_bias, ...): ignored
-    model_config = ConfigDict(extra="ignore")
-    model: str = Field(min_length=1, max_length=256, examples=["chatforge"])
-    messages: list[ChatMessage] = Field(min_length=1)
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    stop: str | list[str] | None = None
-    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
-    n: int | None = Field(default=None, ge=1, le=1)  # one choice per request
-    user: str | None = Field(default=None, max_length=256)  # sticky A/B assignment key
-    persona: str | None = Field(default=None, max_length=128)  # or "chatforge:<persona>" as model
-
-
-class FeedbackRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    completion_id: str = Field(min_length=1, max_length=64)  # the `id` of the chat completion
-    rating: int = Field(ge=-1, le=1)  # 1 thumbs up, -1 thumbs down, 0 neutral
-    correction: str | None = Field(default=None, min_length=1, max_length=8000)  # the answer wanted instead
-    comment: str | None = Field(default=None, max_length=2000)
-
-
-# ------------------------------------------------------------------------------------ helpers
-def _chunks(text: str) -> list[str]:
-    # one chunk per word (with its trailing space) or per CJK character, like token streaming looks
-    return re.findall(r"\s*[\u3400-\u9fff\uf900-\ufaff]|\s*[^\s\u3400-\u9fff\uf900-\ufaff]+|\s+$", text) or [
-        text
-    ]
-
-
-@dataclass
-class Completion:
-    id: str
-    created: int
-    model: str
-    text: str
-    finish_reason: str
-    prompt_tokens: int
-    completion_tokens: int
-    variant: str
-    persona: str | None
-    confidence: float | None
-    fallback: bool
-    cached: bool
-    filter_action: str
-
-    def extra(self) -> dict[str, Any]:
-        return {
-            "variant": self.variant,
-            "persona": self.persona,
-            "confidence": self.confidence,
-            "fallback": self.fallback,
-            "cached": self.cached,
-            "filter": self.filter_action,
-        }
-
-    def usage(self) -> dict[str, int]:
-        return {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.prompt_tokens + self.completion_tokens,
-        }
-
-    def body(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "object": "chat.completion",
-            "created": self.created,
-            "model": self.model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": self.text},
-                    "finish_reason": self.finish_reason,
-                    "logprobs": None,
-                }
-            ],
-            "usage": self.usage(),
-            "chatforge": self.extra(),
-        }
-
-    def sse(self, include_usage: bool) -> Iterator[str]:
-        head = {
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-        }
-
-        def event(choices: list[dict[str, Any]], **more: Any) -> str:
-            return f"data: {json.dumps(head | {'choices': choices} | more, ensure_ascii=False)}\n\n"
-
-        yield event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
-        for piece in _chunks(self.text) if self.text else []:
-            yield event([{"index": 0, "delta": {"content": piece}, "finish_reason": None}])
-        yield event([{"index": 0, "delta": {}, "finish_reason": self.finish_reason}], chatforge=self.extra())
-        if include_usage:
-            yield event([], usage=self.usage())
-        yield "data: [DONE]\n\n"
+def _redact_access_log() -> None:
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, RedactQuery) for f in access.filters):
+        access.addFilter(RedactQuery())
 
 
 # --------------------------------------------------------------------------------------- app
 class ChatService:
-    """Everything one app instance holds: models, cache, store, filter, keys, metrics."""
+    """Everything one app instance holds: models, cache, store, filter, keys, limits, metrics."""
 
     def __init__(self, config: ServeConfig, backends: dict[str, ModelBackend] | None = None) -> None:
         p = self.params = config.params
@@ -223,13 +104,28 @@ class ChatService:
         else:
             self.cache = LRUCache(max_entries=p.cache.max_entries, ttl_s=p.cache.ttl_s)
         self.sessions = open_store(p.database_url)
+        privacy = p.privacy
+        self.mask = pii_masker(privacy)
+        purged = purge_expired(self.sessions, retention_days=privacy.retention_days)
+        if purged:
+            log.info("deleted %d conversations older than %g days (serve.privacy.retention_days)",
+                     purged, privacy.retention_days)
         self.keys = KeyRing(read_keys(config.api_keys_file)) if config.api_keys_file else None
-        self.limiter = RateLimiter(per_minute=p.rate_limit.requests_per_minute, burst=p.rate_limit.burst)
+        self.limiter = KeyRateLimiter(
+            per_minute=p.rate_limit.requests_per_minute,
+            burst=p.rate_limit.burst,
+            redis_url=p.redis_url,
+            on_error=lambda: self.metrics.errors.labels(type="rate_limit_store").inc(),
+        )
         log.info(
-            "serving variants %s; cache %s; store %s; filter %d terms (%s); auth %s",
+            "serving variants %s; cache %s; rate limit %s; store %s (PII %s, retention %s); "
+            "filter %d terms (%s); auth %s",
             ", ".join(f"{n} ({self.backends[n].family})" for n, _ in self.weights),
             self.cache.kind,
+            self.limiter.kind,
             p.database_url.split("@")[-1],
+            "masked" if self.mask else "kept",
+            f"{privacy.retention_days:g} days" if privacy.retention_days else "forever",
             self.filter.size,
             p.filter.mode,
             "on" if config.require_auth else "OFF",
@@ -240,10 +136,12 @@ class ChatService:
         self.metrics.cache_up.set(0)
 
     # -- request checks
-    def authenticate(self, request: Request) -> str | None:
+    def authenticate(self, headers: Mapping[str, str]) -> str | None:
+        """The API key's id from `Authorization: Bearer <key>` (lower-case header names), after the
+        per-key rate limit; None without auth. Raises APIError 401 / 429."""
         if not self.config.require_auth:
             return None
-        header = request.headers.get("authorization", "")
+        header = headers.get("authorization", "")
         scheme, _, key = header.partition(" ")
         if not header:
             raise APIError(
@@ -304,6 +202,52 @@ class ChatService:
             )
         return (base if base != BASE_MODEL else None), persona
 
+    @staticmethod
+    def check_supported(req: ChatCompletionRequest) -> None:
+        """Refuse, naming the field, what this model cannot do; a client never gets a quiet default."""
+        for i, m in enumerate(req.messages):
+            if m.role in ("tool", "function"):
+                raise APIError(
+                    400,
+                    f"messages.{i}.role = {m.role!r}: tool results are not supported by this model (it "
+                    "cannot call tools); send the conversation without tool calls and their results",
+                    code=UNSUPPORTED,
+                    param=f"messages.{i}.role",
+                )
+            for name in ("tool_calls", "function_call"):
+                if getattr(m, name):
+                    raise APIError(
+                        400,
+                        f"messages.{i}.{name}: tool calls are not supported by this model; send the "
+                        "conversation without them",
+                        code=UNSUPPORTED,
+                        param=f"messages.{i}.{name}",
+                    )
+            if m.content is None:
+                raise APIError(400, f"messages.{i}.content: required for role {m.role!r}",
+                               code="missing_required_parameter", param=f"messages.{i}.content")
+        if req.tools:
+            raise APIError(400, "tools are not supported by this model (it cannot call functions); "
+                           "omit `tools`", code=UNSUPPORTED, param="tools")
+        choice = req.tool_choice
+        if choice is not None and choice not in ("none", "auto"):
+            shown = choice if isinstance(choice, str) else "a named function"
+            raise APIError(400, f"tool_choice {shown!r} is not supported by this model (it cannot call "
+                           "tools); omit tool_choice or send 'none'", code=UNSUPPORTED, param="tool_choice")
+        fmt = req.response_format
+        if fmt is not None and fmt.get("type", "text") != "text":
+            kind = str(fmt.get("type"))[:40]
+            raise APIError(
+                400,
+                f"response_format type {kind!r} is not supported by this model (no constrained JSON "
+                "decoding); omit response_format or send {'type': 'text'}",
+                code=UNSUPPORTED,
+                param="response_format",
+            )
+        if req.top_logprobs is not None and not req.logprobs:
+            raise APIError(400, "top_logprobs needs logprobs: true", code="invalid_value",
+                           param="top_logprobs")
+
     def check_bounds(self, req: ChatCompletionRequest) -> int:
         lim = self.params.limits
         if len(req.messages) > lim.max_messages:
@@ -324,29 +268,50 @@ class ChatService:
             raise APIError(
                 400, "messages must contain at least one message with role 'user'", param="messages"
             )
-        asked = req.max_completion_tokens or req.max_tokens
+        field = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
+        asked = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
         if asked is not None and asked > lim.max_tokens:
             raise APIError(
                 400,
-                f"max_tokens = {asked} exceeds this server's limit of {lim.max_tokens} "
+                f"{field} = {asked} exceeds this server's limit of {lim.max_tokens} "
                 "(serve.limits.max_tokens)",
-                param="max_tokens",
+                param=field,
             )
         stops = [req.stop] if isinstance(req.stop, str) else (req.stop or [])
         if len(stops) > 4 or any(not s for s in stops):
             raise APIError(400, "stop must be up to 4 non-empty strings", param="stop")
         return asked or lim.default_max_tokens
 
+    def _shown(self, backend: ModelBackend, text: str, max_tokens: int, finish: str) -> tuple[str, int, str]:
+        """A text the service shows instead of the model's (fallback, blocked message), cut to the
+        request's max_tokens: (text, its tokens, finish_reason) so usage counts what was received."""
+        ids = backend.token_ids(text)
+        if len(ids) <= max_tokens:
+            return text, len(ids), finish
+        return backend.detokenize(ids[:max_tokens]), max_tokens, "length" if finish == "stop" else finish
+
     # -- the answer
     def complete(self, req: ChatCompletionRequest, key_id: str | None) -> Completion:
         started = time.perf_counter()
+        self.check_supported(req)
         max_new_tokens = self.check_bounds(req)
         pinned, persona_name = self.resolve(req)
         p = self.params
         user = req.user or key_id or uuid.uuid4().hex
         variant = pinned or assign_variant(user, self.weights, salt=p.ab_salt)
         backend = self.backends[variant]
-        messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+        if req.logprobs and backend.family != "causal_lm":
+            raise APIError(
+                400,
+                f"logprobs are not available from variant {variant!r}: it is an intent classifier that "
+                "answers with canned text; omit logprobs or pin a causal LM variant",
+                code=UNSUPPORTED,
+                param="logprobs",
+            )
+        # `developer` is what current OpenAI clients send for instructions: the system role here
+        messages = [
+            {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages
+        ]
         last_user = next(m["content"] for m in reversed(messages) if m["role"] == "user")
         lang = detect_lang(last_user)
 
@@ -369,20 +334,25 @@ class ChatService:
         )
         top_p = req.top_p if req.top_p is not None else (persona.top_p if persona else 1.0)
         stops = tuple([req.stop] if isinstance(req.stop, str) else (req.stop or []))
+        top_k = (req.top_logprobs or 0) if req.logprobs else 0
         gen = GenerationConfig(
             max_new_tokens=max_new_tokens,
             temperature=temperature,
             top_p=top_p,
             stop_strings=stops,
             seed=req.seed,
+            top_logprobs=top_k,
         )
 
         answer: Answer | None = None
         cached = False
         output_action = "none"
         fallback = False
+        tokens = None
         if input_action == "blocked":
-            text, finish = p.filter.blocked_message[lang], "content_filter"
+            text, completion_tokens, finish = self._shown(
+                backend, p.filter.blocked_message[lang], max_new_tokens, "content_filter"
+            )
         else:
             cacheable = temperature == 0.0 or p.cache.cache_sampled
             key = cache_key(
@@ -395,6 +365,7 @@ class ChatService:
                     "stop": list(stops),
                     "seed": req.seed,
                     "lang": lang,
+                    "top_logprobs": top_k,
                 },
                 persona=persona_name,
                 filter_version=self.filter.version,
@@ -416,12 +387,16 @@ class ChatService:
             if out.action != "none":
                 self.metrics.filter_actions.labels(stage="output", action=out.action).inc()
             if out.action == "blocked":
-                text, finish = p.filter.blocked_message[lang], "content_filter"
+                text, completion_tokens, finish = self._shown(
+                    backend, p.filter.blocked_message[lang], max_new_tokens, "content_filter"
+                )
             elif answer.confidence < p.confidence_threshold:
-                text, finish, fallback = p.fallback[lang], "stop", True
+                text, completion_tokens, finish = self._shown(backend, p.fallback[lang], max_new_tokens, "stop")
+                fallback = True
                 self.metrics.fallbacks.labels(variant=variant).inc()
             else:
-                text, finish = out.text, answer.finish_reason
+                text, completion_tokens, finish = out.text, answer.completion_tokens, answer.finish_reason
+                tokens = answer.tokens() if out.action == "none" else None
             # blocked answers are never cached; a fallback is (the threshold is applied again on a hit)
             if cacheable and not cached and out.action != "blocked":
                 self.cache.set(key, answer.to_json())
@@ -433,7 +408,7 @@ class ChatService:
             text=text,
             finish_reason=finish,
             prompt_tokens=answer.prompt_tokens if answer else 0,
-            completion_tokens=answer.completion_tokens if answer else 0,
+            completion_tokens=completion_tokens,
             variant=variant,
             persona=persona_name,
             confidence=answer.confidence if answer else None,
@@ -444,6 +419,8 @@ class ChatService:
             else "masked"
             if "masked" in (input_action, output_action)
             else "none",
+            want_logprobs=bool(req.logprobs),
+            tokens=tokens,
         )
         self.metrics.variant_requests.labels(variant=variant).inc()
         self.metrics.tokens.labels(kind="prompt", variant=variant).inc(completion.prompt_tokens)
@@ -451,8 +428,9 @@ class ChatService:
         try:
             record_conversation(
                 self.sessions,
-                messages=[m for m in messages],
+                messages=messages,
                 answer=text,
+                mask=self.mask,
                 id=completion.id,
                 user=req.user,
                 api_key_id=key_id,
@@ -477,10 +455,46 @@ class ChatService:
             self.metrics.errors.labels(type="store").inc()
         return completion
 
+    def feedback(self, req: FeedbackRequest, key_id: str | None) -> dict[str, Any]:
+        """Store a rating; only the key that created the completion may rate or correct it, and a
+        correction goes through the sensitive-word filter and waits for review before export."""
+        flagged = req.correction is not None and self.filter.apply(req.correction).action != "none"
+        try:
+            row = record_feedback(
+                self.sessions,
+                conversation_id=req.completion_id,
+                rating=req.rating,
+                correction=req.correction,
+                comment=req.comment,
+                api_key_id=key_id,
+                correction_flagged=flagged,
+                mask=self.mask,
+            )
+        except FeedbackForbidden:
+            raise APIError(
+                403,
+                "this completion was created with another API key: only the key that created a "
+                "completion may rate or correct it",
+                type="permission_error",
+                code="feedback_not_allowed",
+                param="completion_id",
+            ) from None
+        if row is None:
+            raise APIError(
+                404,
+                f"completion {req.completion_id!r} not found: send the `id` of a chat completion "
+                "this service returned",
+                code="completion_not_found",
+                param="completion_id",
+            )
+        return {"object": "feedback", "id": row, "completion_id": req.completion_id, "rating": req.rating,
+                "correction_review": correction_review(req.correction, flagged=flagged)}
+
 
 def create_app(config: ServeConfig, *, backends: dict[str, ModelBackend] | None = None) -> FastAPI:
     """Build the service; `backends` (variant name -> backend) lets tests share loaded models."""
     service = ChatService(config, backends)
+    _redact_access_log()
     # the schema is served below behind the API key like every route but /healthz (and the page shell)
     app = FastAPI(
         title="chatforge",
@@ -492,6 +506,15 @@ def create_app(config: ServeConfig, *, backends: dict[str, ModelBackend] | None 
     )
     app.state.service = service
     metrics = service.metrics
+    limits = service.params.limits
+    app.add_middleware(
+        RequestGuard,
+        authenticate=service.authenticate,
+        metrics=metrics,
+        routes=app.router.routes,
+        max_body_bytes=limits.max_body_bytes,
+        max_header_bytes=limits.max_header_bytes,
+    )
 
     def error_response(
         status: int, body: dict[str, Any], headers: dict[str, str] | None = None
@@ -501,30 +524,27 @@ def create_app(config: ServeConfig, *, backends: dict[str, ModelBackend] | None 
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
-        return error_response(
-            exc.status, _error_body(exc.message, exc.type, exc.code, exc.param), exc.headers
-        )
+        return error_response(exc.status, exc.body(), exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         problems = []
         param = None
         for e in exc.errors()[:5]:
-            loc = [str(p) for p in e.get("loc", ()) if p != "body"]
-            param = param or ".".join(loc) or None
-            if e.get("type") == "json_invalid":
+            if e.get("type") == "json_invalid":  # the guard answers these first; kept for safety
                 problems.append("the request body is not valid JSON")
-            elif e.get("type") == "missing":
-                problems.append(f"{'.'.join(loc)}: required field is missing")
+                continue
+            where = public_param(tuple(e.get("loc", ())))
+            param = param or where
+            if e.get("type") == "missing":
+                problems.append(f"{where}: required field is missing")
             elif e.get("type") == "extra_forbidden":
-                problems.append(f"{'.'.join(loc)}: unknown field")
+                problems.append(f"{where}: unknown field")
             else:
-                problems.append(f"{'.'.join(loc) or 'body'}: {e.get('msg', 'invalid value')}")
+                problems.append(f"{where or 'body'}: {e.get('msg', 'invalid value')}")
         return error_response(
             400,
-            _error_body(
-                "invalid request: " + "; ".join(problems), "invalid_request_error", "invalid_value", param
-            ),
+            error_body("invalid request: " + "; ".join(problems), "invalid_request_error", "invalid_value", param),
         )
 
     @app.exception_handler(StarletteHTTPException)
@@ -533,35 +553,11 @@ def create_app(config: ServeConfig, *, backends: dict[str, ModelBackend] | None 
             404: "not found: GET /openapi.json lists the routes",
             405: "method not allowed on this route",
         }.get(exc.status_code, str(exc.detail))
-        return error_response(
-            exc.status_code, _error_body(message, "invalid_request_error", str(exc.status_code))
-        )
-
-    @app.exception_handler(Exception)
-    async def _crash(request: Request, exc: Exception) -> JSONResponse:
-        ref = uuid.uuid4().hex[:12]
-        log.exception("unhandled error on %s %s (ref %s)", request.method, request.url.path, ref)
-        return error_response(
-            500,
-            _error_body(
-                f"internal error (ref {ref}); the server log has the details",
-                "server_error",
-                "internal_error",
-            ),
-        )
-
-    @app.middleware("http")
-    async def _observe(request: Request, call_next: Any) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "other")
-        metrics.requests.labels(route=path, status=str(response.status_code)).inc()
-        metrics.latency.labels(route=path).observe(time.perf_counter() - started)
-        return response
+        return error_response(exc.status_code, error_body(message, "invalid_request_error", str(exc.status_code)))
 
     def authorised(request: Request) -> str | None:
-        return service.authenticate(request)
+        # the guard checked the key (and the rate limit) before the body was read
+        return request.scope.get("state", {}).get("key_id")
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, Any]:
@@ -578,16 +574,27 @@ def create_app(config: ServeConfig, *, backends: dict[str, ModelBackend] | None 
     def prometheus(_: str | None = Depends(authorised)) -> Response:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
+    def model_object(name: str) -> dict[str, Any]:
+        return {"id": name, "object": "model", "created": 0, "owned_by": "chatforge"}
+
     @app.get("/v1/models", tags=["openai"])
     def models(_: str | None = Depends(authorised)) -> dict[str, Any]:
         return {
             "object": "list",
-            "data": [
-                {"id": name, "object": "model", "created": 0, "owned_by": "chatforge"}
-                for name in service.model_names()
-            ],
+            "data": [model_object(name) for name in service.model_names()],
             "personas": {name: persona.model_dump() for name, persona in service.params.personas.items()},
         }
+
+    @app.get("/v1/models/{model_id:path}", tags=["openai"])
+    def model(model_id: str, _: str | None = Depends(authorised)) -> dict[str, Any]:
+        if model_id not in service.model_names():
+            raise APIError(
+                404,
+                f"model {model_id[:256]!r} not found; available models: {', '.join(service.model_names())}",
+                code="model_not_found",
+                param="model",
+            )
+        return model_object(model_id)
 
     @app.post("/v1/chat/completions", tags=["openai"], response_model=None)
     def chat_completions(req: ChatCompletionRequest, key_id: str | None = Depends(authorised)) -> Response:
@@ -603,24 +610,10 @@ def create_app(config: ServeConfig, *, backends: dict[str, ModelBackend] | None 
 
     @app.post("/v1/feedback", tags=["chatforge"])
     def feedback(req: FeedbackRequest, key_id: str | None = Depends(authorised)) -> dict[str, Any]:
-        """Rate an answer (1 / -1 / 0) by its completion id, optionally with the answer you wanted."""
-        row = record_feedback(
-            service.sessions,
-            conversation_id=req.completion_id,
-            rating=req.rating,
-            correction=req.correction,
-            comment=req.comment,
-            api_key_id=key_id,
-        )
-        if row is None:
-            raise APIError(
-                404,
-                f"completion {req.completion_id!r} not found: send the `id` of a chat completion "
-                "this service returned",
-                code="completion_not_found",
-                param="completion_id",
-            )
-        return {"object": "feedback", "id": row, "completion_id": req.completion_id, "rating": req.rating}
+        """Rate an answer (1 / -1 / 0) by its completion id, optionally with the answer you wanted.
+        Only the API key that created the completion may rate it; a correction is checked by the
+        sensitive-word filter and exported for training only after review."""
+        return service.feedback(req, key_id)
 
     @app.get("/openapi.json", include_in_schema=False)
     def openapi_schema(_: str | None = Depends(authorised)) -> JSONResponse:

@@ -1,8 +1,7 @@
-"""API keys (stored only as SHA-256 hashes) and a per-key token-bucket rate limit.
+"""API keys, stored only as SHA-256 hashes (the per-key rate limit is chatforge.serving.ratelimit).
 
 Keys are 256-bit random tokens, so one SHA-256 is enough to make a leaked keys file useless
 (there is nothing to brute-force); the plain key is printed once by `chatforge keys add`.
-The rate limit lives in each instance: behind a load balancer a key gets the limit per instance.
 """
 
 from __future__ import annotations
@@ -12,9 +11,6 @@ import hashlib
 import hmac
 import json
 import secrets
-import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,17 +47,25 @@ def read_keys(path: Path | str) -> list[ApiKey]:
 
 
 def add_key(path: Path | str, *, name: str) -> tuple[ApiKey, str]:
-    """Append a new key to the file (created if missing); returns the record and the plain key."""
+    """Append a new key to the file (created if missing); returns the record and the plain key.
+
+    Every existing record and top-level field is written back as read (created_at, fields added by
+    hand or by a newer chatforge): only the new record is added.
+    """
     path = Path(path)
-    keys = read_keys(path) if path.exists() else []
+    keys = read_keys(path) if path.exists() else []  # validates the file before it is rewritten
     if any(k.name == name for k in keys):
-        raise ValueError(f"{path}: a key named {name!r} exists already; pick another name.")
+        raise ValueError(f"{path}: a key named {name[:80]!r} exists already; pick another name.")
+    data = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {"keys": []}
+    taken = {k.id for k in keys}
+    key_id = f"key_{secrets.token_hex(4)}"
+    while key_id in taken:  # 32 random bits: a clash is unlikely, never impossible
+        key_id = f"key_{secrets.token_hex(4)}"
     plain = KEY_PREFIX + secrets.token_urlsafe(32)
-    record = ApiKey(id=f"key_{secrets.token_hex(4)}", name=name, sha256=hash_key(plain))
+    record = ApiKey(id=key_id, name=name, sha256=hash_key(plain))
     created = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    rows = [{"id": k.id, "name": k.name, "sha256": k.sha256} for k in keys]
-    rows.append({"id": record.id, "name": record.name, "sha256": record.sha256, "created_at": created})
-    write_json({"keys": rows}, path)
+    data["keys"].append({"id": record.id, "name": record.name, "sha256": record.sha256, "created_at": created})
+    write_json(data, path)
     path.chmod(0o600)
     return record, plain
 
@@ -81,27 +85,4 @@ class KeyRing:
         return None
 
 
-class RateLimiter:
-    """Token bucket per key: `burst` requests at once, refilled at `per_minute` / 60 per second."""
-
-    def __init__(self, *, per_minute: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self.rate_per_s = per_minute / 60.0
-        self.burst = burst
-        self._clock = clock
-        self._buckets: dict[str, tuple[float, float]] = {}
-        self._lock = threading.Lock()
-
-    def acquire(self, key_id: str) -> float:
-        """0.0 when the request may go ahead, else the seconds until one token is back."""
-        with self._lock:
-            now = self._clock()
-            tokens, last = self._buckets.get(key_id, (float(self.burst), now))
-            tokens = min(float(self.burst), tokens + (now - last) * self.rate_per_s)
-            if tokens >= 1.0:
-                self._buckets[key_id] = (tokens - 1.0, now)
-                return 0.0
-            self._buckets[key_id] = (tokens, now)
-            return (1.0 - tokens) / self.rate_per_s
-
-
-__all__ = ["ApiKey", "KeyRing", "RateLimiter", "add_key", "hash_key", "read_keys"]
+__all__ = ["ApiKey", "KeyRing", "add_key", "hash_key", "read_keys"]

@@ -36,13 +36,29 @@ class Answer:
     prompt_tokens: int
     completion_tokens: int
     intent: str | None = None
+    # per generated token: its text (they add up to `text`), log-probability and top alternatives;
+    # empty for a classifier, whose answer is not generated
+    token_texts: tuple[str, ...] = ()
+    token_logprobs: tuple[float, ...] = ()
+    top_logprobs: tuple[tuple[tuple[str, float], ...], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Answer:
+        data = dict(data)
+        data["token_texts"] = tuple(data.get("token_texts", ()))
+        data["token_logprobs"] = tuple(data.get("token_logprobs", ()))
+        data["top_logprobs"] = tuple(tuple((str(t), float(lp)) for t, lp in top) for top in data.get("top_logprobs", ()))
         return cls(**data)
+
+    def tokens(self) -> list[tuple[str, float, list[tuple[str, float]]]] | None:
+        """(text, logprob, top alternatives) per token; None when the answer has no tokens."""
+        if not self.token_texts:
+            return None
+        tops = self.top_logprobs or tuple(() for _ in self.token_texts)
+        return [(t, lp, list(top)) for t, lp, top in zip(self.token_texts, self.token_logprobs, tops, strict=True)]
 
 
 class ModelBackend(Protocol):
@@ -51,14 +67,31 @@ class ModelBackend(Protocol):
 
     def answer(self, messages: list[dict[str, str]], config: GenerationConfig, *, lang: str) -> Answer: ...
 
+    def token_ids(self, text: str) -> list[int]:
+        """The model's tokens for `text` alone (no special tokens): how usage counts shown text."""
+        ...
 
-class CausalLMBackend:
+    def detokenize(self, ids: list[int]) -> str: ...
+
+
+class _Tokens:
+    tokenizer: Any
+
+    def token_ids(self, text: str) -> list[int]:
+        return [int(i) for i in self.tokenizer(text, add_special_tokens=False)["input_ids"]]
+
+    def detokenize(self, ids: list[int]) -> str:
+        return str(self.tokenizer.decode(ids, skip_special_tokens=True)).rstrip("\ufffd")
+
+
+class CausalLMBackend(_Tokens):
     """A causal LM; generation is serialised because a generator keeps per-call state."""
 
     family = "causal_lm"
 
     def __init__(self, folder: Path | str, *, backend: BackendName = "auto") -> None:
         self.generator = load_generator(folder, backend=backend)
+        self.tokenizer = self.generator.tokenizer  # type: ignore[attr-defined]
         self.fingerprint = self.generator.fingerprint
         self._lock = threading.Lock()
 
@@ -73,10 +106,13 @@ class CausalLMBackend:
             finish_reason=generation.finish_reason,
             prompt_tokens=prompt_tokens,
             completion_tokens=len(generation.token_ids),
+            token_texts=tuple(generation.token_texts),
+            token_logprobs=tuple(generation.token_logprobs),
+            top_logprobs=tuple(tuple(top) for top in generation.top_logprobs),
         )
 
 
-class ClassifierBackend:
+class ClassifierBackend(_Tokens):
     """Intent classifier: the last user message -> intent -> the canned answer in the user's language."""
 
     family = "classifier"
@@ -154,12 +190,13 @@ class ClassifierBackend:
         top = int(np.argmax(probs))
         intent = self.labels[top]
         reply = self.responses[intent]
+        shown = reply.get(lang) or reply.get("en") or next(iter(reply.values()))
         return Answer(
-            text=reply.get(lang) or reply.get("en") or next(iter(reply.values())),
+            text=shown,
             confidence=float(probs[top]),
             finish_reason="stop",
             prompt_tokens=len(self.tokenizer(text)["input_ids"]),
-            completion_tokens=0,
+            completion_tokens=len(self.token_ids(shown)),  # the canned answer the user receives
             intent=intent,
         )
 

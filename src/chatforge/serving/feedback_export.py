@@ -1,14 +1,18 @@
 """Turn what users rated into training data: the rows `chatforge feedback export` writes.
 
-A conversation is exported when its latest feedback is positive (the answer as shown), or carries a
-correction (the correction replaces the answer: it is what the user wanted said). Answers the user
-never saw from the model (fallbacks, filter blocks) are exported only with a correction. Rows are
-sorted by id so exporting the same database twice writes the same bytes: DVC then sees ingest's
-input change only when there really is new feedback.
+A conversation is judged by its latest current feedback row (each API key's latest rating of it;
+superseded ratings are history). It is exported when that row is positive (the answer as shown),
+or carries a correction that passed review (the correction replaces the answer: it is what the user
+wanted said). Corrections are held back while pending review (unless `include_unreviewed`), when
+the sensitive-word filter flagged them ("held") and when a reviewer rejected them; the export says
+how many of each. Answers the user never saw from the model (fallbacks, filter blocks) are exported
+only with a correction. Rows are sorted by id so exporting the same database twice writes the same
+bytes: DVC then sees ingest's input change only when there really is new feedback.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select
@@ -16,10 +20,24 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from chatforge.serving.store import Conversation
 
+HELD_BACK_REASONS = ("held", "pending", "rejected")  # review statuses a correction can be held back for
 
-def feedback_rows(sessions: sessionmaker[Session]) -> list[dict[str, Any]]:
-    """One dict per exported conversation, in the format ingest reads as `feedback`."""
+
+@dataclass(frozen=True)
+class FeedbackExport:
+    rows: list[dict[str, Any]]  # one per exported conversation, sorted by id, in the format ingest reads
+    # corrections not exported, by review status: held (sensitive-word filter), pending, rejected
+    held_back: dict[str, int] = field(default_factory=lambda: dict.fromkeys(HELD_BACK_REASONS, 0))
+
+
+def export_feedback(sessions: sessionmaker[Session], *, include_unreviewed: bool = False) -> FeedbackExport:
+    """The exported rows and the counts of corrections held back (keys: held, pending, rejected).
+
+    include_unreviewed: also export corrections still pending review (never held or rejected ones).
+    """
+    allowed = {"approved", "pending"} if include_unreviewed else {"approved"}
     rows = []
+    held_back = dict.fromkeys(HELD_BACK_REASONS, 0)
     with sessions() as session:
         conversations = session.scalars(
             select(Conversation)
@@ -28,8 +46,17 @@ def feedback_rows(sessions: sessionmaker[Session]) -> list[dict[str, Any]]:
             .order_by(Conversation.id)
         ).all()
         for conv in conversations:
-            latest = max(conv.feedback, key=lambda f: f.id)
+            current = [f for f in conv.feedback if f.current]
+            if not current:
+                continue
+            latest = max(current, key=lambda f: f.id)
             corrected = latest.correction is not None and latest.correction.strip() != ""
+            if corrected and latest.review not in allowed:
+                # a correction replaces the answer; when it may not be used, the answer shown is not
+                # what the user wanted either, so nothing of this conversation is exported
+                reason = latest.review if latest.review in held_back else "pending"
+                held_back[reason] += 1
+                continue
             shown_by_model = not conv.fallback and "blocked" not in (conv.input_filter, conv.output_filter)
             if not corrected and not (latest.rating > 0 and shown_by_model):
                 continue
@@ -46,7 +73,28 @@ def feedback_rows(sessions: sessionmaker[Session]) -> list[dict[str, Any]]:
                     "created_at": latest.created_at.isoformat(timespec="seconds") + "Z",
                 }
             )
-    return rows
+    return FeedbackExport(rows=rows, held_back=held_back)
 
 
-__all__ = ["feedback_rows"]
+def feedback_rows(
+    sessions: sessionmaker[Session], *, include_unreviewed: bool = False
+) -> list[dict[str, Any]]:
+    """One dict per exported conversation, sorted by id, in the format ingest reads as `feedback`."""
+    return export_feedback(sessions, include_unreviewed=include_unreviewed).rows
+
+
+def describe_held_back(held_back: dict[str, int]) -> str | None:
+    """One line for the user, e.g. "held back: 2 corrections flagged by the sensitive-word filter,
+    3 awaiting review (`chatforge feedback review`), 1 rejected"; None when nothing was held back."""
+    parts = []
+    if held_back.get("held"):
+        n = held_back["held"]
+        parts.append(f"{n} correction{'s' if n != 1 else ''} flagged by the sensitive-word filter")
+    if held_back.get("pending"):
+        parts.append(f"{held_back['pending']} awaiting review (`chatforge feedback review`)")
+    if held_back.get("rejected"):
+        parts.append(f"{held_back['rejected']} rejected")
+    return "held back: " + ", ".join(parts) if parts else None
+
+
+__all__ = ["HELD_BACK_REASONS", "FeedbackExport", "describe_held_back", "export_feedback", "feedback_rows"]

@@ -117,7 +117,8 @@ def test_rate_limit_returns_429_with_retry_after(make_client, serve_params):
     assert error["message"].startswith(
         "rate limit exceeded for this API key (1 requests per minute, burst 2); retry in "
     )
-    assert 55 <= int(r.headers["Retry-After"]) <= 61
+    # moving window: 2 requests per 120 s; the next is allowed when the first leaves the window
+    assert 115 <= int(r.headers["Retry-After"]) <= 121
 
 
 @pytest.mark.parametrize(
@@ -145,7 +146,7 @@ def test_rate_limit_returns_429_with_retry_after(make_client, serve_params):
         ({"temperature": 3}, "invalid request: temperature: Input should be less than or equal to 2"),
         (
             {"messages": [{"role": "robot", "content": "hi"}]},
-            "invalid request: messages.0.role: Input should be 'system', 'user' or 'assistant'",
+            "invalid request: messages.0.role: Input should be 'system', 'developer', 'user', 'assistant', 'tool' or 'function'",
         ),
         ({"stop": [""]}, "stop must be up to 4 non-empty strings"),
     ],
@@ -187,8 +188,11 @@ def test_persona_sets_system_prompt_and_sampling(make_client, serve_params):
     assert models["personas"]["precise"]["temperature"] == 0.7
 
 
+WIDE = {"max_messages": 4, "max_chars": 200, "max_tokens": 128, "default_max_tokens": 128}
+
+
 def test_low_confidence_answers_become_the_fallback_in_the_users_language(make_client, serve_params):
-    client = make_client(serve_params | {"confidence_threshold": 0.99})
+    client = make_client(serve_params | {"confidence_threshold": 0.99, "limits": WIDE})
     zh = client.post(
         "/v1/chat/completions",
         json={"model": "chatforge", "messages": [{"role": "user", "content": "我的订单在哪里？"}]},
@@ -223,7 +227,7 @@ def test_classifier_variant_answers_from_responses_with_calibrated_confidence(
 
 
 def test_blocked_input_gets_the_blocked_message_and_is_never_cached(make_client, serve_params):
-    client = make_client(serve_params)
+    client = make_client(serve_params | {"limits": WIDE})
     req = {"model": "chatforge", "messages": [{"role": "user", "content": "ＦＵ\u200bＣＫ you"}]}
     for _ in range(2):
         body = client.post("/v1/chat/completions", json=req).json()
@@ -297,3 +301,24 @@ def test_web_page_and_openapi_are_served(make_client, serve_params):
     assert client.get("/openapi.json", headers={"Authorization": ""}).status_code == 401
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/v1/chat/completions", "/v1/models", "/v1/feedback", "/healthz", "/metrics"} <= set(paths)
+
+
+def test_a_fallback_is_cut_to_max_tokens_and_usage_counts_what_was_shown(make_client, serve_params, tiny_backends):
+    client = make_client(serve_params | {"confidence_threshold": 0.99})
+    tokenizer = tiny_backends["lm"].tokenizer
+    fallback_en = "Sorry, I'm not sure I understood. Could you rephrase, or ask for a human agent?"
+    for max_tokens, finish in ((3, "length"), (16, "length")):
+        body = client.post(
+            "/v1/chat/completions", json={"model": "chatforge", "messages": HELLO, "max_tokens": max_tokens}
+        ).json()
+        shown = body["choices"][0]["message"]["content"]
+        ids = tokenizer(fallback_en, add_special_tokens=False)["input_ids"]
+        assert len(ids) > 16  # the tiny tokenizer needs more than 16 tokens for it
+        assert shown == tokenizer.decode(ids[:max_tokens]) and fallback_en.startswith(shown)
+        assert body["choices"][0]["finish_reason"] == finish
+        assert body["usage"]["completion_tokens"] == max_tokens
+    client = make_client(serve_params | {"confidence_threshold": 0.99, "limits": WIDE})
+    body = client.post("/v1/chat/completions", json={"model": "chatforge", "messages": HELLO}).json()
+    assert body["choices"][0]["message"]["content"] == fallback_en
+    assert body["choices"][0]["finish_reason"] == "stop"
+    assert body["usage"]["completion_tokens"] == len(tokenizer(fallback_en, add_special_tokens=False)["input_ids"])

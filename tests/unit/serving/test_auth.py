@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from chatforge.cli import app
-from chatforge.serving.auth import KeyRing, RateLimiter, add_key, hash_key, read_keys
+from chatforge.serving.auth import KeyRing, add_key, hash_key, read_keys
 
 
 def test_keys_file_holds_only_hashes(tmp_path):
@@ -21,6 +21,27 @@ def test_keys_file_holds_only_hashes(tmp_path):
     assert ring.lookup(plain) == record and ring.lookup(plain + "x") is None
     with pytest.raises(ValueError, match="a key named 'web' exists already"):
         add_key(path, name="web")
+
+
+def test_adding_a_key_keeps_every_field_of_the_existing_ones(tmp_path):
+    path = tmp_path / "keys.json"
+    old = {
+        "id": "key_0a1b2c3d",
+        "name": "web",
+        "sha256": hash_key("cf-old"),
+        "created_at": "2024-05-01T08:30:00+00:00",
+        "owner": {"team": "support", "ticket": 42},
+    }
+    path.write_text(json.dumps({"version": 1, "keys": [old]}), encoding="utf-8")
+    record, plain = add_key(path, name="bench")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    assert data["version"] == 1 and data["keys"][0] == old
+    new = data["keys"][1]
+    assert set(new) == {"id", "name", "sha256", "created_at"}
+    assert (new["id"], new["name"], new["sha256"]) == (record.id, "bench", hash_key(plain))
+    assert [k.name for k in read_keys(path)] == ["web", "bench"]
+    add_key(path, name="third")
+    assert json.loads(path.read_text(encoding="utf-8"))["keys"][:2] == [old, new]
 
 
 def test_keys_add_command_prints_the_key_once(tmp_path):
@@ -38,14 +59,3 @@ def test_bad_keys_file_is_a_clear_error(tmp_path):
         read_keys(path)
     with pytest.raises(FileNotFoundError, match="chatforge keys add NAME"):
         read_keys(tmp_path / "none.json")
-
-
-def test_token_bucket_burst_then_rate():
-    now = [0.0]
-    limiter = RateLimiter(per_minute=60, burst=3, clock=lambda: now[0])
-    assert [limiter.acquire("k") for _ in range(3)] == [0.0, 0.0, 0.0]
-    assert limiter.acquire("k") == pytest.approx(1.0)  # one token per second
-    assert limiter.acquire("other") == 0.0  # keys are limited separately
-    now[0] = 1.0
-    assert limiter.acquire("k") == 0.0
-    assert limiter.acquire("k") > 0

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 from typer.testing import CliRunner
 
 from chatforge.cli import app
+from chatforge.serving.store import Conversation, open_store, record_conversation, utcnow
 
 
 def test_serve_without_keys_file_explains_how_to_create_one(tmp_path):
@@ -27,3 +30,58 @@ def test_serve_with_bad_params_names_the_key(tmp_path):
     result = CliRunner().invoke(app, ["serve", "--params", str(params), "--no-auth"])
     assert result.exit_code == 2
     assert "serve.personas.x.temperature = 2" in result.output
+
+
+def _store_with_ages(db: str, ages_days: dict[str, float]) -> None:
+    sessions = open_store(db)
+    fields = {
+        "variant": "a",
+        "model_fingerprint": "f",
+        "lang": "en",
+        "latency_ms": 1.0,
+        "finish_reason": "stop",
+    }
+    for cid, age in ages_days.items():
+        created_at = utcnow() - dt.timedelta(days=age)
+        record_conversation(sessions, messages=[], answer="hi", id=cid, created_at=created_at, **fields)
+
+
+def _ids(db: str) -> list[str]:
+    with open_store(db)() as session:
+        return sorted(c.id for c in session.query(Conversation))
+
+
+def test_store_purge_uses_the_retention_from_params_or_the_flag(tmp_path):
+    db = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    _store_with_ages(db, {"c40": 40.0, "c20": 20.0, "c5": 5.0})
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        "serve:\n  variants: [{name: a, model: m}]\n  privacy: {retention_days: 30}\n", encoding="utf-8"
+    )
+    base = ["store", "purge", "--params", str(params), "--database-url", db]
+    result = CliRunner().invoke(app, base)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "deleted 1 conversation older than 30 days\n"
+    assert _ids(db) == ["c20", "c5"]
+    result = CliRunner().invoke(app, [*base, "--older-than-days", "2.5"])
+    assert result.stdout == "deleted 2 conversations older than 2.5 days\n"
+    assert _ids(db) == []
+    result = CliRunner().invoke(app, [*base, "--older-than-days", "0"])
+    assert result.exit_code == 2
+    assert result.stderr == "--older-than-days must be > 0 (got 0); pass the age in days.\n"
+
+
+def test_store_purge_with_null_retention_deletes_nothing(tmp_path):
+    db = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    _store_with_ages(db, {"c400": 400.0})
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        "serve:\n  variants: [{name: a, model: m}]\n  privacy: {retention_days: null}\n", encoding="utf-8"
+    )
+    result = CliRunner().invoke(app, ["store", "purge", "--params", str(params), "--database-url", db])
+    assert result.exit_code == 0
+    assert result.stderr == (
+        "serve.privacy.retention_days is null (keep conversations forever): nothing deleted. "
+        "Pass --older-than-days N to purge anyway.\n"
+    )
+    assert _ids(db) == ["c400"]
