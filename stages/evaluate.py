@@ -68,7 +68,8 @@ def main(
     for name, folder in present.items():
         log.info("evaluating %s (%s)", name, folder)
         asked = samples if name == served else others
-        results[name], extra = ev.evaluate_variant(name, folder, convs, asked, params, threshold=threshold, gazetteer=gazetteer)
+        results[name], extra = ev.evaluate_variant(name, folder, convs, asked, params, threshold=threshold,
+                                                    confidence_tokens=serve.confidence_tokens, gazetteer=gazetteer)
         details["variants"][name] = ev.align_answers(extra, asked, samples[:20])
     gates = ev.compute_gates(results, reports, params, served=served)
     summary = {**counts, **sample_counts, "served_variant": served or "none",

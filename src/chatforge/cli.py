@@ -143,6 +143,11 @@ def serve(
     if keys is not None and not keys.exists():
         typer.echo(f"{keys}: API keys file not found. Create it with `chatforge keys add NAME --keys {keys}`.", err=True)
         raise typer.Exit(code=2)
+    for v in config.params.variants:
+        if v.upstream is not None and v.upstream.api_key_env and not os.environ.get(v.upstream.api_key_env, "").strip():
+            typer.echo(f"variant {v.name!r}: upstream.api_key_env names {v.upstream.api_key_env}, which is not set; export "
+                       "it with the upstream's API key, or remove api_key_env if the upstream needs none.", err=True)
+            raise typer.Exit(code=2)
     if workers > 1 and not config.params.redis_url:
         typer.echo(f"warning: without serve.redis_url (or --redis-url) each of the {workers} workers counts the "
                    f"rate limit on its own, so a key gets {workers} x its budget; set a Redis URL to share it.",

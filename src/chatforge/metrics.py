@@ -159,6 +159,18 @@ def classification_scores(y_true: Sequence[str], y_pred: Sequence[str], *, label
     return ClassificationScores(accuracy, macro, per_label, confusion.tolist(), list(labels))
 
 
+def answer_confidence(token_logprobs: Sequence[float], *, first: int | None = None) -> float:
+    """Confidence of a generated answer: the geometric-mean probability exp(mean log p) of its first
+    `first` tokens (None: all), log-probabilities at temperature 1; 0.0 for an empty answer.
+
+    Judging the first tokens lets a server decide before it streams the rest (chatforge serve's
+    serve.confidence_tokens); evaluate reports the fallback rate this gives at each threshold."""
+    taken = list(token_logprobs if first is None else token_logprobs[:first])
+    if not taken:
+        return 0.0
+    return float(math.exp(sum(taken) / len(taken)))
+
+
 def fallback_stats(confidences: Sequence[float], correct: Sequence[bool], *, threshold: float) -> dict[str, float]:
     """Share of answers below the confidence threshold (served as the fallback message) and the
     accuracy on the answered part."""

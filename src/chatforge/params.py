@@ -477,6 +477,7 @@ class EvaluateGates(Section):
     max_degenerate_rate: float = Field(default=0.02, ge=0.0, le=1.0)
     max_wrong_lang: float = Field(default=0.01, ge=0.0, le=1.0)  # per language
     max_int8_accuracy_drop: float = Field(default=0.02, ge=0.0, le=1.0)  # classifier accuracy it may lose
+    max_fallback_rate: float = Field(default=0.2, ge=0.0, le=1.0)  # served answers below serve.confidence_threshold
 
     @model_validator(mode="after")
     def _band(self) -> EvaluateGates:
@@ -514,11 +515,32 @@ class Persona(Section):
     system_prompt: str = ""  # prepended as a system message when the request has none
 
 
+class ServeUpstream(Section):
+    # an OpenAI-compatible server (vLLM, llama.cpp server, Ollama, another chatforge) answering for a variant
+    base_url: str = Field(min_length=1, pattern=r"^https?://")  # e.g. http://127.0.0.1:8001/v1
+    model: str = Field(min_length=1)  # the upstream's model name
+    api_key_env: str | None = None  # environment variable holding the upstream's API key (never the key itself)
+    timeout_s: float = Field(default=120.0, gt=0.0)  # per request
+
+
 class ServeVariant(Section):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")  # shown in metrics, the store and `ab report`
-    model: str = Field(min_length=1)  # a model folder the pipeline built (causal_lm or classifier)
+    model: str | None = Field(default=None, min_length=1)  # a model folder the pipeline built (causal_lm or classifier)
+    upstream: ServeUpstream | None = None  # instead of `model`: an OpenAI-compatible server
     weight: float = Field(default=1.0, gt=0.0)  # share of users routed here (normalised over variants)
     backend: Literal["auto", "torch", "onnx", "onnx_int8"] = "auto"  # causal LM runtime; auto prefers int8 ONNX
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ServeVariant:
+        if (self.model is None) == (self.upstream is None):
+            raise ValueError(f"variant {self.name!r} needs exactly one of `model` (a folder) or `upstream` (a server)")
+        return self
+
+
+class ServeBatch(Section):
+    # cache misses that arrive together are decoded in one batch (continuous batching per step)
+    max_batch_size: int = Field(default=8, ge=1, le=64)  # sequences decoded together per model
+    max_wait_ms: float = Field(default=2.0, ge=0.0, le=1000.0)  # how long a lone request waits for company
 
 
 class ServeCache(Section):
@@ -581,6 +603,9 @@ class ServePrivacy(Section):
 class ServeParams(Section):
     # seed guide: show an answer only when the model is more than 0.7 confident, else the fallback
     confidence_threshold: float = Field(default=0.7, ge=0.0, le=1.0)
+    # confidence = geometric-mean probability of the first N answer tokens (null: all of them); a
+    # stream is decided after N tokens, so plain and streamed requests get the same decision
+    confidence_tokens: int | None = Field(default=4, ge=1)
     fallback: dict[Literal["zh", "en"], str] = Field(
         default_factory=lambda: {
             "zh": "抱歉，我不太确定您的意思，能换个说法或联系人工客服吗？",
@@ -597,6 +622,7 @@ class ServeParams(Section):
     limits: ServeLimits = Field(default_factory=ServeLimits)
     rate_limit: ServeRateLimit = Field(default_factory=ServeRateLimit)
     privacy: ServePrivacy = Field(default_factory=ServePrivacy)
+    batch: ServeBatch = Field(default_factory=ServeBatch)
 
     @model_validator(mode="after")
     def _consistent(self) -> ServeParams:

@@ -39,7 +39,7 @@ def test_full_tiny_pipeline_runs_every_stage(built):
     assert summary["served_variant"] == "int8"  # serve.variants[0] is models/onnx
     assert summary["samples_zh"] == 4 and summary["samples_en"] == 4
     assert set(metrics["gates"]) >= {"served_bleu_zh", "served_bleu_en", "served_slot_carry", "served_degenerate_rate",
-                                     "distill_retention", "prune_retention", "int8_retention", "int8_size_reduction"}
+                                     "served_fallback_rate", "distill_retention", "prune_retention", "int8_retention", "int8_size_reduction"}
     # the bars are lowered in the tiny profile, so nothing fails and the build passes
     assert summary["gates_failed"] == 0, metrics["gates"]
 
@@ -61,7 +61,8 @@ def test_default_answer_gates_fail_the_tiny_build_at_evaluate(built):
     assert metrics["gates"]["served_slot_carry"]["limit"] == ">= 0.95"
     # lowering the bar again, visibly in params.yaml, lets the same models pass
     project.set_param("evaluate.gates", {"min_bleu_vs_retrieval": 0.0, "min_slot_carry": 0.0, "max_degenerate_rate": 1.0,
-                                         "max_wrong_lang": 1.0, "min_retention": 0.01, "min_int8_size_reduction": 0.5})
+                                         "max_wrong_lang": 1.0, "min_retention": 0.01, "min_int8_size_reduction": 0.5,
+                                         "max_fallback_rate": 1.0})
     again = project.repro()
     assert "evaluate" in again.ran and "train" not in again.ran
 

@@ -106,23 +106,36 @@ def test_a_200_mb_unauthenticated_body_costs_no_memory(tmp_path, base_params, ap
         assert r.status_code == 431 and r.json()["error"]["code"] == "request_header_fields_too_large"
 
 
-def count_allowed(url: str, key: str, n: int) -> int:
+def count_allowed(urls: list[str], key: str, n: int) -> int:
+    """n quick requests with one key, round-robin over `urls`, each on a new connection."""
     allowed = 0
-    for _ in range(n):  # a new connection each time, so the kernel spreads them over the workers
+    for i in range(n):
         with httpx.Client(headers={"Authorization": f"Bearer {key}", "Connection": "close"}) as client:
-            status = client.get(f"{url}/v1/models").status_code
+            status = client.get(f"{urls[i % len(urls)]}/v1/models").status_code
             assert status in (200, 429)
             allowed += status == 200
     return allowed
 
 
+LIMITS = {"rate_limit": {"requests_per_minute": 6, "burst": 20}}  # 20 per 200 s: no refill during the test
+
+
+def test_the_rate_limit_holds_across_two_instances_sharing_redis(tmp_path, base_params, api_key, redis_server):
+    from contextlib import ExitStack
+
+    def instances(params: dict[str, Any]) -> int:
+        with ExitStack() as stack:
+            urls = [stack.enter_context(serve(tmp_path, params, api_key[0]))[0] for _ in range(2)]
+            return count_allowed(urls, api_key[1], 60)
+
+    # baseline: without Redis each instance counts alone, so the key gets 2 x its burst
+    alone = instances(base_params | LIMITS)
+    shared = instances(base_params | LIMITS | {"redis_url": redis_server.url})
+    print(f"60 requests round-robin over 2 instances, burst 20: {alone} allowed in-process, {shared} with Redis")
+    assert (alone, shared) == (40, 20)
+
+
 def test_the_rate_limit_holds_across_two_workers_sharing_redis(tmp_path, base_params, api_key, redis_server):
-    limits = {"rate_limit": {"requests_per_minute": 6, "burst": 20}}  # 20 per 200 s
-    # baseline: without Redis each worker counts alone and the key gets more than its burst
-    with serve(tmp_path, base_params | limits, api_key[0], workers=2) as (url, _):
-        alone = count_allowed(url, api_key[1], 60)
-    with serve(tmp_path, base_params | limits | {"redis_url": redis_server.url}, api_key[0], workers=2) as (url, _):
-        shared = count_allowed(url, api_key[1], 60)
-    print(f"60 quick requests, burst 20, 2 workers: {alone} allowed in-process, {shared} with Redis")
-    assert alone > 20
-    assert shared == 20
+    with serve(tmp_path, base_params | LIMITS | {"redis_url": redis_server.url}, api_key[0], workers=2) as (url, pid):
+        assert len(psutil.Process(pid).children()) >= 2  # uvicorn's two workers (and its helpers)
+        assert count_allowed([url], api_key[1], 60) == 20

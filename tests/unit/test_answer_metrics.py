@@ -61,3 +61,33 @@ def test_degenerate_reason(answer, finish, reason):
 def test_exact_match_ignores_whitespace_only():
     assert metrics.exact_match(["a  b ", "x"], ["a b", "y"]) == 0.5
     assert metrics.exact_match(["Hello"], ["hello"]) == 0.0
+
+
+def test_answer_confidence_over_the_first_tokens():
+    import math
+
+    from chatforge.metrics import answer_confidence
+
+    lps = [math.log(0.9), math.log(0.8), math.log(0.1)]
+    assert answer_confidence(lps) == pytest.approx((0.9 * 0.8 * 0.1) ** (1 / 3))
+    assert answer_confidence(lps, first=2) == pytest.approx((0.9 * 0.8) ** 0.5)
+    assert answer_confidence(lps, first=10) == answer_confidence(lps)
+    assert answer_confidence([]) == 0.0
+
+
+def test_calibration_reports_fallback_and_the_answered_part():
+    import math
+
+    from chatforge.modeling.quality import Answer, Sample, calibration
+
+    samples = [Sample(f"c{i}", "en", None, [{"role": "user", "content": "q"}], ref)
+               for i, ref in enumerate(["your order shipped today", "it is sunny in beijing", "refund in three days"])]
+    answers = [Answer("your order shipped today", "stop", 0.95), Answer("no idea at all here", "stop", 0.4),
+               Answer("refund in three days", "stop", float("nan"))]  # nan: no confidence, never falls back
+    out = calibration(samples, answers, threshold=0.7, thresholds=(0.3, 0.7))
+    assert out["fallback_rate"] == pytest.approx(1 / 3)
+    assert out["answered_bleu_en"] == pytest.approx(100.0)  # the wrong answer is the one withheld
+    assert out["calibration_t030_fallback_rate"] == 0.0
+    assert out["calibration_t070_fallback_rate"] == pytest.approx(1 / 3)
+    assert out["calibration_t030_answered_bleu_en"] < 100.0
+    assert math.isnan(out["answered_bleu_zh"])

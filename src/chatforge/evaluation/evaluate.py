@@ -28,6 +28,7 @@ from chatforge.modeling.quality import (
     Sample,
     answer_quality,
     assistant_perplexity,
+    calibration,
     retention,
     score_answers,
 )
@@ -166,10 +167,13 @@ def evaluate_variant(
     params: EvaluateParams,
     *,
     threshold: float,
+    confidence_tokens: int | None = None,
     gazetteer: Mapping[str, Sequence[str]] | None = None,
     max_seq_len: int = 1024,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Metrics for one variant, plus extras (answers for the report, confusion matrix)."""
+    """Metrics for one variant, plus extras (answers for the report, confusion matrix). A causal
+    LM's answers are also judged as `chatforge serve` judges them: confidence over the first
+    `confidence_tokens` tokens against `threshold` (quality.calibration)."""
     weights = weights_file(folder, name)
     common = {"params": parameter_count(weights), "size_mb": weights.stat().st_size / 1e6}
     family = family_of(folder)
@@ -186,10 +190,12 @@ def evaluate_variant(
     generator = load_generator(folder, backend=backend_name)
     ppl_convs = list(convs)[: params.max_ppl_conversations]
     scores, answers = answer_quality(generator, samples, max_new_tokens_cap=params.max_new_tokens,
-                                     batch_size=params.batch_size, gazetteer=gazetteer, desc=f"{name} answers")
+                                     batch_size=params.batch_size, gazetteer=gazetteer, desc=f"{name} answers",
+                                     confidence_tokens=confidence_tokens)
     out = {
         **common,
         **scores,
+        **calibration(samples, answers, threshold=threshold, gazetteer=gazetteer),
         **assistant_perplexity(generator, ppl_convs, max_seq_len=max_seq_len),
         **generation_latency(
             generator, [s.prompt for s in samples[:8]], new_tokens=params.latency_new_tokens, runs=params.latency_runs
@@ -226,9 +232,12 @@ def align_answers(extra: dict[str, Any], asked: Sequence[Sample], shown: Sequenc
             "finish": [None if i is None else extra["finish"][i] for i in pick]}
 
 
-def served_variant(serve_model: str, folders: Mapping[str, Path]) -> str | None:
+def served_variant(serve_model: str | None, folders: Mapping[str, Path]) -> str | None:
     """The evaluated variant `chatforge serve` answers with by default (serve.variants[0].model):
-    the variant whose folder it names; int8 wins for an ONNX folder, as serve's backend auto does."""
+    the variant whose folder it names; int8 wins for an ONNX folder, as serve's backend auto does.
+    None for an upstream server (no folder) or a folder the build did not make."""
+    if serve_model is None:
+        return None
     target = Path(serve_model).resolve()
     names = [n for n, f in folders.items() if Path(f).resolve() == target]
     return "int8" if "int8" in names else (names[0] if names else None)
@@ -258,6 +267,8 @@ GATE_HINTS = {
     "served_degenerate_rate": "train longer (train.max_steps); evaluate.max_new_tokens caps answer length; "
                               "evaluate.gates.max_degenerate_rate lowers the bar",
     "served_wrong_lang": "check the language mix of the train data (reports/ingest.json); evaluate.gates.max_wrong_lang",
+    "served_fallback_rate": "the calibration_t* rows of the served variant in reports/evaluate.json show the fallback rate "
+                            "per threshold: lower serve.confidence_threshold, or train longer; evaluate.gates.max_fallback_rate",
     "distill_retention": "distill.steps, distill.student_layers, distill.lr; evaluate.gates.min_retention",
     "prune_retention": "prune.ratio, prune.recovery_steps; evaluate.gates.min_retention",
     "int8_retention": "quantize.block_size, quantize.accuracy_level, quantize.keep_float; evaluate.gates.min_retention",
@@ -290,6 +301,9 @@ def compute_gates(variants: dict[str, dict[str, Any]], reports: dict[str, dict[s
             wrong = srv.get(f"wrong_lang_{lang}")
             out[f"served_wrong_lang_{lang}"] = gate(wrong, ok=None if _missing(wrong) else wrong <= g.max_wrong_lang,
                                                     limit=f"<= {g.max_wrong_lang}")
+        fallback = srv.get("fallback_rate")
+        out["served_fallback_rate"] = gate(fallback, ok=None if _missing(fallback) else fallback <= g.max_fallback_rate,
+                                           limit=f"<= {g.max_fallback_rate}")
     # val loss - train loss at the end of training (signed: val below train is no overfitting);
     # a proxy, so a warning: the answer gates decide
     gap = _first_number(reports.get("train", {}), ("val_gap", "train_val_gap"))

@@ -180,6 +180,20 @@ def headline_table(evaluation: Mapping[str, Any]) -> str:
                   "degenerate zh", "degenerate en", "p50 ms"], rows) + "\n\n" + note
 
 
+def calibration_table(evaluation: Mapping[str, Any]) -> str:
+    """The served causal LM's confidence threshold: per threshold, the share of answers replaced by
+    the fallback and the BLEU / slot carry of the answers still shown (keys calibration_tNNN_*)."""
+    served = evaluation.get("summary", {}).get("served_variant")
+    r = evaluation.get(served or "", {})
+    thresholds = sorted({k.split("_")[1] for k in r if k.startswith("calibration_t")})
+    if not thresholds:
+        return "_no calibration (classifier build, an upstream served variant, or evaluate has not run)._"
+    rows = [[f"{int(t[1:]) / 100:.2f}", *(r.get(f"calibration_{t}_{k}") for k in
+                                          ("fallback_rate", "answered_bleu_zh", "answered_bleu_en", "answered_slot_carry"))]
+            for t in thresholds]
+    return table(["threshold", "fallback rate", "answered BLEU zh", "answered BLEU en", "answered slot carry"], rows)
+
+
 def variant_table(evaluation: Mapping[str, Any]) -> str:
     names = [v for v in VARIANTS if v in evaluation]
     if not names:
@@ -285,6 +299,8 @@ def render(
                 + f"gates failed: {summary.get('gates_failed', 0)}.", ""]
     out += ["## Answers: served model vs retrieval baseline", "", headline_table(ev), ""]
     out += ["## Five test conversations", "", sample_section(details), ""]
+    out += ["## Confidence threshold (served variant; serve.confidence_threshold, serve.confidence_tokens)", "",
+            calibration_table(ev), ""]
     out += ["## Gates", "", gates_table(ev["gates"]) if "gates" in ev else "_evaluate has not run._", ""]
     out += ["## Stage wall times", "", wall_times(timings or {}), ""]
     out += ["## Data", ""]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from chatforge.metrics import answer_confidence
 from chatforge.modeling.manifest import MANIFEST_NAME, read_manifest
 from chatforge.modeling.slots import SlotCodec, codec_for
 
@@ -66,9 +66,11 @@ class Generation:
     @property
     def confidence(self) -> float:
         """Geometric-mean token probability: exp(mean log p); 0.0 when nothing was generated."""
-        if not self.token_logprobs:
-            return 0.0
-        return float(math.exp(sum(self.token_logprobs) / len(self.token_logprobs)))
+        return answer_confidence(self.token_logprobs)
+
+    def confidence_over(self, first: int | None) -> float:
+        """The same over the first `first` tokens only (None: all): chatforge.metrics.answer_confidence."""
+        return answer_confidence(self.token_logprobs, first=first)
 
 
 class Generator(Protocol):
@@ -88,6 +90,30 @@ class _Session(Protocol):
     def start(self, prompt_ids: list[int]) -> np.ndarray: ...
 
     def advance(self, token_id: int) -> np.ndarray: ...
+
+
+class _BatchSession(Protocol):
+    """Several sequences decoded together: left-padded prompts, one KV cache, logits [B, vocab]."""
+
+    def start(self, prompts: list[list[int]]) -> np.ndarray: ...
+
+    def advance(self, token_ids: list[int]) -> np.ndarray: ...
+
+
+@dataclass
+class BatchRequest:
+    """One sequence of a batch: its own sampling (config, seeded rng), stop strings and limit.
+
+    on_token receives (token id, log-probability) of each generated token, then on_text the text
+    deltas that became safe to show (a possible stop string or an unfinished character is held
+    back), in order, from the decoding thread; cancelled() is polled after every step, and a
+    cancelled sequence stops at once (finish_reason "stop")."""
+
+    messages: list[dict[str, str]]
+    config: GenerationConfig
+    on_text: Any = None  # Callable[[str], None] | None
+    cancelled: Any = None  # Callable[[], bool] | None
+    on_token: Any = None  # Callable[[int, float], None] | None
 
 
 # ------------------------------------------------------------------------------------ decoding
@@ -237,8 +263,65 @@ class _Decoder:
         decode several sequences at once override this; `batch_size` bounds how many)."""
         return [self.generate(messages, config) for messages in conversations]
 
-    def stream(self, messages: list[dict[str, str]], config: GenerationConfig) -> Iterator[str]:
-        """Yield text deltas as tokens arrive; afterwards `self.last` holds the whole Generation."""
+    def _batch_session(self) -> _BatchSession | None:
+        return None  # backends that can decode several sequences at once return one
+
+    def generate_batch(self, requests: list[BatchRequest]) -> list[Generation]:
+        """Decode several requests together, each with its own sampling, stop strings, limit,
+        text callback and cancellation; one Generation per request, in order. With one request, or
+        a backend without a batch session, the requests are decoded one after the other.
+
+        Greedy rows give the tokens `generate` gives (left padding is masked), up to float
+        rounding in the batched matrix products."""
+        session = self._batch_session() if len(requests) > 1 else None
+        if session is None:
+            return [self._one(r) for r in requests]
+        encoded = [self.encode_prompt(r.messages) for r in requests]
+        rngs = [np.random.default_rng(r.config.seed) for r in requests]
+        replies = [_Reply(self.tokenizer, self.eos_ids, r.config, values) for r, (_, values) in zip(requests, encoded, strict=True)]
+        emitted = [0] * len(requests)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.eos_ids, default=0)
+        logits = session.start([p for p, _ in encoded])
+        steps = [0] * len(requests)
+        while True:
+            following = []
+            for row, (req, reply) in enumerate(zip(requests, replies, strict=True)):
+                if not reply.done and req.cancelled is not None and req.cancelled():
+                    reply.finish, reply.done = "stop", True
+                if not reply.done:
+                    cfg = req.config
+                    top = top_alternatives(logits[row], cfg.top_logprobs) if cfg.top_logprobs else None
+                    token, logprob = choose_token(logits[row], cfg, rngs[row])
+                    if not reply.push(token, logprob, top) and req.on_token is not None:
+                        req.on_token(token, logprob)
+                    steps[row] += 1
+                    if steps[row] >= cfg.max_new_tokens:
+                        reply.done = True  # finish stays "length" unless eos / a stop string ended it
+                    if req.on_text is not None:
+                        held = 0 if reply.done else _held_back(reply.text, cfg.stop_strings)
+                        safe = len(reply.text.rstrip("\ufffd") if reply.done else reply.text) - held
+                        if safe > emitted[row]:
+                            req.on_text(reply.text[emitted[row]:safe])
+                            emitted[row] = safe
+                following.append(pad if reply.done or not reply.token_ids else reply.token_ids[-1])
+            if all(r.done for r in replies):
+                break
+            logits = session.advance(following)
+        return [r.result() for r in replies]
+
+    def _one(self, request: BatchRequest) -> Generation:
+        for delta in self.stream(request.messages, request.config, cancelled=request.cancelled,
+                                 on_token=request.on_token):
+            if request.on_text is not None:
+                request.on_text(delta)
+        assert self.last is not None
+        return self.last
+
+    def stream(self, messages: list[dict[str, str]], config: GenerationConfig, *,
+               cancelled: Any = None, on_token: Any = None) -> Iterator[str]:
+        """Yield text deltas as tokens arrive; afterwards `self.last` holds the whole Generation.
+        `cancelled()`, when given, is polled after every token and stops decoding; `on_token(id,
+        logprob)` is called for each generated token before its text is yielded."""
         prompt, values = self.encode_prompt(messages)
         rng = np.random.default_rng(config.seed)
         session = self._session()
@@ -247,17 +330,24 @@ class _Decoder:
         emitted = 0
         for step in range(config.max_new_tokens):
             top = top_alternatives(logits, config.top_logprobs) if config.top_logprobs else None
-            if reply.push(*choose_token(logits, config, rng), top):
+            token, logprob = choose_token(logits, config, rng)
+            if reply.push(token, logprob, top):
                 break
+            if on_token is not None:
+                on_token(token, logprob)
             safe = len(reply.text) - _held_back(reply.text, config.stop_strings)
             if safe > emitted:
                 yield reply.text[emitted:safe]
                 emitted = safe
+            if cancelled is not None and cancelled():
+                reply.finish = "stop"
+                break
             if step + 1 < config.max_new_tokens:
                 logits = session.advance(reply.token_ids[-1])
-        if len(reply.text) > emitted:
-            yield reply.text[emitted:]
-        self.last = reply.result()
+        final = reply.result()
+        if len(final.text) > emitted:
+            yield final.text[emitted:]
+        self.last = final
 
 
 # --------------------------------------------------------------------------------------- torch
@@ -286,6 +376,39 @@ class _TorchSession:
         return self._forward([token_id])
 
 
+class _TorchBatchSession:
+    def __init__(self, model: Any, pad: int) -> None:
+        self.model, self.pad = model, pad
+        self.cache: Any = None
+
+    def _forward(self, ids: Any) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            out = self.model(input_ids=ids, attention_mask=self.mask, position_ids=self.positions, cache=self.cache,
+                             use_cache=True, logits_to_keep=1)
+        self.cache = out.cache
+        return out.logits[:, -1].float().cpu().numpy()
+
+    def start(self, prompts: list[list[int]]) -> np.ndarray:
+        import torch
+
+        width, device = max(len(p) for p in prompts), self.model.device
+        ids = torch.tensor([[self.pad] * (width - len(p)) + p for p in prompts], dtype=torch.long, device=device)
+        self.mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], dtype=torch.long, device=device)
+        self.positions = (self.mask.cumsum(-1) - 1).clamp(min=0)
+        self.cache = None
+        return self._forward(ids)
+
+    def advance(self, token_ids: list[int]) -> np.ndarray:
+        import torch
+
+        ones = torch.ones((len(token_ids), 1), dtype=torch.long, device=self.mask.device)
+        self.mask = torch.cat([self.mask, ones], dim=1)
+        self.positions = self.positions[:, -1:] + 1
+        return self._forward(torch.tensor(token_ids, dtype=torch.long, device=self.mask.device)[:, None])
+
+
 class TorchGenerator(_Decoder):
     def __init__(self, model: Any, tokenizer: Any, *, fingerprint: str) -> None:
         super().__init__(tokenizer, _eos_ids(model.config, tokenizer), fingerprint)
@@ -293,6 +416,10 @@ class TorchGenerator(_Decoder):
 
     def _session(self) -> _Session:
         return _TorchSession(self.model)
+
+    def _batch_session(self) -> _BatchSession:
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.eos_ids, default=0)
+        return _TorchBatchSession(self.model, pad)
 
     def generate_many(self, conversations: list[list[dict[str, str]]], config: GenerationConfig, *,
                       batch_size: int = 8) -> list[Generation]:
@@ -382,6 +509,33 @@ class _OnnxSession:
         return self._forward([token_id])
 
 
+class _OnnxBatchSession:
+    def __init__(self, session: Any, layout: OnnxLayout, dtype: np.dtype, pad: int) -> None:
+        self.session, self.layout, self.dtype, self.pad = session, layout, dtype, pad
+        self.past: list[np.ndarray] = []
+
+    def _forward(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        feeds: dict[str, np.ndarray] = {"input_ids": ids, "attention_mask": self.mask, "position_ids": positions}
+        feeds.update(zip(self.layout.past_names, self.past, strict=True))
+        logits, *present = self.session.run(None, feeds)
+        self.past = present
+        return logits[:, -1].astype(np.float32)
+
+    def start(self, prompts: list[list[int]]) -> np.ndarray:
+        lay, width = self.layout, max(len(p) for p in prompts)
+        ids = np.asarray([[self.pad] * (width - len(p)) + p for p in prompts], dtype=np.int64)
+        self.mask = np.asarray([[0] * (width - len(p)) + [1] * len(p) for p in prompts], dtype=np.int64)
+        positions = np.clip(self.mask.cumsum(-1) - 1, 0, None)
+        self.last_position = positions[:, -1:]
+        self.past = [np.zeros((len(prompts), lay.num_kv_heads, 0, lay.head_dim), dtype=self.dtype)] * len(lay.past_names)
+        return self._forward(ids, positions)
+
+    def advance(self, token_ids: list[int]) -> np.ndarray:
+        self.mask = np.concatenate([self.mask, np.ones((len(token_ids), 1), dtype=np.int64)], axis=1)
+        self.last_position = self.last_position + 1
+        return self._forward(np.asarray(token_ids, dtype=np.int64)[:, None], self.last_position)
+
+
 class OnnxGenerator(_Decoder):
     def __init__(self, model_path: Path, tokenizer: Any, config: Any, *, fingerprint: str) -> None:
         import onnxruntime as ort
@@ -410,6 +564,10 @@ class OnnxGenerator(_Decoder):
 
     def _session(self) -> _Session:
         return _OnnxSession(self.session, self.layout, self.dtype)
+
+    def _batch_session(self) -> _BatchSession:
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.eos_ids, default=0)
+        return _OnnxBatchSession(self.session, self.layout, self.dtype, pad)
 
 
 # ------------------------------------------------------------------------------------- loading

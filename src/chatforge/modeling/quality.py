@@ -49,6 +49,7 @@ class Sample:
 class Answer:
     text: str
     finish_reason: str  # "stop" (EOS or stop string) | "length" (the limit cut it)
+    confidence: float = float("nan")  # metrics.answer_confidence of the generated tokens; nan: not generated
 
 
 def answer_samples(convs: Sequence[Conversation], *, max_per_lang: int | None, seed: int) -> tuple[list[Sample], dict[str, int]]:
@@ -84,9 +85,10 @@ def answer_length_limit(tokenizer: Any, samples: Sequence[Sample], *, cap: int) 
 
 
 def generate_answers(generator: Any, samples: Sequence[Sample], *, max_new_tokens: int, batch_size: int = 8,
-                     desc: str = "generate") -> list[Answer]:
+                     desc: str = "generate", confidence_tokens: int | None = None) -> list[Answer]:
     """Greedy answers through chatforge.modeling.generate (torch or ONNX), `batch_size` prompts per
-    batch; the same tokens as one at a time."""
+    batch; the same tokens as one at a time. Each answer's confidence is taken over its first
+    `confidence_tokens` tokens (None: all), as chatforge serve takes it."""
     from chatforge.modeling.generate import GenerationConfig
 
     config = GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.0)
@@ -94,7 +96,31 @@ def generate_answers(generator: Any, samples: Sequence[Sample], *, max_new_token
     out: list[Answer] = []
     for chunk in progress(chunks, total=len(chunks), desc=desc, every=max(1, len(chunks) // 10)):
         gens = generator.generate_many([s.prompt for s in chunk], config, batch_size=batch_size)
-        out += [Answer(g.text.strip(), g.finish_reason) for g in gens]
+        out += [Answer(g.text.strip(), g.finish_reason, g.confidence_over(confidence_tokens)) for g in gens]
+    return out
+
+
+CALIBRATION_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def calibration(samples: Sequence[Sample], answers: Sequence[Answer], *, threshold: float,
+                gazetteer: Mapping[str, Sequence[str]] | None = None,
+                thresholds: Sequence[float] = CALIBRATION_THRESHOLDS) -> dict[str, float]:
+    """What a confidence threshold does to the answers users get: the share that falls back (the
+    fallback message instead of the answer) and the BLEU / slot carry of the answered part, at
+    `threshold` (keys fallback_rate, answered_bleu_zh ...) and at each of `thresholds`
+    (keys calibration_t070_fallback_rate ...). Answers without a confidence (nan) never fall back."""
+    def at(t: float) -> dict[str, float]:
+        kept = [i for i, a in enumerate(answers) if not a.confidence < t]
+        scores = score_answers([samples[i] for i in kept], [answers[i] for i in kept], gazetteer=gazetteer) if kept else {}
+        nan = float("nan")
+        return {"fallback_rate": 1.0 - len(kept) / len(answers) if answers else nan,
+                "answered_bleu_zh": scores.get("bleu_zh", nan), "answered_bleu_en": scores.get("bleu_en", nan),
+                "answered_slot_carry": scores.get("slot_carry", nan)}
+
+    out = dict(at(threshold))
+    for t in thresholds:
+        out |= {f"calibration_t{round(t * 100):03d}_{k}": v for k, v in at(t).items()}
     return out
 
 
@@ -143,11 +169,13 @@ def score_answers(samples: Sequence[Sample], answers: Sequence[Answer], *,
 
 
 def answer_quality(generator: Any, samples: Sequence[Sample], *, max_new_tokens_cap: int, batch_size: int = 8,
-                   gazetteer: Mapping[str, Sequence[str]] | None = None, desc: str = "generate") -> tuple[dict[str, float], list[Answer]]:
+                   gazetteer: Mapping[str, Sequence[str]] | None = None, desc: str = "generate",
+                   confidence_tokens: int | None = None) -> tuple[dict[str, float], list[Answer]]:
     """Generate full answers for `samples` and score them: (scores, answers). `max_new_tokens` is
     in the scores, so a report says how long answers were allowed to be."""
     limit = answer_length_limit(generator.tokenizer, samples, cap=max_new_tokens_cap)
-    answers = generate_answers(generator, samples, max_new_tokens=limit, batch_size=batch_size, desc=desc)
+    answers = generate_answers(generator, samples, max_new_tokens=limit, batch_size=batch_size, desc=desc,
+                               confidence_tokens=confidence_tokens)
     return {**score_answers(samples, answers, gazetteer=gazetteer), "max_new_tokens": float(limit)}, answers
 
 

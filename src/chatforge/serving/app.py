@@ -15,12 +15,18 @@ when asked) only after the safety filter and the confidence threshold have seen 
 from __future__ import annotations
 
 import logging
+import queue
+import re
+import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anyio
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
@@ -28,7 +34,9 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chatforge.data.lang import detect_lang
+from chatforge.metrics import answer_confidence
 from chatforge.modeling.generate import GenerationConfig
+from chatforge.params import ServeVariant
 from chatforge.serving.ab import assign_variant
 from chatforge.serving.auth import KeyRing, read_keys
 from chatforge.serving.backends import Answer, ModelBackend, open_backend
@@ -48,7 +56,14 @@ from chatforge.serving.store import (
     record_conversation,
     record_feedback,
 )
-from chatforge.serving.wire import ChatCompletionRequest, Completion, FeedbackRequest, public_param
+from chatforge.serving.wire import (
+    ChatCompletionRequest,
+    Completion,
+    FeedbackRequest,
+    LiveStream,
+    chunks,
+    public_param,
+)
 
 log = logging.getLogger("chatforge.serving")
 
@@ -74,6 +89,35 @@ def _redact_access_log() -> None:
         access.addFilter(RedactQuery())
 
 
+@dataclass
+class Turn:
+    """One request after every check (ChatService.prepare), before the model answers it."""
+
+    req: ChatCompletionRequest
+    key_id: str | None
+    started: float  # perf_counter at arrival
+    variant: str
+    backend: ModelBackend
+    persona: str | None
+    messages: list[dict[str, str]]  # after the input filter and the persona's system prompt
+    lang: str
+    input_action: str
+    terms: set[str] = field(default_factory=set)
+    gen: GenerationConfig = field(default_factory=GenerationConfig)
+    cache_key: str = ""
+    cacheable: bool = False
+
+
+_OPEN_WORD = re.compile(r"[A-Za-z0-9]+$")
+
+
+def _open_word(text: str) -> str:
+    """A latin word at the very end of streamed text may still grow ("as" -> "assess"): the
+    filter judges it only once it is closed."""
+    m = _OPEN_WORD.search(text)
+    return m.group(0) if m else ""
+
+
 # --------------------------------------------------------------------------------------- app
 class ChatService:
     """Everything one app instance holds: models, cache, store, filter, keys, limits, metrics."""
@@ -87,11 +131,14 @@ class ChatService:
 
             # with several workers per host, all-cores-per-process oversubscribes the CPU badly
             torch.set_num_threads(config.threads)
-        self.backends = backends or {v.name: open_backend(v.model, backend=v.backend) for v in p.variants}
+        self.backends = backends or {v.name: self._open(v) for v in p.variants}
         missing = [v.name for v in p.variants if v.name not in self.backends]
         if missing:
             raise ValueError(f"no backend for variants {missing}")
         self.weights = [(v.name, v.weight) for v in p.variants]
+        for backend in self.backends.values():
+            if (scheduler := getattr(backend, "scheduler", None)) is not None:
+                scheduler.on_batch = self.metrics.batch_size.observe
         self.filter = SensitiveFilter.from_files(p.filter.lexicons, mode=p.filter.mode)
         self.cache: AnswerCache
         if p.redis_url:
@@ -104,6 +151,7 @@ class ChatService:
         else:
             self.cache = LRUCache(max_entries=p.cache.max_entries, ttl_s=p.cache.ttl_s)
         self.sessions = open_store(p.database_url)
+        self._pumps = ThreadPoolExecutor(max_workers=32, thread_name_prefix="chatforge-upstream")
         privacy = p.privacy
         self.mask = pii_masker(privacy)
         purged = purge_expired(self.sessions, retention_days=privacy.retention_days)
@@ -130,6 +178,16 @@ class ChatService:
             p.filter.mode,
             "on" if config.require_auth else "OFF",
         )
+
+    def _open(self, variant: ServeVariant) -> ModelBackend:
+        p = self.params
+        if variant.upstream is not None:
+            from chatforge.serving.upstream import UpstreamBackend
+
+            return UpstreamBackend(variant.upstream, confidence_tokens=p.confidence_tokens, variant=variant.name)
+        assert variant.model is not None  # ServeVariant has exactly one of model / upstream
+        return open_backend(variant.model, backend=variant.backend, max_batch_size=p.batch.max_batch_size,
+                            max_wait_ms=p.batch.max_wait_ms)
 
     def _cache_failed(self, op: str) -> None:
         self.metrics.cache_errors.labels(op=op).inc()
@@ -291,7 +349,9 @@ class ChatService:
         return backend.detokenize(ids[:max_tokens]), max_tokens, "length" if finish == "stop" else finish
 
     # -- the answer
-    def complete(self, req: ChatCompletionRequest, key_id: str | None) -> Completion:
+    def prepare(self, req: ChatCompletionRequest, key_id: str | None) -> Turn:
+        """Every check that can refuse a request (raises APIError), the variant, the messages after
+        the input filter and persona, the generation config and the cache key: all before any output."""
         started = time.perf_counter()
         self.check_supported(req)
         max_new_tokens = self.check_bounds(req)
@@ -343,108 +403,249 @@ class ChatService:
             seed=req.seed,
             top_logprobs=top_k,
         )
+        key = cache_key(
+            fingerprint=backend.fingerprint,
+            messages=messages,
+            sampling={
+                "max_new_tokens": max_new_tokens,
+                "temperature": temperature,
+                "top_p": top_p,
+                "stop": list(stops),
+                "seed": req.seed,
+                "lang": lang,
+                "top_logprobs": top_k,
+            },
+            persona=persona_name,
+            filter_version=self.filter.version,
+        )
+        return Turn(req=req, key_id=key_id, started=started, variant=variant, backend=backend,
+                    persona=persona_name, messages=messages, lang=lang, input_action=input_action, terms=terms,
+                    gen=gen, cache_key=key, cacheable=temperature == 0.0 or p.cache.cache_sampled)
 
-        answer: Answer | None = None
-        cached = False
-        output_action = "none"
-        fallback = False
+    def _cached(self, t: Turn) -> Answer | None:
+        if not t.cacheable:
+            return None
+        hit = self.cache.get(t.cache_key)
+        if isinstance(self.cache, RedisCache):
+            self.metrics.cache_up.set(1 if self.cache.available else 0)
+        if hit is None:
+            self.metrics.cache_misses.inc()
+            return None
+        self.metrics.cache_hits.inc()
+        return Answer.from_json(hit)
+
+    def confidence(self, answer: Answer) -> float:
+        """The served confidence: metrics.answer_confidence over the first serve.confidence_tokens
+        token log-probabilities (a classifier's, or a logprob-less upstream's, own confidence)."""
+        if not answer.token_logprobs:
+            return answer.confidence
+        return answer_confidence(answer.token_logprobs, first=self.params.confidence_tokens)
+
+    def complete(self, req: ChatCompletionRequest, key_id: str | None) -> Completion:
+        return self.answer(self.prepare(req, key_id))
+
+    def answer(self, t: Turn, *, hit: Answer | None = None) -> Completion:
+        """The whole answer at once: cache (or the `hit` already looked up), model, output filter,
+        confidence threshold, store."""
+        p = self.params
+        if t.input_action == "blocked":
+            text, n, finish = self._shown(t.backend, p.filter.blocked_message[t.lang], t.gen.max_new_tokens,
+                                          "content_filter")
+            return self.record(t, text=text, completion_tokens=n, finish=finish, answer=None)
+        answer = hit or self._cached(t)
+        cached = answer is not None
+        if answer is None:
+            answer = t.backend.answer(t.messages, t.gen, lang=t.lang)
+        out = self.filter.apply(answer.text)
         tokens = None
-        if input_action == "blocked":
-            text, completion_tokens, finish = self._shown(
-                backend, p.filter.blocked_message[lang], max_new_tokens, "content_filter"
-            )
+        fallback = False
+        if out.action != "none":
+            t.terms.update(out.terms)
+            self.metrics.filter_actions.labels(stage="output", action=out.action).inc()
+        if out.action == "blocked":
+            text, n, finish = self._shown(t.backend, p.filter.blocked_message[t.lang], t.gen.max_new_tokens,
+                                          "content_filter")
+        elif self.confidence(answer) < p.confidence_threshold:
+            text, n, finish = self._shown(t.backend, p.fallback[t.lang], t.gen.max_new_tokens, "stop")
+            fallback = True
         else:
-            cacheable = temperature == 0.0 or p.cache.cache_sampled
-            key = cache_key(
-                fingerprint=backend.fingerprint,
-                messages=messages,
-                sampling={
-                    "max_new_tokens": max_new_tokens,
-                    "temperature": temperature,
-                    "top_p": top_p,
-                    "stop": list(stops),
-                    "seed": req.seed,
-                    "lang": lang,
-                    "top_logprobs": top_k,
-                },
-                persona=persona_name,
-                filter_version=self.filter.version,
-            )
-            if cacheable:
-                hit = self.cache.get(key)
-                if isinstance(self.cache, RedisCache):
-                    self.metrics.cache_up.set(1 if self.cache.available else 0)
-                if hit is not None:
-                    answer, cached = Answer.from_json(hit), True
-                    self.metrics.cache_hits.inc()
-                else:
-                    self.metrics.cache_misses.inc()
-            if answer is None:
-                answer = backend.answer(messages, gen, lang=lang)
-            out = self.filter.apply(answer.text)
-            output_action = out.action
-            terms.update(out.terms)
-            if out.action != "none":
-                self.metrics.filter_actions.labels(stage="output", action=out.action).inc()
-            if out.action == "blocked":
-                text, completion_tokens, finish = self._shown(
-                    backend, p.filter.blocked_message[lang], max_new_tokens, "content_filter"
-                )
-            elif answer.confidence < p.confidence_threshold:
-                text, completion_tokens, finish = self._shown(backend, p.fallback[lang], max_new_tokens, "stop")
-                fallback = True
-                self.metrics.fallbacks.labels(variant=variant).inc()
-            else:
-                text, completion_tokens, finish = out.text, answer.completion_tokens, answer.finish_reason
-                tokens = answer.tokens() if out.action == "none" else None
-            # blocked answers are never cached; a fallback is (the threshold is applied again on a hit)
-            if cacheable and not cached and out.action != "blocked":
-                self.cache.set(key, answer.to_json())
+            text, n, finish = out.text, answer.completion_tokens, answer.finish_reason
+            tokens = answer.tokens() if out.action == "none" else None
+        # blocked answers are never cached; a fallback is (the threshold is applied again on a hit)
+        if t.cacheable and not cached and out.action != "blocked":
+            self.cache.set(t.cache_key, answer.to_json())
+        return self.record(t, text=text, completion_tokens=n, finish=finish, answer=answer, cached=cached,
+                           fallback=fallback, output_action=out.action, tokens=tokens)
 
+    def streams_live(self, t: Turn) -> bool:
+        """Whether this request's answer streams as it is decoded (a cache miss on a causal LM of
+        this server or an upstream; logprobs requests and cache hits send the finished answer in
+        chunks)."""
+        live_backend = hasattr(t.backend, "scheduler") or hasattr(t.backend, "stream")
+        return (t.input_action != "blocked" and live_backend and not t.req.logprobs
+                and self.params.confidence_tokens is not None)
+
+    def stream(self, t: Turn, include_usage: bool, stop: threading.Event | None = None) -> Iterator[str]:
+        """Server-sent events for a prepared request. Live streaming: text is sent as tokens are
+        decoded, once the first serve.confidence_tokens tokens have decided between answer and
+        fallback; text that a stop string or a sensitive-word term could still claim is held back,
+        so nothing shown is ever withdrawn. A term found later ends the stream (content_filter).
+        Setting `stop` (the client went away) stops the decoding at the next token."""
+        if not self.streams_live(t):
+            yield from self.answer(t).sse(include_usage)
+            return
+        if (hit := self._cached(t)) is not None:
+            yield from self.answer(t, hit=hit).sse(include_usage)
+            return
+        yield from self._stream_live(t, include_usage, stop or threading.Event())
+
+    def _stream_live(self, t: Turn, include_usage: bool, stop_decoding: threading.Event) -> Iterator[str]:
+        p = self.params
+        events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        future = self._decode(t, events, stop_decoding)
+        future.add_done_callback(lambda _f: events.put(("done", None)))
+        sse = LiveStream(id=f"chatcmpl-{uuid.uuid4().hex}", created=int(time.time()), model=t.req.model)
+        yield sse.role()
+        logprobs: list[float] = []
+        text, shown, sent = "", "", 0
+        decided, outcome, output_action = False, "answer", "none"
+        try:
+            while True:
+                kind, value = events.get()
+                if kind == "token":
+                    logprobs.append(value)
+                elif kind == "text":
+                    text += value
+                done = kind == "done"
+                if not decided and (done or len(logprobs) >= (p.confidence_tokens or 0)):
+                    decided = True
+                    if future.done() and future.exception() is not None:
+                        break
+                    # decided on the first tokens, or on the whole (short) answer once it is done
+                    judged = self.confidence(future.result()) if done else answer_confidence(
+                        logprobs, first=p.confidence_tokens)
+                    if judged < p.confidence_threshold:
+                        outcome = "fallback"
+                        break
+                if decided:
+                    stable = text if done else text[: len(text) - len(_open_word(text))]
+                    judged = self.filter.apply(stable)
+                    if judged.action == "blocked":
+                        outcome, output_action = "blocked", "blocked"
+                        t.terms.update(judged.terms)
+                        break
+                    if judged.action == "masked":
+                        output_action = "masked"
+                        t.terms.update(judged.terms)
+                    shown = judged.text
+                    safe = len(stable) if done else self.filter.pending_start(stable)
+                    if safe > sent:
+                        yield sse.delta(shown[sent:safe])
+                        sent = safe
+                if done:
+                    break
+        finally:
+            stop_decoding.set()  # the client went away, or the answer was decided against: stop decoding
+        answer = future.result()
+        if output_action != "none":
+            self.metrics.filter_actions.labels(stage="output", action=output_action).inc()
+        fallback = outcome == "fallback"
+        if fallback:
+            text, n, finish = self._shown(t.backend, p.fallback[t.lang], t.gen.max_new_tokens, "stop")
+            for piece in chunks(text):
+                yield sse.delta(piece)
+        elif outcome == "blocked":  # what was sent stays; the rest is withheld, as OpenAI's content_filter
+            text, n, finish = shown[:sent], len(t.backend.token_ids(shown[:sent])), "content_filter"
+        else:
+            text, n, finish = shown, answer.completion_tokens, answer.finish_reason
+            if t.cacheable:  # a whole answer, decoded to its end
+                self.cache.set(t.cache_key, answer.to_json())
+        completion = self.record(t, text=text, completion_tokens=n, finish=finish, answer=answer, fallback=fallback,
+                                 output_action=output_action, completion_id=sse.id, created=sse.created)
+        yield from sse.end(completion, include_usage)
+
+    def _decode(self, t: Turn, events: queue.Queue[tuple[str, Any]], stop: threading.Event) -> Future[Answer]:
+        """Start decoding `t`, putting ("token", logprob) and ("text", delta) on `events` as they
+        come; the Answer when done. A model of this server decodes on its DecodeScheduler; an
+        upstream's stream is read on a thread (closed when `stop` is set)."""
+        backend: Any = t.backend
+        if hasattr(backend, "scheduler"):
+            prompt_tokens = backend.prompt_tokens(t.messages)
+            generation = backend.scheduler.submit(
+                t.messages, t.gen, on_text=lambda d: events.put(("text", d)),
+                on_token=lambda _t, lp: events.put(("token", lp)), cancelled=stop.is_set)
+            answer: Future[Answer] = Future()
+            generation.add_done_callback(lambda f: answer.set_exception(f.exception()) if f.exception()
+                                         else answer.set_result(backend.to_answer(f.result(), prompt_tokens)))
+            return answer
+        upstream = backend.stream(t.messages, t.gen, lang=t.lang)  # raises before anything is sent
+
+        def pump() -> Answer:
+            received, logprobs = [], []
+            with upstream:
+                for delta, entries in upstream:
+                    for _, logprob, _ in entries:
+                        events.put(("token", logprob))
+                        logprobs.append(logprob)
+                    if delta:
+                        events.put(("text", delta))
+                        received.append(delta)
+                    if stop.is_set():  # what arrived so far, for the store; the rest is never read
+                        return Answer(text="".join(received), confidence=answer_confidence(logprobs),
+                                      finish_reason="stop", prompt_tokens=0, completion_tokens=len(logprobs),
+                                      token_logprobs=tuple(logprobs))
+                return upstream.answer
+
+        return self._pumps.submit(pump)
+
+    def record(self, t: Turn, *, text: str, completion_tokens: int, finish: str, answer: Answer | None,
+               cached: bool = False, fallback: bool = False, output_action: str = "none",
+               tokens: list[tuple[str, float, list[tuple[str, float]]]] | None = None,
+               completion_id: str | None = None, created: int | None = None) -> Completion:
+        """The Completion a client receives, counted in the metrics and stored (PII masked)."""
+        if fallback:
+            self.metrics.fallbacks.labels(variant=t.variant).inc()
+        actions = (t.input_action, output_action)
         completion = Completion(
-            id=f"chatcmpl-{uuid.uuid4().hex}",
-            created=int(time.time()),
-            model=req.model,
+            id=completion_id or f"chatcmpl-{uuid.uuid4().hex}",
+            created=created or int(time.time()),
+            model=t.req.model,
             text=text,
             finish_reason=finish,
             prompt_tokens=answer.prompt_tokens if answer else 0,
             completion_tokens=completion_tokens,
-            variant=variant,
-            persona=persona_name,
-            confidence=answer.confidence if answer else None,
+            variant=t.variant,
+            persona=t.persona,
+            confidence=self.confidence(answer) if answer else None,
             fallback=fallback,
             cached=cached,
-            filter_action="blocked"
-            if "blocked" in (input_action, output_action)
-            else "masked"
-            if "masked" in (input_action, output_action)
-            else "none",
-            want_logprobs=bool(req.logprobs),
+            filter_action="blocked" if "blocked" in actions else "masked" if "masked" in actions else "none",
+            want_logprobs=bool(t.req.logprobs),
             tokens=tokens,
         )
-        self.metrics.variant_requests.labels(variant=variant).inc()
-        self.metrics.tokens.labels(kind="prompt", variant=variant).inc(completion.prompt_tokens)
-        self.metrics.tokens.labels(kind="completion", variant=variant).inc(completion.completion_tokens)
+        self.metrics.variant_requests.labels(variant=t.variant).inc()
+        self.metrics.tokens.labels(kind="prompt", variant=t.variant).inc(completion.prompt_tokens)
+        self.metrics.tokens.labels(kind="completion", variant=t.variant).inc(completion.completion_tokens)
         try:
             record_conversation(
                 self.sessions,
-                messages=messages,
+                messages=t.messages,
                 answer=text,
                 mask=self.mask,
                 id=completion.id,
-                user=req.user,
-                api_key_id=key_id,
-                variant=variant,
-                model_fingerprint=backend.fingerprint,
-                persona=persona_name,
-                lang=lang,
+                user=t.req.user,
+                api_key_id=t.key_id,
+                variant=t.variant,
+                model_fingerprint=t.backend.fingerprint,
+                persona=t.persona,
+                lang=t.lang,
                 intent=answer.intent if answer else None,
-                latency_ms=(time.perf_counter() - started) * 1000,
+                latency_ms=(time.perf_counter() - t.started) * 1000,
                 confidence=completion.confidence,
                 fallback=fallback,
-                input_filter=input_action,
+                input_filter=t.input_action,
                 output_filter=output_action,
-                filter_terms=",".join(sorted(terms)) or None,
+                filter_terms=",".join(sorted(t.terms)) or None,
                 cached=cached,
                 finish_reason=finish,
                 prompt_tokens=completion.prompt_tokens,
@@ -598,15 +799,16 @@ def create_app(config: ServeConfig, *, backends: dict[str, ModelBackend] | None 
 
     @app.post("/v1/chat/completions", tags=["openai"], response_model=None)
     def chat_completions(req: ChatCompletionRequest, key_id: str | None = Depends(authorised)) -> Response:
-        completion = service.complete(req, key_id)
+        turn = service.prepare(req, key_id)  # every refusal happens here, before a stream starts
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            stop = threading.Event()
             return StreamingResponse(
-                completion.sse(include_usage),
+                _relay(service.stream(turn, include_usage, stop), stop),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        return JSONResponse(completion.body())
+        return JSONResponse(service.answer(turn).body())
 
     @app.post("/v1/feedback", tags=["chatforge"])
     def feedback(req: FeedbackRequest, key_id: str | None = Depends(authorised)) -> dict[str, Any]:
@@ -625,6 +827,17 @@ def create_app(config: ServeConfig, *, backends: dict[str, ModelBackend] | None 
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
+
+
+async def _relay(events: Iterator[str], stop: threading.Event) -> AsyncIterator[str]:
+    """Server-sent events from the decoding side, one thread hop per event. When the client goes
+    away Starlette cancels this generator at once (the thread call is abandoned, not awaited), and
+    `stop` tells the decoder to drop the request at its next token."""
+    try:
+        while (event := await anyio.to_thread.run_sync(next, events, None, abandon_on_cancel=True)) is not None:
+            yield event
+    finally:
+        stop.set()
 
 
 def app_from_env() -> FastAPI:

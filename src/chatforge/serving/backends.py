@@ -85,21 +85,29 @@ class _Tokens:
 
 
 class CausalLMBackend(_Tokens):
-    """A causal LM; generation is serialised because a generator keeps per-call state."""
+    """A causal LM behind a DecodeScheduler: requests that arrive together are decoded as one batch
+    on the scheduler's thread (serving.batching). Its confidence is over the whole answer; the
+    service judges the first serve.confidence_tokens of `token_logprobs`."""
 
     family = "causal_lm"
 
-    def __init__(self, folder: Path | str, *, backend: BackendName = "auto") -> None:
+    def __init__(self, folder: Path | str, *, backend: BackendName = "auto", max_batch_size: int = 8,
+                 max_wait_ms: float = 2.0) -> None:
+        from chatforge.serving.batching import DecodeScheduler
+
         self.generator = load_generator(folder, backend=backend)
         self.tokenizer = self.generator.tokenizer  # type: ignore[attr-defined]
         self.fingerprint = self.generator.fingerprint
-        self._lock = threading.Lock()
+        self.scheduler = DecodeScheduler(self.generator, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms)
+
+    def prompt_tokens(self, messages: list[dict[str, str]]) -> int:
+        return len(self.generator.prompt_ids(messages))  # type: ignore[attr-defined]
 
     def answer(self, messages: list[dict[str, str]], config: GenerationConfig, *, lang: str) -> Answer:
-        with self._lock:
-            generation = self.generator.generate(messages, config)
-            prompt_ids = getattr(self.generator, "prompt_ids", None)
-            prompt_tokens = len(prompt_ids(messages)) if prompt_ids else 0
+        generation = self.scheduler.generate(messages, config)
+        return self.to_answer(generation, self.prompt_tokens(messages))
+
+    def to_answer(self, generation: Any, prompt_tokens: int) -> Answer:
         return Answer(
             text=generation.text,
             confidence=generation.confidence,
@@ -201,8 +209,9 @@ class ClassifierBackend(_Tokens):
         )
 
 
-def open_backend(folder: Path | str, *, backend: BackendName = "auto") -> ModelBackend:
-    """Open any model folder the pipeline built; the family comes from chatforge.json (or config.json)."""
+def open_backend(folder: Path | str, *, backend: BackendName = "auto", **causal: Any) -> ModelBackend:
+    """Open any model folder the pipeline built; the family comes from chatforge.json (or config.json).
+    `causal` (max_batch_size, max_wait_ms) configures a causal LM's batching."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(
@@ -220,7 +229,7 @@ def open_backend(folder: Path | str, *, backend: BackendName = "auto") -> ModelB
         family = "causal_lm" if any(a.endswith("ForCausalLM") for a in archs) else "classifier"
     if family == "classifier":
         return ClassifierBackend(folder, backend=backend)
-    return CausalLMBackend(folder, backend=backend)
+    return CausalLMBackend(folder, backend=backend, **causal)
 
 
 __all__ = ["Answer", "CausalLMBackend", "ClassifierBackend", "ModelBackend", "open_backend"]

@@ -416,6 +416,7 @@ class SensitiveFilter:
             "\n".join([NORMALISER_VERSION, mode, *sorted(folded)]).encode("utf-8")
         ).hexdigest()[:16]
         self._automaton = ahocorasick.Automaton()
+        self._longest_key = max((len(k) for k in patterns), default=0)
         for key, infos in patterns.items():
             self._automaton.add_word(key, (len(key), tuple(infos)))
         if patterns:
@@ -447,6 +448,20 @@ class SensitiveFilter:
                 if span is not None:
                     found.add((sk.start[span[0]], sk.start[span[1]] + 1, info.term))
         return sorted(found)
+
+    def pending_start(self, text: str) -> int:
+        """Where the tail of `text` that more text could still turn into a term begins:
+        len(text) when no tail can. A stream shows only text[:pending_start(text)] until more
+        arrives, so it never shows the first characters of a term it will then have to withhold
+        (the tail is matched on the same skeleton as `find`: separators, repeats, look-alikes)."""
+        if not self.size or not text:
+            return len(text)
+        sk = _Skeleton(text)
+        key = sk.key
+        for i in range(max(0, len(key) - self._longest_key), len(key)):
+            if self._automaton.match(key[i:]):  # the tail's key is a term's key or its beginning
+                return sk.start[sk.unit_first[i]]
+        return len(text)
 
     @staticmethod
     def _check(sk: _Skeleton, first_unit: int, end_unit: int, info: _Term) -> tuple[int, int] | None:

@@ -56,6 +56,12 @@ class ServeMetrics:
             "chatforge_filter_actions", "Sensitive-word filter actions", ["stage", "action"], registry=r
         )
         self.errors = Counter("chatforge_errors", "Error responses by type", ["type"], registry=r)
+        self.batch_size = Histogram(
+            "chatforge_decode_batch_size",
+            "Requests decoded together per batch (serve.batch)",
+            buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32, 64),
+            registry=r,
+        )
         self.cache_up.set(1)
 
     def render(self) -> bytes:

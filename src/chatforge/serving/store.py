@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,9 +153,31 @@ def open_store(url: str) -> sessionmaker[Session]:
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
 
-    Base.metadata.create_all(engine)
-    upgrade_schema(engine)
+    _create_tables(engine)
     return sessionmaker(engine, expire_on_commit=False)
+
+
+SCHEMA_LOCK_KEY = 0x63686174  # PostgreSQL advisory lock id taken while the tables are created ("chat")
+
+
+def _create_tables(engine: Engine, *, attempts: int = 6) -> None:
+    """create_all, then upgrade_schema; safe when several instances or workers open a new database
+    at the same moment. PostgreSQL serialises them with a transaction-scoped advisory lock (the
+    second waits, then finds the tables); SQLite, or anything else, retries with a back-off when
+    the other creator won the race ("already exists", "database is locked")."""
+    for attempt in range(attempts):
+        try:
+            with engine.begin() as connection:
+                if engine.dialect.name == "postgresql":
+                    connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+                Base.metadata.create_all(connection)
+            upgrade_schema(engine)
+            return
+        except DBAPIError as exc:
+            if attempt == attempts - 1:
+                raise
+            log.info("creating the store's tables raced another process (%s); retrying", type(exc.orig).__name__)
+            time.sleep(0.05 * 2**attempt)
 
 
 # ------------------------------------------------------------------------- upgrading old databases

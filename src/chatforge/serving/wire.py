@@ -99,7 +99,7 @@ def public_param(loc: tuple[Any, ...]) -> str | None:
 
 
 # ---------------------------------------------------------------------------------- responses
-def _chunks(text: str) -> list[str]:
+def chunks(text: str) -> list[str]:
     # one chunk per word (with its trailing space) or per CJK character, like token streaming looks
     return re.findall(r"\s*[\u3400-\u9fff\uf900-\ufaff]|\s*[^\s\u3400-\u9fff\uf900-\ufaff]+|\s+$", text) or [
         text
@@ -183,7 +183,7 @@ class Completion:
         """(text, its tokens) per chunk: one chunk per token when the tokens are known (a token that
         only began a multi-byte character rides with the next), else per word / CJK character."""
         if self.tokens is None:
-            for piece in _chunks(self.text) if self.text else []:
+            for piece in chunks(self.text) if self.text else []:
                 yield piece, None
             return
         pending: list[tuple[str, float, list[tuple[str, float]]]] = []
@@ -196,29 +196,39 @@ class Completion:
             yield "", pending
 
     def sse(self, include_usage: bool) -> Iterator[str]:
-        head = {
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-        }
-
-        def event(choices: list[dict[str, Any]], **more: Any) -> str:
-            return f"data: {json.dumps(head | {'choices': choices} | more, ensure_ascii=False)}\n\n"
-
-        yield event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None,
-                      "logprobs": None}])
+        """The finished answer as server-sent events (one chunk per token when the tokens are known)."""
+        stream = LiveStream(id=self.id, created=self.created, model=self.model)
+        yield stream.role()
         withheld = self.tokens is None
         for piece, tokens in self._pieces():
-            logprobs = self._logprobs(tokens) if not withheld else None
-            yield event([{"index": 0, "delta": {"content": piece}, "finish_reason": None, "logprobs": logprobs}])
-        final_logprobs = self._logprobs(None) if withheld else None
-        yield event(
-            [{"index": 0, "delta": {}, "finish_reason": self.finish_reason, "logprobs": final_logprobs}],
-            chatforge=self.extra(),
-        )
+            yield stream.delta(piece, logprobs=None if withheld else self._logprobs(tokens))
+        yield from stream.end(self, include_usage, logprobs=self._logprobs(None) if withheld else None)
+
+
+@dataclass
+class LiveStream:
+    """The chat.completion.chunk events of one answer: role first, content deltas, the finish."""
+
+    id: str
+    created: int
+    model: str
+
+    def _event(self, choices: list[dict[str, Any]], **more: Any) -> str:
+        head = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model}
+        return f"data: {json.dumps(head | {'choices': choices} | more, ensure_ascii=False)}\n\n"
+
+    def role(self) -> str:
+        return self._event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None,
+                             "logprobs": None}])
+
+    def delta(self, text: str, *, logprobs: dict[str, Any] | None = None) -> str:
+        return self._event([{"index": 0, "delta": {"content": text}, "finish_reason": None, "logprobs": logprobs}])
+
+    def end(self, completion: Completion, include_usage: bool, *, logprobs: dict[str, Any] | None = None) -> Iterator[str]:
+        yield self._event([{"index": 0, "delta": {}, "finish_reason": completion.finish_reason, "logprobs": logprobs}],
+                          chatforge=completion.extra())
         if include_usage:
-            yield event([], usage=self.usage())
+            yield self._event([], usage=completion.usage())
         yield "data: [DONE]\n\n"
 
 
@@ -227,7 +237,9 @@ __all__ = [
     "ChatMessage",
     "Completion",
     "FeedbackRequest",
+    "LiveStream",
     "StreamOptions",
     "TextPart",
+    "chunks",
     "public_param",
 ]

@@ -213,7 +213,11 @@ def test_stage_fails_on_answer_gates_naming_gate_and_params(tmp_path, repo_root,
     assert "gate served_degenerate_rate failed" in proc.stderr and "evaluate.fail_on_gate: false" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert json.loads((tmp_path / "m.json").read_text())["summary"]["served_variant"] == "teacher"
-    proc = run({"min_bleu_vs_retrieval": 0.0, "min_slot_carry": 0.0, "max_degenerate_rate": 1.0, "max_wrong_lang": 1.0})
+    assert "gate served_fallback_rate failed" in proc.stderr  # an untrained model is never confident
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["teacher"]["fallback_rate"] == 1.0 and metrics["teacher"]["calibration_t030_fallback_rate"] == 1.0
+    proc = run({"min_bleu_vs_retrieval": 0.0, "min_slot_carry": 0.0, "max_degenerate_rate": 1.0, "max_wrong_lang": 1.0,
+                "max_fallback_rate": 1.0})
     assert proc.returncode == 0, proc.stderr
 
 

@@ -207,3 +207,56 @@ def test_slot_placeholders_are_filled_from_the_prompt(tiny_causal_lm: Path, tmp_
     for t in tok("订单<number_1>已改为<city_1>", add_special_tokens=False)["input_ids"]:
         reply.push(t, 0.0)
     assert reply.result().text == "订单2024061580787已改为北京"
+
+
+MIXED = [GenerationConfig(max_new_tokens=12), GenerationConfig(max_new_tokens=5, temperature=0.9, seed=4, top_logprobs=2),
+         GenerationConfig(max_new_tokens=9, temperature=1.1, top_p=0.8, seed=11)]
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_generate_batch_equals_one_at_a_time_with_per_request_sampling(tiny_causal_lm: Path, onnx_lm: Path,
+                                                                       backend: str) -> None:
+    from chatforge.modeling.generate import BatchRequest
+
+    gen = load_generator(tiny_causal_lm if backend == "torch" else onnx_lm, backend=backend)
+    single = [gen.generate(p, c) for p, c in zip(PROMPTS, MIXED, strict=True)]
+    deltas: list[list[str]] = [[] for _ in PROMPTS]
+    batch = gen.generate_batch([BatchRequest(p, c, on_text=deltas[i].append)
+                                for i, (p, c) in enumerate(zip(PROMPTS, MIXED, strict=True))])
+    assert [(g.token_ids, g.text, g.finish_reason) for g in batch] == [(g.token_ids, g.text, g.finish_reason) for g in single]
+    assert ["".join(d) for d in deltas] == [g.text for g in batch]  # streamed text adds up to the answer
+    assert [len(t) for t in batch[1].top_logprobs] == [2] * len(batch[1].token_ids)
+    for a, b in zip(batch, single, strict=True):
+        assert a.token_logprobs == pytest.approx(b.token_logprobs, abs=1e-4)
+
+
+def test_generate_batch_stops_a_cancelled_request_and_keeps_the_others(tiny_causal_lm: Path) -> None:
+    from chatforge.modeling.generate import BatchRequest
+
+    gen = load_generator(tiny_causal_lm, backend="torch")
+    cfg = GenerationConfig(max_new_tokens=12)
+    gen.eos_ids = set()  # every reply runs to its limit
+    polls = [0]
+
+    def cancel_after_three() -> bool:
+        polls[0] += 1
+        return polls[0] > 3
+
+    batch = gen.generate_batch([BatchRequest(PROMPTS[0], cfg, cancelled=cancel_after_three), BatchRequest(PROMPTS[1], cfg)])
+    assert len(batch[0].token_ids) == 3 and batch[0].finish_reason == "stop"
+    assert batch[1].token_ids == gen.generate(PROMPTS[1], cfg).token_ids and len(batch[1].token_ids) == 12
+
+
+def test_on_token_sees_every_generated_token_in_batch_and_alone(tiny_causal_lm: Path) -> None:
+    from chatforge.modeling.generate import BatchRequest
+
+    gen = load_generator(tiny_causal_lm, backend="torch")
+    seen: list[list[tuple[int, float]]] = [[], []]
+    reqs = [BatchRequest(p, GenerationConfig(max_new_tokens=7), on_token=lambda t, lp, i=i: seen[i].append((t, lp)))
+            for i, p in enumerate(PROMPTS[:2])]
+    out = gen.generate_batch(reqs)
+    for got, g in zip(seen, out, strict=True):
+        assert [t for t, _ in got] == g.token_ids and [lp for _, lp in got] == g.token_logprobs
+    alone: list[tuple[int, float]] = []
+    gen.generate_batch([BatchRequest(PROMPTS[0], GenerationConfig(max_new_tokens=7), on_token=lambda t, lp: alone.append((t, lp)))])
+    assert [t for t, _ in alone] == out[0].token_ids

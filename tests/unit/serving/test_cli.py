@@ -85,3 +85,24 @@ def test_store_purge_with_null_retention_deletes_nothing(tmp_path):
         "Pass --older-than-days N to purge anyway.\n"
     )
     assert _ids(db) == ["c400"]
+
+
+def test_serve_with_an_upstream_key_variable_unset_says_which(tmp_path, monkeypatch):
+    monkeypatch.delenv("UPSTREAM_KEY_FOR_TEST", raising=False)
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        "serve:\n  variants: [{name: big, upstream: {base_url: 'http://127.0.0.1:9/v1', model: m, "
+        "api_key_env: UPSTREAM_KEY_FOR_TEST}}]\n",
+        encoding="utf-8",
+    )
+    result = CliRunner().invoke(app, ["serve", "--params", str(params), "--no-auth"])
+    assert result.exit_code == 2
+    assert "variant 'big': upstream.api_key_env names UPSTREAM_KEY_FOR_TEST, which is not set" in result.output
+
+
+def test_a_variant_needs_exactly_one_of_model_and_upstream(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("serve:\n  variants: [{name: a}]\n", encoding="utf-8")
+    result = CliRunner().invoke(app, ["serve", "--params", str(params), "--no-auth"])
+    assert result.exit_code == 2
+    assert "needs exactly one of `model` (a folder) or `upstream` (a server)" in result.output
