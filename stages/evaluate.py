@@ -17,6 +17,7 @@ from typing import Annotated
 
 import typer
 
+from chatforge.modeling.device import DeviceError, onnx_providers
 from chatforge.params import ParamsError, load_section
 
 
@@ -33,7 +34,8 @@ def main(
     try:
         params, serve, model = load_section("evaluate"), load_section("serve"), load_section("model")
         threshold = params.confidence_threshold or serve.confidence_threshold
-    except ParamsError as exc:
+        providers = onnx_providers(load_section("quantize").providers)  # ONNX variants: quantize.providers
+    except (ParamsError, DeviceError) as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
 
@@ -42,6 +44,7 @@ def main(
     from chatforge.data.entities import GazetteerError, read_gazetteers
     from chatforge.evaluation import evaluate as ev
     from chatforge.io import setup_logging, write_json, write_text
+    from chatforge.knobs import report_knobs
     from chatforge.modeling.quality import answer_samples
 
     log = setup_logging("evaluate")
@@ -59,6 +62,14 @@ def main(
         typer.echo(f"evaluate: {exc}", err=True)
         raise typer.Exit(1) from None
     present, missing = ev.check_variants(folders, params.variants)
+    try:
+        skipped = ev.unevaluable(present)
+    except ev.EvaluationError as exc:
+        typer.echo(f"evaluate: {exc}", err=True)
+        raise typer.Exit(1) from None
+    for name, reason in skipped.items():
+        log.warning("variant %s skipped: %s", name, reason)
+    present = {k: v for k, v in present.items() if k not in skipped}
     served = ev.served_variant(serve.variants[0].model, present)
     others = ev.subset(samples, params.other_samples_per_lang)
     log.info("%d samples (%s); served variant: %s", len(samples), sample_counts, served)
@@ -69,14 +80,16 @@ def main(
         log.info("evaluating %s (%s)", name, folder)
         asked = samples if name == served else others
         results[name], extra = ev.evaluate_variant(name, folder, convs, asked, params, threshold=threshold,
-                                                    confidence_tokens=serve.confidence_tokens, gazetteer=gazetteer)
+                                                    confidence_tokens=serve.confidence_tokens, gazetteer=gazetteer,
+                                                    providers=providers)
         details["variants"][name] = ev.align_answers(extra, asked, samples[:20])
     gates = ev.compute_gates(results, reports, params, served=served)
     summary = {**counts, **sample_counts, "served_variant": served or "none",
                "other_samples_zh": sum(s.lang == "zh" for s in others), "other_samples_en": sum(s.lang == "en" for s in others),
-               "variants_missing": ",".join(missing) or "none",
+               "variants_missing": ",".join(missing) or "none", "variants_skipped": ",".join(skipped) or "none",
                "gates_failed": sum(g["status"] == "fail" for g in gates.values())}
-    write_json({**results, "gates": gates, "summary": summary}, metrics_path)
+    knobs = report_knobs(ev.sample_knobs(convs, params, sample_counts), log)
+    write_json({**results, "skipped": skipped, "gates": gates, "summary": summary, "knobs": knobs}, metrics_path)
     write_json(details, details_path)
     write_text(ev.variants_csv(results), plot_path)
     for name, g in gates.items():

@@ -25,13 +25,17 @@ def main(
     metrics_path: Annotated[Path, typer.Argument(help="Metrics JSON (reports/prune.json).")],
 ) -> None:
     import polars as pl
+    from transformers import AutoConfig
 
-    from chatforge.compress.prune import prune
+    from chatforge.compress.prune import check_prune, prune
+    from chatforge.knobs import report_knobs
     from chatforge.modeling.distill import CompressError, open_source
 
     try:
         params = load_section("prune")
-        open_source(source_dir, key="prune.source")
+        family = open_source(source_dir, key="prune.source").family
+        check_prune(AutoConfig.from_pretrained(source_dir), ratio=params.ratio, heads=params.heads,
+                    round_to=params.round_to, family=family)
     except (ParamsError, CompressError) as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(code=2) from None
@@ -47,9 +51,11 @@ def main(
     keys = ("ratio", "criterion", "params_reduction", "magnitude_sparsity")
     publish_derived(out_dir, outcome.model, outcome.tokenizer, parent_dir=source_dir, variant="pruned",
                     details={"prune": {k: outcome.metrics[k] for k in keys}})
-    write_json(outcome.metrics, metrics_path)
-    log.info("pruned %s: params -%.1f%%, sparsity %.1f%%", source_dir, 100 * outcome.metrics["params_reduction"],
-             100 * outcome.metrics["magnitude_sparsity"])
+    write_json({**outcome.metrics, "knobs": report_knobs(outcome.knobs, log)}, metrics_path)
+    m = outcome.metrics
+    log.info("pruned %s: params -%.1f%%, MLP %s -> %s, heads %s -> %s, sparsity %.1f%%", source_dir,
+             100 * m["params_reduction"], m["mlp_width_before"], m["mlp_width_after"], m["heads_before"], m["heads_after"],
+             100 * m["magnitude_sparsity"])
 
 
 if __name__ == "__main__":

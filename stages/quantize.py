@@ -26,28 +26,32 @@ def main(
     import polars as pl
 
     from chatforge.compress.onnx_export import ExportError
-    from chatforge.compress.quantize import build_onnx_folder
+    from chatforge.compress.quantize import build_onnx_folder, gate_failures
+    from chatforge.knobs import report_knobs
+    from chatforge.modeling.device import DeviceError, onnx_providers
     from chatforge.modeling.distill import CompressError, open_source
 
     try:
         params = load_section("quantize")
         open_source(source_dir, key="quantize.source")
-    except (ParamsError, CompressError) as exc:
+        onnx_providers(params.providers)  # before any work: names the installed onnxruntime lacks
+    except (ParamsError, CompressError, DeviceError) as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(code=2) from None
     log = setup_logging("quantize")
     try:
         with atomic_path(out_dir) as tmp:
-            metrics = build_onnx_folder(source_dir, tmp, pl.read_parquet(test_data), params=params)
+            knobs: list = []
+            metrics = build_onnx_folder(source_dir, tmp, pl.read_parquet(test_data), params=params, knobs=knobs)
     except (CompressError, ExportError) as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(code=2) from None
-    write_json(metrics, metrics_path)
+    write_json({**metrics, "knobs": report_knobs(knobs, log)}, metrics_path)
     log.info("int8 %.1f MB = %.1f%% of float; top-1 agreement %.3f", metrics["int8_mb"], 100 * metrics["size_ratio"],
              metrics["top1_agreement"])
     if params.enforce and not metrics["gate_ok"]:
-        typer.echo(f"quantize gate failed: size ratio {metrics['size_ratio']:.3f} (max {params.max_size_ratio}), top-1 agreement "
-                   f"{metrics['top1_agreement']:.3f} (min {params.min_top1_agreement}). Try quantize.block_size 16/32 or keep_float.", err=True)
+        typer.echo(f"quantize gate failed ({metrics['family']}): {'; '.join(gate_failures(metrics))}. Try quantize.block_size "
+                   "16/32 or keep_float; quantize.min_top1_agreement / max_size_ratio set the bars.", err=True)
         raise typer.Exit(code=1)
 
 

@@ -322,5 +322,123 @@ def translate(
         typer.echo(f"{text}\t{there}" + (f"\t{again}" if again is not None else ""))
 
 
+# ---- issue 14: look at your own data before it goes into ingest.sources ----
+data_app = typer.Typer(help="Your own data: see what ingest would make of it.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("inspect")
+def data_inspect(
+    path: Annotated[Path, typer.Argument(help="A data file or folder (e.g. under data/raw/).")],
+    fmt: Annotated[str | None, typer.Option("--format", "-f", help="The ingest format; guessed when omitted.")] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=0, help="Kept conversations to show.")] = 5,
+    sample: Annotated[int, typer.Option(min=0, help="Records read at most (0 = the whole source).")] = 2000,
+    option: Annotated[
+        list[str] | None, typer.Option("--option", "-o", help="A source option KEY=VALUE (repeatable), e.g. utterance_column=question.")
+    ] = None,
+    params: Annotated[Path, typer.Option("--params", help="params.yaml whose ingest section (min_turns, same_role) applies.")] = Path("params.yaml"),
+) -> None:
+    """See what ingest would make of PATH; writes nothing.
+
+    Guesses the format (or takes --format), reads a sample exactly as the ingest stage would, and prints
+    the conversations kept, the rejects with reasons, languages, intents and the `ingest.sources` entry to paste.
+    """
+    from chatforge.data.inspect import InspectError, inspect_source, parse_options, render
+    from chatforge.params import IngestParams, ParamsError, load_section
+
+    ingest_params = None
+    if params.exists():
+        try:
+            ingest_params = load_section("ingest", path=params)
+        except ParamsError as exc:
+            typer.echo(f"warning: ingest defaults used, {params} does not validate: {str(exc).splitlines()[-1].strip()}", err=True)
+    settings: dict = {}
+    if isinstance(ingest_params, IngestParams):
+        settings = {"same_role": ingest_params.same_role, "merge_separator": ingest_params.merge_separator,
+                    "min_turns": ingest_params.min_turns, "taken_names": {s.source_name for s in ingest_params.sources}}
+    try:
+        report = inspect_source(path, fmt=fmt, options=parse_options(option or []), show=limit,
+                                sample=sample or None, **settings)
+    except InspectError as exc:
+        typer.echo(f"data inspect: {exc}", err=True)
+        raise typer.Exit(code=2) from None
+    typer.echo(render(report))
+    if report.problem():
+        typer.echo(f"data inspect: {report.problem()}", err=True)
+        raise typer.Exit(code=2)
+
+
+# ---- issue 14: GGUF export for llama.cpp / Ollama ----
+@app.command("export")
+def export(
+    model_dir: Annotated[Path, typer.Argument(help="A causal LM folder the pipeline built: models/teacher, models/student, models/pruned.")],
+    out_dir: Annotated[Path, typer.Argument(help="Where <name>-<type>.gguf, Modelfile and README.md are written.")],
+    gguf_types: Annotated[list[str] | None, typer.Option("--type", help="f16 | q8_0; repeat to write both (default q8_0).")] = None,
+    name: Annotated[str | None, typer.Option(help="File and model name (default chatforge-<variant>).")] = None,
+    persona: Annotated[str | None, typer.Option(help="Modelfile sampling + system prompt from serve.personas (default: greedy, as served without one).")] = None,
+    params: ParamsOpt = Path("params.yaml"),
+    reports: Annotated[Path, typer.Option(help="Pipeline reports the model card summarises.")] = Path("reports"),
+) -> None:
+    """Write MODEL_DIR as GGUF (chat template embedded), an Ollama Modelfile and a model card README.md into OUT_DIR."""
+    import re
+
+    from chatforge.compress import gguf_export as gx
+    from chatforge.io import write_text
+    from chatforge.modeling import model_card as mc
+    from chatforge.params import ServeLimits
+
+    types = list(dict.fromkeys(t.lower() for t in (gguf_types or ["q8_0"])))
+    if bad := [t for t in types if t not in gx.GGUF_TYPES]:
+        typer.echo(f"--type {bad[0]!r} is not a GGUF type this exports; choose {' or '.join(gx.GGUF_TYPES)} (repeat --type for both).", err=True)
+        raise typer.Exit(code=2)
+    if name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        typer.echo(f"--name {name!r}: use letters, digits, '_', '.' and '-' only (it becomes a file and Ollama model name).", err=True)
+        raise typer.Exit(code=2)
+    try:
+        plan = gx.plan_export(model_dir)
+    except gx.GgufExportError as exc:
+        typer.echo(f"export: {exc}", err=True)
+        raise typer.Exit(code=2) from None
+    # without a params file: what `chatforge serve` does without a persona (greedy, default answer length)
+    serve_params = _serve_params(params, None) if params.exists() else None
+    personas, limits = (serve_params.personas, serve_params.limits) if serve_params else ({}, ServeLimits())
+    chosen = None
+    if persona is not None:
+        chosen = personas.get(persona)
+        if chosen is None:
+            typer.echo(f"unknown persona {persona!r}; choose one of: {', '.join(sorted(personas)) or 'none configured'} ({params} serve.personas)", err=True)
+            raise typer.Exit(code=2)
+    name = name or f"chatforge-{plan.variant}"
+    _, license_id = mc.base_model_and_license(plan.base)
+    written = []
+    for gguf_type in types:
+        target = out_dir / gx.gguf_file_name(name, gguf_type)  # type: ignore[arg-type]
+        try:
+            written.append(gx.export_gguf(model_dir, target, gguf_type=gguf_type, name=name, license_id=license_id,  # type: ignore[arg-type]
+                                       tags=("chatforge", plan.variant)))
+        except gx.GgufExportError as exc:
+            typer.echo(f"export: {exc}", err=True)
+            raise typer.Exit(code=2) from None
+        kept = f", {len(written[-1].f16_fallback)} tensors kept F16" if written[-1].f16_fallback else ""
+        typer.echo(f"wrote {target} ({gguf_type}, {written[-1].size_bytes / 1e6:.1f} MB{kept})")
+    main_file = next((w for w in written if w.gguf_type == "q8_0"), written[0])
+    options = gx.ModelfileOptions(
+        temperature=chosen.temperature if chosen else 0.0, top_p=chosen.top_p if chosen else 1.0,
+        num_predict=limits.default_max_tokens, num_ctx=int(plan.config.get("max_position_embeddings") or 0) or None,
+        system=(chosen.system_prompt if chosen and chosen.system_prompt else plan.default_system),
+    )
+    write_text(gx.ollama_modelfile(main_file.path.name, template=plan.template, stops=plan.stops, options=options,
+                                alternatives=tuple(w.path.name for w in written if w is not main_file)), out_dir / "Modelfile")
+    card = mc.CardInputs(
+        name=name, variant=plan.variant, base=plan.base, parent=plan.parent, parameters=main_file.parameters,
+        layers=int(plan.config.get("num_hidden_layers", 0)), hidden=int(plan.config.get("hidden_size", 0)),
+        context_tokens=int(plan.config.get("max_position_embeddings", 0)),
+        files=[mc.CardFile(w.path.name, w.gguf_type, w.size_bytes) for w in written],
+        training=mc.training_summary(reports), metrics=mc.variant_metrics(reports, plan.variant),
+    )
+    write_text(mc.render_model_card(card), out_dir / "README.md")
+    typer.echo(f"wrote {out_dir / 'Modelfile'} and {out_dir / 'README.md'}; run `ollama create {name} -f {out_dir / 'Modelfile'}`")
+
+
 if __name__ == "__main__":
     app()

@@ -1,8 +1,14 @@
 """The typed schema of params.yaml: one pydantic model per section.
 
 Every section rejects unknown keys (a misspelt key is an error, not a silently ignored knob) and
-coerces numeric strings: `dvc exp run -S train.lr=1e-07` writes a value that YAML reads back as the
-string "1e-07", which must still be a float here. Errors name the key, the value and what is allowed.
+coerces what `dvc exp run -S` writes: `-S train.lr=1e-07` writes a value that YAML reads back as the
+string "1e-07", which must still be a float here, and `-S split.salt=2024` writes the number 2024, which
+a text-typed key takes as the text "2024". Errors name the key, the value, what is allowed and how to
+quote a value on the command line.
+
+params.yaml is the single source of truth: it holds every key, and the defaults written here equal
+its values (tests/unit/serving/test_params.py holds both true), so a section built in code and the
+default build agree.
 """
 
 from __future__ import annotations
@@ -22,13 +28,15 @@ class ParamsError(ValueError):
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    # coerce_numbers_to_str: `dvc exp run -S split.salt=2024` writes the number 2024 (YAML reads bare
+    # digits as a number); a text-typed key takes it as the text "2024".
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, coerce_numbers_to_str=True)
 
 
 # --------------------------------------------------------------------------------------- ingest
 SourceFormat = Literal[
     "conversations_json",  # {"conversations": [{"id", "messages": [{"role", "content"}], "intent"?}]}
-    "messages_jsonl",  # OpenAI / ShareGPT: one {"messages": [...]} or {"conversations": [...]} per line
+    "messages_jsonl",  # OpenAI / ShareGPT {"messages": [...]} / {"conversations": [...]}: JSONL or one JSON array
     "cornell",  # Cornell Movie-Dialogs: a folder with movie_lines.txt + movie_conversations.txt
     "dailydialog",  # one dialogue per line, utterances separated by __eou__ (+ optional TAB labels)
     "crosswoz",  # CrossWOZ JSON (optionally .zip): roles usr/sys, dialog_act gives the intent
@@ -36,11 +44,25 @@ SourceFormat = Literal[
     "tsv",
     "chatterbot_yaml",  # chatterbot-corpus YAML: {categories, conversations: [[a, b, ...]]}
     "feedback",  # `chatforge feedback export` output (JSONL of messages with intent/lang)
+    "alpaca",  # LLaMA-Factory alpaca records {"instruction", "input", "output", "system"?, "history"?}
+    "parquet",  # rows with a messages column, a question/answer column pair or alpaca columns
+    "hf_dataset",  # a `datasets` save_to_disk folder, data files read by `datasets`, or a hub id
 ]
 
 
+class AlpacaColumns(Section):
+    """Record keys of an alpaca source (LLaMA-Factory's `columns`); null = the record has no such key."""
+
+    prompt: str = "instruction"  # the user's instruction
+    query: str | None = "input"  # appended to the instruction after a newline when non-empty
+    response: str = "output"  # the assistant's answer
+    system: str | None = "system"  # a leading system message when non-empty
+    history: str | None = "history"  # [[user, assistant], ...] exchanges before this one
+
+
 class SourceOptions(Section):
-    # text encoding of the files; null = the format's usual one (utf-8; iso-8859-1 for cornell)
+    # text encoding of the files; null = the format's usual one (utf-8; iso-8859-1 for cornell);
+    # auto = utf-8 when the file decodes as utf-8, else the charset charset-normalizer detects
     encoding: str | None = None
     # role names in the file -> user|assistant|system (defaults per format cover the usual names)
     role_map: dict[str, Literal["user", "assistant", "system"]] = Field(default_factory=dict)
@@ -54,15 +76,23 @@ class SourceOptions(Section):
     # dailydialog: label columns after the text (topic/act/emotion); topic becomes the intent
     topic_names: dict[str, str] = Field(default_factory=dict)
     limit: int | None = Field(default=None, ge=1)  # read at most this many conversations
+    # alpaca (and alpaca-shaped parquet/hf_dataset rows): the record keys
+    columns: AlpacaColumns = Field(default_factory=AlpacaColumns)
+    # messages_jsonl/conversations_json/parquet/hf_dataset: the list of messages and its keys;
+    # null = "messages" or "conversations" / the first of role, from, speaker / content, value, text
+    messages_column: str | None = None
+    role_key: str | None = None
+    content_key: str | None = None
+    split: str = "train"  # hf_dataset: the split of a DatasetDict folder or a hub dataset
 
     @field_validator("encoding")
     @classmethod
     def _known_encoding(cls, value: str | None) -> str | None:
-        if value is not None:
+        if value is not None and value != "auto":
             try:
                 codecs.lookup(value)
             except LookupError:
-                raise ValueError(f"unknown encoding {value!r}; use a Python codec name such as utf-8, gbk, big5, iso-8859-1") from None
+                raise ValueError(f"unknown encoding {value!r}; use a Python codec name such as utf-8, gbk, big5, iso-8859-1, or auto to detect it") from None
         return value
 
 
@@ -103,8 +133,8 @@ class CleanParams(Section):
     remove_control: bool = True  # control chars, zero-width chars, U+FFFD, emoji and stray symbols
     keep_emoji: bool = False
     nfkc: bool = True  # full-width -> half-width letters/digits, compatibility forms
-    traditional_to_simplified: bool = False  # OpenCC t2s on Chinese rows
-    synonyms_path: str | None = None  # TSV lexicon: variant<TAB>canonical (one per line, # comments)
+    traditional_to_simplified: bool = True  # OpenCC t2s on Chinese rows
+    synonyms_path: str | None = "lexicons/synonyms.tsv"  # TSV lexicon: variant<TAB>canonical (one per line, # comments)
     mask_pii: bool = True
     pii_kinds: list[Literal["phone", "email", "id_number", "card"]] = Field(
         default_factory=lambda: ["phone", "email", "id_number", "card"]
@@ -138,7 +168,7 @@ class SplitParams(Section):
 class BalanceParams(Section):
     max_imbalance: float = Field(default=0.2, ge=0.0, lt=1.0)  # (max - min) / max over intents
     min_count: int = Field(default=5, ge=1)  # intents with fewer conversations are left as they are
-    target: Literal["median", "mean", "max", "min"] = "median"  # the class size to aim at
+    target: Literal["median", "mean", "max", "min"] = "max"  # the class size to aim at
     max_upsample_factor: float = Field(default=4.0, ge=1.0)  # never copy a class beyond this factor
     seed: int = 13
 
@@ -154,9 +184,9 @@ PIP_SHIPPED_BASES: dict[str, str] = {
 class ScratchSizes(Section):
     """Sizes of a model built from a fresh config when `model.base: scratch`."""
 
-    layers: int = Field(default=4, ge=1, le=96)
-    hidden: int = Field(default=256, ge=8, le=16384)
-    heads: int = Field(default=4, ge=1, le=256)
+    layers: int = Field(default=6, ge=1, le=96)
+    hidden: int = Field(default=384, ge=8, le=16384)
+    heads: int = Field(default=6, ge=1, le=256)
     intermediate: int | None = Field(default=None, ge=8)  # None: 4 x hidden (encoder), 8/3 x hidden (decoder)
     vocab_size: int = Field(default=8000, ge=300, le=262144)  # BPE vocabulary trained on the corpus
     max_position_embeddings: int = Field(default=512, ge=16, le=131072)
@@ -192,7 +222,7 @@ class ModelParams(Section):
     # causal_lm: a chat model fine-tuned on conversations; classifier: an intent classifier + responses
     family: Literal["causal_lm", "classifier"] = "causal_lm"
     # smollm2-135m-instruct | minilm-l6 | scratch | a local folder | a hub id (needs network or a cache)
-    base: str = Field(default="smollm2-135m-instruct", min_length=1)
+    base: str = Field(default="scratch", min_length=1)
     revision: str | None = None  # hub revision, only for hub ids
     trust_remote_code: bool = False  # only for hub/local folders whose code you have read
     scratch: ScratchSizes = Field(default_factory=ScratchSizes)
@@ -229,7 +259,7 @@ class TranslatorParams(Section):
     dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
     max_len_tokens: int = Field(default=64, ge=8, le=512)  # longer sentences are truncated
     batch_size: int = Field(default=32, ge=1, le=1024)
-    max_steps: int = Field(default=1000, ge=1)
+    max_steps: int = Field(default=600, ge=1)
     lr: float = Field(default=1e-3, gt=0.0, le=1.0)
     warmup_steps: int = Field(default=100, ge=0)
     label_smoothing: float = Field(default=0.1, ge=0.0, lt=1.0)
@@ -256,8 +286,8 @@ AugmentLang = Literal["zh", "en"]
 
 
 class BackTranslationParams(Section):
-    enabled: bool = True
-    ratio: float = Field(default=0.3, ge=0.0, le=10.0)  # added rows / original rows, at most
+    enabled: bool = False
+    ratio: float = Field(default=0.15, ge=0.0, le=10.0)  # added rows / original rows, at most
     pivot: dict[AugmentLang, AugmentLang] = Field(default_factory=lambda: {"zh": "en", "en": "zh"})  # source -> pivot
     roles: list[Literal["user", "assistant"]] = Field(default_factory=lambda: ["user"], min_length=1)
     # null uses the translator folder dvc.yaml passes (built by the `translator` stage); a local
@@ -291,7 +321,7 @@ class BackTranslationParams(Section):
 
 class EntitySwapParams(Section):
     enabled: bool = True
-    ratio: float = Field(default=0.3, ge=0.0, le=10.0)  # added rows / original rows, at most
+    ratio: float = Field(default=0.1, ge=0.0, le=10.0)  # added rows / original rows, at most
     # gazetteer kinds: <gazetteer folder from dvc.yaml>/<lang>/<kind>.txt, one entity per line
     kinds: list[str] = Field(default_factory=lambda: ["city", "product", "person", "date"], min_length=1)
     variants_per_conversation: int = Field(default=1, ge=1, le=20)
@@ -330,14 +360,14 @@ class LoraOptions(Section):
 
 class TrainParams(Section):
     seed: int = 42  # data order, dropout, sampling of BLEU examples
-    lr: float = Field(default=2e-5, gt=0.0, le=1.0)  # peak learning rate, reached after warmup
-    lr_min: float = Field(default=1e-7, ge=0.0)  # cosine floor (the schedule never goes below it)
-    warmup_steps: int = Field(default=500, ge=0)  # linear warmup from 0 to lr, in optimizer steps
-    batch_size: int = Field(default=16, ge=1)  # sequences (or packed rows) per micro-batch per process
+    lr: float = Field(default=0.002, gt=0.0, le=1.0)  # peak learning rate, reached after warmup
+    lr_min: float = Field(default=1e-05, ge=0.0)  # cosine floor (the schedule never goes below it)
+    warmup_steps: int = Field(default=30, ge=0)  # linear warmup from 0 to lr, in optimizer steps
+    batch_size: int = Field(default=8, ge=1)  # sequences (or packed rows) per micro-batch per process
     grad_accum_steps: int = Field(default=1, ge=1)  # micro-batches per optimizer step
-    epochs: int = Field(default=3, ge=1)  # passes over the train data (unless max_steps ends first)
-    max_steps: int | None = Field(default=None, ge=1)  # optimizer steps; overrides epochs when set
-    max_seq_len: int = Field(default=512, ge=8)  # tokens per sequence / packed row
+    epochs: int = Field(default=100, ge=1)  # passes over the train data (unless max_steps ends first)
+    max_steps: int | None = Field(default=800, ge=1)  # optimizer steps; overrides epochs when set
+    max_seq_len: int = Field(default=256, ge=8)  # tokens per sequence / packed row
     overlong: Literal["truncate", "drop"] = "truncate"  # conversations above max_seq_len (counted in metrics)
     batching: Literal["pack", "length_group"] = "pack"  # how padding is avoided (causal_lm)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # fp16 uses dynamic loss scaling (accelerate)
@@ -346,7 +376,7 @@ class TrainParams(Section):
     # freezing: embeddings and the bottom freeze_layers layers, or everything except the head
     freeze: Literal["none", "bottom", "all_but_head"] = "none"
     freeze_embeddings: bool = True  # with freeze: bottom
-    freeze_layers: int = Field(default=0, ge=0)  # with freeze: bottom
+    freeze_layers: int = Field(default=24, ge=0)  # with freeze: bottom
     # progressive unfreezing: K more layers (top down) every E epochs or every S steps
     unfreeze_layers: int = Field(default=0, ge=0)
     unfreeze_every_epochs: int | None = Field(default=None, ge=1)
@@ -355,15 +385,15 @@ class TrainParams(Section):
     dropout: float | None = Field(default=None, ge=0.0, lt=1.0)  # hidden dropout override (seed guide 0.1-0.3)
     attention_dropout: float | None = Field(default=None, ge=0.0, lt=1.0)  # attention dropout override
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
-    eval_every_steps: int = Field(default=500, ge=1)  # val loss / perplexity / BLEU every N optimizer steps
-    eval_max_conversations: int | None = Field(default=None, ge=1)  # val subset for the loss (None: all)
-    bleu_samples: int = Field(default=32, ge=0)  # val conversations generated greedily for BLEU (0: off)
-    bleu_max_new_tokens: int = Field(default=64, ge=1)
-    eval_base: bool = True  # evaluate the untouched base first (base_* metrics: what the fine-tune must beat)
+    eval_every_steps: int = Field(default=200, ge=1)  # val loss / perplexity / BLEU every N optimizer steps
+    eval_max_conversations: int | None = Field(default=64, ge=1)  # val subset for the loss (None: all)
+    bleu_samples: int = Field(default=10, ge=0)  # val conversations generated greedily for BLEU (0: off)
+    bleu_max_new_tokens: int = Field(default=128, ge=1)
+    eval_base: bool = False  # evaluate the untouched base first (base_* metrics: what the fine-tune must beat)
     early_stopping_patience: int = Field(default=3, ge=0)  # evals without val-loss improvement; 0: off
     early_stopping_min_delta: float = Field(default=0.0, ge=0.0)
     max_gap: float = Field(default=0.1, ge=0.0)  # flag when val loss - train loss exceeds this
-    checkpoint_every_steps: int = Field(default=200, ge=1)  # crash-safe checkpoint period
+    checkpoint_every_steps: int = Field(default=100, ge=1)  # crash-safe checkpoint period
     keep_checkpoints: int = Field(default=2, ge=1)
     num_processes: int = Field(default=1, ge=1, le=1024)  # > 1: DDP via `accelerate launch` (gloo on CPU)
     lora: LoraOptions = Field(default_factory=LoraOptions)
@@ -393,18 +423,18 @@ class TrainParams(Section):
 # ==== section: distill (issue 5) — replace this placeholder block with the real model ====
 class DistillParams(Section):
     # student depth: teacher layers kept (evenly spaced, first and last included); null = half the teacher's
-    student_layers: int | None = Field(default=None, ge=1)
+    student_layers: int | None = Field(default=5, ge=1)
     temperature: float = Field(default=2.0, gt=0.0, le=20.0)  # softening of both distributions in the KL term
     alpha: float = Field(default=0.5, ge=0.0, le=1.0)  # weight of the soft (KL) loss; 1 - alpha on hard labels
-    steps: int = Field(default=300, ge=1)  # optimizer steps
+    steps: int = Field(default=600, ge=1)  # optimizer steps
     batch_size: int = Field(default=8, ge=1)
-    lr: float = Field(default=5e-5, gt=0.0, le=1.0)
+    lr: float = Field(default=0.0005, gt=0.0, le=1.0)
     max_seq_len: int = Field(default=256, ge=8)
     seed: int = 13
-    eval_max_conversations: int = Field(default=100, ge=1)  # val conversations scored for teacher and student
-    bleu_samples: int = Field(default=16, ge=0)  # causal_lm: greedy replies scored with BLEU (0: off)
-    max_new_tokens: int = Field(default=32, ge=1)  # for BLEU replies and latency
-    latency_requests: int = Field(default=8, ge=1)
+    eval_max_conversations: int = Field(default=40, ge=1)  # val conversations scored for teacher and student
+    bleu_samples: int = Field(default=10, ge=0)  # causal_lm: greedy replies scored with BLEU (0: off)
+    max_new_tokens: int = Field(default=128, ge=1)  # for BLEU replies and latency
+    latency_requests: int = Field(default=4, ge=1)
     retention_metric: Literal["auto", "answers", "perplexity", "bleu", "accuracy", "macro_f1"] = "auto"
     min_retention: float = Field(default=0.9, gt=0.0, le=1.0)  # student quality / teacher quality
     enforce: bool = False  # true: the stage fails when retention < min_retention
@@ -423,15 +453,15 @@ class PruneParams(Section):
     round_to: int = Field(default=8, ge=1)  # MLP widths kept a multiple of this (fast kernels)
     magnitude_threshold: float | None = Field(default=0.01, ge=0.0)  # zero |w| < this in linear layers; null: off
     keep_layers: list[int] = Field(default_factory=list)  # layers excluded from magnitude zeroing (see README)
-    recovery_steps: int = Field(default=100, ge=0)  # fine-tune steps after pruning (0: none)
+    recovery_steps: int = Field(default=60, ge=0)  # fine-tune steps after pruning (0: none)
     batch_size: int = Field(default=8, ge=1)
-    lr: float = Field(default=2e-5, gt=0.0, le=1.0)
+    lr: float = Field(default=0.0002, gt=0.0, le=1.0)
     max_seq_len: int = Field(default=256, ge=8)
     seed: int = 13
-    eval_max_conversations: int = Field(default=100, ge=1)
-    bleu_samples: int = Field(default=16, ge=0)
-    max_new_tokens: int = Field(default=32, ge=1)
-    latency_requests: int = Field(default=8, ge=1)
+    eval_max_conversations: int = Field(default=40, ge=1)
+    bleu_samples: int = Field(default=10, ge=0)
+    max_new_tokens: int = Field(default=128, ge=1)
+    latency_requests: int = Field(default=4, ge=1)
 
 
 # ==== end section: prune ====
@@ -447,12 +477,15 @@ class QuantizeParams(Section):
     # SmolLM2); 0 = float activations (top-1 0.983 but 8-bit weights are dequantized per call: ~10x slower)
     accuracy_level: Literal[0, 4] = 4
     keep_float: list[str] = Field(default_factory=list)  # MatMul node-name substrings left in float, e.g. [lm_head]
-    eval_max_conversations: int = Field(default=50, ge=1)  # test conversations for agreement / BLEU
-    max_new_tokens: int = Field(default=32, ge=1)  # greedy decoding for equality rate and BLEU
+    eval_max_conversations: int = Field(default=30, ge=1)  # test conversations for agreement / BLEU
+    max_new_tokens: int = Field(default=128, ge=1)  # greedy decoding for equality rate and BLEU
     max_seq_len: int = Field(default=256, ge=8)
     min_top1_agreement: float = Field(default=0.95, ge=0.0, le=1.0)  # gate: int8 vs float next-token argmax
     max_size_ratio: float = Field(default=0.3, gt=0.0, le=1.0)  # gate: int8 bytes / float bytes
     enforce: bool = False  # true: the stage fails when a gate is missed
+    # ONNX Runtime execution providers, most preferred first, for the parity checks here and the ONNX
+    # sessions of evaluate and serve; each must be in onnxruntime.get_available_providers()
+    providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"], min_length=1)
 
     @field_validator("block_size")
     @classmethod
@@ -494,9 +527,9 @@ class EvaluateParams(Section):
     max_samples_per_lang: int | None = Field(default=150, ge=1)  # test assistant turns per language (null: all)
     other_samples_per_lang: int | None = Field(default=None, ge=1)  # variants other than served/retrieval: first N of the same sample (null: all)
     max_new_tokens: int = Field(default=256, ge=1, le=1024)  # cap on answer length (the limit is 2 x the longest reference + 16)
-    batch_size: int = Field(default=8, ge=1)  # prompts decoded together for BLEU/chrF (latency stays batch 1)
-    max_ppl_conversations: int = Field(default=200, ge=1)  # test conversations scored for perplexity
-    latency_runs: int = Field(default=8, ge=1)  # timed batch-1 generations per variant
+    batch_size: int = Field(default=16, ge=1)  # prompts decoded together for BLEU/chrF (latency stays batch 1)
+    max_ppl_conversations: int = Field(default=40, ge=1)  # test conversations scored for perplexity
+    latency_runs: int = Field(default=5, ge=1)  # timed batch-1 generations per variant
     latency_new_tokens: int = Field(default=32, ge=1)
     confidence_threshold: float | None = Field(default=None, gt=0.0, lt=1.0)  # null: use serve.confidence_threshold
     seed: int = 0
@@ -513,6 +546,15 @@ class Persona(Section):
     temperature: float = Field(default=0.7, ge=0.7, le=1.2)
     top_p: float = Field(default=0.9, gt=0.0, le=1.0)
     system_prompt: str = ""  # prepended as a system message when the request has none
+
+
+DEFAULT_PERSONAS: dict[str, Persona] = {
+    "precise": Persona(temperature=0.7, top_p=0.9,
+                       system_prompt="You are a precise customer-service assistant. Answer briefly and accurately."),
+    "friendly": Persona(temperature=1.0, top_p=0.95, system_prompt="You are a warm, friendly customer-service assistant."),
+    "lively": Persona(temperature=1.2, top_p=0.95,
+                      system_prompt="You are an upbeat, chatty assistant who keeps answers light."),
+}
 
 
 class ServeUpstream(Section):
@@ -550,7 +592,8 @@ class ServeCache(Section):
 
 
 class ServeFilter(Section):
-    lexicons: list[str] = Field(default_factory=list)  # word-list files, one term per line, # comments
+    # word-list files, one term per line, # comments
+    lexicons: list[str] = Field(default_factory=lambda: ["lexicons/sensitive/zh.txt", "lexicons/sensitive/en.txt"])
     mode: Literal["block", "mask"] = "block"  # block: replace the whole message; mask: star the term
     blocked_message: dict[Literal["zh", "en"], str] = Field(
         default_factory=lambda: {
@@ -612,7 +655,7 @@ class ServeParams(Section):
             "en": "Sorry, I'm not sure I understood. Could you rephrase, or ask for a human agent?",
         }
     )
-    personas: dict[str, Persona] = Field(default_factory=dict)
+    personas: dict[str, Persona] = Field(default_factory=lambda: dict(DEFAULT_PERSONAS))
     variants: list[ServeVariant] = Field(min_length=1)
     redis_url: str | None = None  # e.g. redis://localhost:6379/0; null: in-process LRU cache
     database_url: str = "sqlite:///.cache/serve/chatforge.db"  # any SQLAlchemy URL (postgresql+psycopg://...)
@@ -664,7 +707,15 @@ def _describe(error: dict[str, Any], section: str) -> str:
     loc = ".".join(str(p) for p in (section, *error["loc"]))
     value = error.get("input")
     shown = repr(value) if not isinstance(value, dict) else "{...}"
+    if len(shown) > 80:  # never echo unbounded input
+        shown = shown[:77] + "..."
     msg = error["msg"]
+    if error["type"] not in ("extra_forbidden", "missing") and not isinstance(value, (dict, list)):
+        key = ".".join(str(p) for p in (section, *error["loc"]) if not isinstance(p, int))
+        if error["type"].split("_")[0] in ("int", "float", "bool", "greater", "less", "finite", "decimal"):
+            msg += f". On the command line write it bare: dvc exp run -S {key}=<value>"
+        else:
+            msg += f". On the command line, quote text so YAML keeps it as written: dvc exp run -S '{key}=\"<text>\"'"
     if error["type"] == "extra_forbidden":
         return f"{loc}: unknown key (value {shown}). Remove it or fix its spelling."
     if error["type"] == "missing":

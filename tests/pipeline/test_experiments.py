@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 import pytest
+import yaml
 
 pytestmark = pytest.mark.pipeline
 
@@ -124,3 +125,24 @@ def test_experiments_are_listed_and_diffed(built):
     named = {f"{path}:{metric}" for path, rows in diff.items() for metric in rows}
     assert any(n.startswith("reports/train.json:") for n in named), named
     assert any(n.startswith("reports/evaluate.json:teacher.") for n in named), named
+
+
+def test_editing_a_library_module_reruns_exactly_the_stages_that_import_it(built):
+    """Issue 15 item 1: append a comment to the generation module; `dvc status` names exactly the
+    stages whose script imports it (directly or through other modules), and no other."""
+    from depgraph import import_closure
+
+    project, _ = built
+    assert project.status() == {}, "the tiny build should be up to date before the edit"
+    module = "src/chatforge/modeling/generate.py"
+    stages = yaml.safe_load((project.root / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+    importers = {name for name, spec in stages.items() if module in import_closure(project.root / spec["cmd"].split()[1])}
+    assert {"distill", "prune", "quantize", "evaluate"} <= importers  # prune imports it too (the issue's example)
+    path = project.root / module
+    original = path.read_text(encoding="utf-8")
+    try:
+        path.write_text(original + "\n# a comment\n", encoding="utf-8")
+        assert set(project.status()) == importers
+    finally:
+        path.write_text(original, encoding="utf-8")
+    assert project.status() == {}

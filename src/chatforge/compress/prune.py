@@ -10,8 +10,12 @@ reload with plain `from_pretrained`.
 Attention heads (LLaMA-style decoders): the graph trace of attention couples everything through the
 hidden size, so heads are ranked here (norm of each head's q_proj rows and o_proj columns) and sliced
 with torch-pruning's linear pruning functions. Under GQA the same number of query heads is removed
-from every KV group, so `num_key_value_heads` and `head_dim` stay and the groups stay equal. Encoder
-classifiers (BERT) tie head size to hidden size / heads, so only their MLP is pruned.
+from every KV group, so `num_key_value_heads` and `head_dim` stay and the groups stay equal; without
+GQA (one KV head per query head) a removed head takes its k/v rows with it. transformers only saves a
+config whose hidden size is a multiple of the head count, so `check_prune` computes the head count a
+ratio gives from the config alone and refuses, before any work, a count that is impossible or
+unchanged, naming the counts that are possible. Encoder classifiers (BERT) tie head size to
+hidden size / heads: `prune.heads: true` on them is refused; their MLP is pruned.
 
 Magnitude pruning (optional) zeroes |w| < threshold in the decoder/encoder linear layers. The dense
 file does not shrink from it: sparsity is reported, not claimed as size.
@@ -29,6 +33,7 @@ from typing import Any
 import polars as pl
 import torch
 
+from chatforge.knobs import Reached
 from chatforge.modeling.data import conversations
 from chatforge.modeling.distill import (
     CompressError,
@@ -70,6 +75,89 @@ def layer_parts(model: Any) -> list[LayerParts]:
     if hasattr(model, "distilbert"):
         return [LayerParts(layer.ffn.lin1) for layer in model.distilbert.transformer.layer]
     raise CompressError(f"prune.source: architecture {arch} is not supported for pruning (LLaMA-style decoders, BERT, DistilBERT)")
+
+
+@dataclass(frozen=True)
+class PrunePlan:
+    """What `prune.ratio` gives on one model, from its config alone: MLP width and head counts."""
+
+    mlp_width: int
+    mlp_keep: int
+    heads: int | None = None  # query heads before (None: heads are not pruned)
+    heads_keep: int | None = None
+    kv_heads: int | None = None  # KV heads before; after = kv_heads without GQA's groups, else heads_keep
+
+    @property
+    def mlp_share(self) -> float:
+        return 1 - self.mlp_keep / self.mlp_width
+
+    @property
+    def heads_share(self) -> float | None:
+        return None if self.heads is None or self.heads_keep is None else 1 - self.heads_keep / self.heads
+
+
+def _config_value(config: Any, *names: str) -> Any:
+    get = config.get if isinstance(config, dict) else lambda n: getattr(config, n, None)
+    return next((v for v in (get(n) for n in names) if v is not None), None)
+
+
+def possible_head_counts(hidden: int, heads: int, kv: int) -> list[int]:
+    """Query-head counts below `heads` that transformers can save: a multiple of the KV heads under
+    GQA (the same number removed from every group; without GQA the KV heads go along) that divides
+    the hidden size. Largest first."""
+    step = kv if kv < heads else 1
+    return [n for n in range(heads - step, 0, -step) if hidden % n == 0]
+
+
+def check_prune(config: Any, *, ratio: float, heads: bool, round_to: int, family: str) -> PrunePlan:
+    """Validate `prune.*` against a model config (a transformers config or its dict) before any work.
+
+    Returns the plan: MLP width before/after (rounded to `round_to`) and, with `heads`, query heads
+    before/after. Raises CompressError naming `prune.ratio` when it removes no MLP channel or no head,
+    or leaves a head count transformers cannot save (hidden size not a multiple of it), with the head
+    counts that are possible and the ratio that gives each.
+    """
+    width = _config_value(config, "intermediate_size", "hidden_dim")
+    if not isinstance(width, int):
+        raise CompressError("prune.source: the model config has no intermediate_size (MLP width); it cannot be pruned here.")
+    keep = _round_keep(width, ratio, round_to)
+    if keep == width:
+        raise CompressError(
+            f"prune.ratio = {ratio} removes no MLP channel: {width} channels x (1 - {ratio}) rounded to a multiple of "
+            f"prune.round_to ({round_to}) is still {width}. Raise prune.ratio above {round_to / 2 / width:.3g} "
+            "or lower prune.round_to."
+        )
+    if not heads:
+        return PrunePlan(width, keep)
+    if family != "causal_lm":
+        raise CompressError(
+            "prune.heads: true: an encoder classifier (BERT/DistilBERT) ties its head size to hidden size / heads, so "
+            "its attention heads cannot be removed; set prune.heads: false (its MLP channels are still pruned)."
+        )
+    hidden = _config_value(config, "hidden_size")
+    n = _config_value(config, "num_attention_heads")
+    kv = _config_value(config, "num_key_value_heads") or n
+    group = n // kv
+    if group > 1:
+        drop = min(group - 1, round(group * ratio))
+        keep_heads = n - kv * drop
+        shape = f"{n} query heads in {kv} KV groups of {group} lose round({group} x {ratio}) = {drop} each"
+    else:
+        drop = min(n - 1, round(n * ratio))
+        keep_heads = n - drop
+        shape = f"{n} heads (no GQA) lose round({n} x {ratio}) = {drop}"
+    possible = possible_head_counts(hidden, n, kv)
+    listed = ", ".join(f"{c} (prune.ratio {1 - c / n:.3g})" for c in possible) or "none"
+    fix = (f"Head counts possible for this model: {listed}. Set prune.ratio to one of those, or prune.heads: false "
+           "to prune MLP channels only.")
+    if keep_heads == n:
+        raise CompressError(f"prune.ratio = {ratio} with prune.heads: true removes no attention head: {shape}. {fix}")
+    if keep_heads not in possible:
+        raise CompressError(
+            f"prune.ratio = {ratio} with prune.heads: true would leave {keep_heads} of {n} attention heads ({shape}), but "
+            f"transformers cannot save that config: the hidden size ({hidden}) must be a multiple of the head count. {fix}"
+        )
+    return PrunePlan(width, keep, n, keep_heads, kv)
 
 
 def _round_keep(width: int, ratio: float, round_to: int) -> int:
@@ -115,33 +203,43 @@ def prune_mlp(model: Any, examples: list[dict[str, torch.Tensor]], *, ratio: flo
     return width, keep
 
 
-def prune_heads(model: Any, *, ratio: float) -> tuple[int, int]:
-    """Remove the same number of query heads from every KV group of every layer; return (heads before, after)."""
+def prune_heads(model: Any, *, keep: int) -> tuple[int, int]:
+    """Keep `keep` query heads in every layer (a count `check_prune` accepted); return (heads before, after).
+
+    Under GQA the same number of query heads goes from every KV group; without GQA a head's k/v rows
+    go with it. Heads are ranked by the norm of their q_proj rows and o_proj columns.
+    """
     import torch_pruning as tp
 
     config = model.config
     heads, kv = config.num_attention_heads, config.num_key_value_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     group = heads // kv
-    if group == 1:
-        return heads, heads  # MHA: removing a head would change the KV layout too; left alone
-    drop_per_group = min(group - 1, round(group * ratio))
-    if drop_per_group == 0:
+    if keep == heads:
         return heads, heads
     for part in layer_parts(model):
         q = part.q.weight.detach().view(heads, head_dim, -1)
         o = part.o.weight.detach().view(-1, heads, head_dim).transpose(0, 1)
         score = q.pow(2).sum(dim=(1, 2)) + o.pow(2).sum(dim=(1, 2))  # per head
         dropped: list[int] = []
-        for g in range(kv):
-            members = torch.arange(g * group, (g + 1) * group)
-            dropped += members[torch.argsort(score[members])[:drop_per_group]].tolist()
+        if group > 1:
+            per_group = (heads - keep) // kv
+            for g in range(kv):
+                members = torch.arange(g * group, (g + 1) * group)
+                dropped += members[torch.argsort(score[members])[:per_group]].tolist()
+        else:
+            dropped = torch.argsort(score)[: heads - keep].tolist()
         channels = [h * head_dim + d for h in sorted(dropped) for d in range(head_dim)]
         tp.prune_linear_out_channels(part.q, idxs=channels)
         tp.prune_linear_in_channels(part.o, idxs=channels)
+        if group == 1:  # no GQA: the head's key and value go too
+            tp.prune_linear_out_channels(part.k, idxs=channels)
+            tp.prune_linear_out_channels(part.v, idxs=channels)
     config.head_dim = head_dim  # no longer hidden_size / heads
-    config.num_attention_heads = heads - kv * drop_per_group
-    return heads, config.num_attention_heads
+    config.num_attention_heads = keep
+    if group == 1:
+        config.num_key_value_heads = keep
+    return heads, keep
 
 
 def magnitude_masks(model: Any, *, threshold: float, keep_layers: list[int]) -> tuple[dict[str, torch.Tensor], float]:
@@ -164,19 +262,44 @@ def magnitude_masks(model: Any, *, threshold: float, keep_layers: list[int]) -> 
     return masks, (zero / total if total else 0.0)
 
 
+def prune_knobs(plan: PrunePlan, params: Any, *, val_conversations: int) -> list[Reached]:
+    """The share of MLP channels (and heads) removed against `prune.ratio`, and the val conversations
+    measured against `prune.eval_max_conversations`."""
+    knobs = [Reached("prune.ratio (MLP channels)", params.ratio, round(plan.mlp_share, 4),
+                     f"{plan.mlp_width} -> {plan.mlp_keep} channels: widths are kept a multiple of prune.round_to "
+                     f"({params.round_to})")]
+    if plan.heads is not None and plan.heads_keep is not None:
+        kv = plan.kv_heads or plan.heads
+        why = (f"{plan.heads} -> {plan.heads_keep} heads: the same number of query heads goes from each of the {kv} KV groups"
+               if kv < plan.heads else f"{plan.heads} -> {plan.heads_keep} heads: whole heads only")
+        knobs.append(Reached("prune.ratio (attention heads)", params.ratio, round(plan.heads_share or 0.0, 4), why))
+    taken = min(params.eval_max_conversations, val_conversations)
+    knobs.append(Reached("prune.eval_max_conversations", params.eval_max_conversations, taken,
+                         "as requested" if taken == params.eval_max_conversations
+                         else f"the val split has {val_conversations} conversations"))
+    return knobs
+
+
 @dataclass
 class PruneOutcome:
     model: Any
     tokenizer: Any
     family: str
     metrics: dict[str, Any]
+    knobs: list[Reached]  # requested vs reached (chatforge.knobs): the stage logs them and adds them to the metrics
 
 
 def prune(source_dir: Path, train_turns: pl.DataFrame, val_turns: pl.DataFrame, *, params: Any) -> PruneOutcome:
-    """Prune the model in `source_dir` with `params` (a PruneParams); measure before and after."""
+    """Prune the model in `source_dir` with `params` (a PruneParams); measure before and after.
+
+    `check_prune` runs on the loaded config before any work (CompressError naming prune.ratio).
+    Metrics: params/size/quality/latency before_* and after_*, mlp_width_before/after and
+    mlp_removed_share, heads_before/after and heads_removed_share (None without prune.heads),
+    magnitude sparsity, recovery losses."""
     family = read_family(source_dir, key="prune.source")
     model, tokenizer = load_model(source_dir, family)
     layer_parts(model)  # unsupported architecture: fail before any work
+    plan = check_prune(model.config, ratio=params.ratio, heads=params.heads, round_to=params.round_to, family=family)
     train_convs, val_convs = conversations(train_turns), conversations(val_turns)[: params.eval_max_conversations]
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)] if family == "classifier" else None
     batches = make_batches(train_convs, tokenizer, family=family, labels=labels, max_seq_len=params.max_seq_len, batch_size=params.batch_size)
@@ -198,7 +321,7 @@ def prune(source_dir: Path, train_turns: pl.DataFrame, val_turns: pl.DataFrame, 
     model.config.intermediate_size = width[1]
     if hasattr(model.config, "hidden_dim") and family == "classifier":  # DistilBERT's name for it
         model.config.hidden_dim = width[1]
-    heads = prune_heads(model, ratio=params.ratio) if params.heads and family == "causal_lm" else None
+    heads = prune_heads(model, keep=plan.heads_keep) if plan.heads_keep is not None else None
     # round-trip through save/from_pretrained: fresh modules whose attributes match the new shapes,
     # and proof that the output reloads as an ordinary transformers folder
     with tempfile.TemporaryDirectory() as tmp:
@@ -218,12 +341,14 @@ def prune(source_dir: Path, train_turns: pl.DataFrame, val_turns: pl.DataFrame, 
     metrics.update(
         ratio=params.ratio, criterion=params.criterion,
         params_reduction=1 - after["params"] / before["params"],
-        mlp_width_before=width[0], mlp_width_after=width[1],
+        mlp_width_before=width[0], mlp_width_after=width[1], mlp_removed_share=1 - width[1] / width[0],
         heads_before=heads[0] if heads else None, heads_after=heads[1] if heads else None,
+        heads_removed_share=1 - heads[1] / heads[0] if heads else None,
         magnitude_threshold=params.magnitude_threshold, magnitude_sparsity=sparsity,
         recovery_steps=len(losses), recovery_loss_first=losses[0] if losses else None,
         recovery_loss_last=losses[-1] if losses else None, source=params.source,
     )
     if family == "causal_lm":
         metrics.update(answer_retention(after, before))
-    return PruneOutcome(model, tokenizer, family, metrics)
+    knobs = prune_knobs(plan, params, val_conversations=len(conversations(val_turns)))
+    return PruneOutcome(model, tokenizer, family, metrics, knobs)

@@ -11,6 +11,11 @@ and activations) and `dynamic_per_channel` lose most of their top-1 agreement wi
 
 Tied embeddings: the output projection and the input embedding are one matrix. The int8 file stores
 it once: the embedding lookup becomes a GatherBlockQuantized over the output projection's int8 blocks.
+Other embedding tables (an encoder's word, position and token-type embeddings, an untied input
+embedding) get their own 8-bit blocks: on an encoder classifier the word embedding is most of the file.
+
+Gates (`quantize_gates`): the size ratio and the top-1 agreement with the float model count for both
+families (next token for a causal LM, predicted intent for a classifier).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ class QuantizeOptions:
     # which for 8-bit weights dequantizes every call (measured ~10x slower than the float model on CPU)
     accuracy_level: int = 4
     keep_float: tuple[str, ...] = ()  # MatMul node-name substrings to leave in float (e.g. "lm_head")
+    embeddings: bool = True  # weight_only: embedding tables (Gather) in 8-bit blocks too (_quantize_gather_tables)
 
 
 def _initializers(model: Any) -> dict[str, Any]:
@@ -129,6 +135,74 @@ def _share_tied_embedding(model: Any, *, block_size: int, symmetric: bool) -> bo
     return True
 
 
+def _gemm_as_matmul(model: Any) -> int:
+    """Gemm over a constant weight (an encoder's pooler and classification head) -> MatMul (+ Add of the
+    bias), so the 8-bit MatMul quantizer takes them too. Returns how many were rewritten."""
+    from onnx import helper, numpy_helper
+
+    inits = _initializers(model)
+    count = 0
+    for gemm in [n for n in model.graph.node if n.op_type == "Gemm"]:
+        attrs = {a.name: helper.get_attribute_value(a) for a in gemm.attribute}
+        if gemm.input[1] not in inits or attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
+            continue
+        weight = numpy_helper.to_array(inits[gemm.input[1]])
+        if attrs.get("transB", 0):
+            weight = weight.T.copy()
+        name = f"{gemm.input[1]}_kn"
+        model.graph.initializer.append(numpy_helper.from_array(weight, name))
+        has_bias = len(gemm.input) > 2 and gemm.input[2] != ""
+        product = f"{gemm.name}_matmul_out" if has_bias else gemm.output[0]
+        nodes = [helper.make_node("MatMul", [gemm.input[0], name], [product], name=f"{gemm.name}_MatMul")]
+        if has_bias:
+            nodes.append(helper.make_node("Add", [product, gemm.input[2]], [gemm.output[0]], name=f"{gemm.name}_Add"))
+        index = list(model.graph.node).index(gemm)
+        model.graph.node.remove(gemm)
+        for offset, node in enumerate(nodes):
+            model.graph.node.insert(index + offset, node)
+        count += 1
+    return count
+
+
+def _quantize_gather_tables(model: Any, *, block_size: int) -> list[str]:
+    """Every embedding lookup over a float table (Gather of a 2-D float initializer: word, position and
+    token-type embeddings) becomes a GatherBlockQuantized over 8-bit blocks of `block_size` columns,
+    symmetric (zero point 128, onnxruntime's default for 8 bits: not stored), one float scale per block. An encoder's word embedding is most of its
+    bytes (MiniLM: 30,522 x 384 of 22.7M parameters); without this the INT8 file stays ~80% of float.
+    Tables whose width is not a multiple of block_size stay float. Returns the initializers replaced."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = _initializers(model)
+    done: list[str] = []
+    for gather in [n for n in model.graph.node if n.op_type == "Gather"]:
+        table = inits.get(gather.input[0])
+        if table is None or table.data_type != TensorProto.FLOAT or len(table.dims) != 2 or table.dims[1] % block_size:
+            continue
+        if any(a.name == "axis" and a.i != 0 for a in gather.attribute):
+            continue
+        weights = numpy_helper.to_array(table).astype(np.float32)
+        rows, cols = weights.shape
+        blocks = weights.reshape(rows, cols // block_size, block_size)
+        scales = np.abs(blocks).max(axis=2) / 127.0
+        scales[scales == 0] = 1.0
+        q = np.clip(np.rint(blocks / scales[:, :, None]), -127, 127).astype(np.int16) + 128
+        name = gather.input[0]
+        model.graph.initializer.extend([
+            numpy_helper.from_array(q.reshape(rows, cols).astype(np.uint8), f"{name}_q8"),
+            numpy_helper.from_array(scales.astype(np.float32), f"{name}_q8_scales"),
+        ])
+        node = helper.make_node(
+            "GatherBlockQuantized", [f"{name}_q8", gather.input[1], f"{name}_q8_scales"],
+            list(gather.output), name=f"{gather.name}_Q8", domain="com.microsoft", gather_axis=0, quantize_axis=1,
+            block_size=block_size, bits=8,
+        )
+        index = list(model.graph.node).index(gather)
+        model.graph.node.remove(gather)
+        model.graph.node.insert(index, node)
+        done.append(name)
+    return done
+
+
 def _onnx_order(model: Any) -> None:
     """Drop nodes nobody reads (the float head's Transpose), then re-sort (new Reshapes precede users)."""
     while True:
@@ -167,12 +241,14 @@ def quantize_onnx(float_path: Path, target: Path, *, options: QuantizeOptions) -
             weight_type=QuantType.QInt8,
             nodes_to_exclude=_excluded(onnx.load(str(float_path)), options.keep_float),
         )
-        return {"scheme": options.scheme, "tied_embedding_shared": False}
+        return {"scheme": options.scheme, "tied_embedding_shared": False, "embeddings_quantized": 0}
 
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     model = onnx.load(str(float_path))
     _materialize_tied_head(model)
+    if options.embeddings:
+        _gemm_as_matmul(model)
     quantizer = MatMulNBitsQuantizer(
         model,
         bits=8,
@@ -187,6 +263,7 @@ def quantize_onnx(float_path: Path, target: Path, *, options: QuantizeOptions) -
     quantizer.process()
     model = quantizer.model.model
     shared = tied and _share_tied_embedding(model, block_size=options.block_size, symmetric=options.symmetric)
+    tables = _quantize_gather_tables(model, block_size=options.block_size) if options.embeddings else []
     _onnx_order(model)
     # drop initializers nothing reads any more (the float copies of quantized weights)
     used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
@@ -195,7 +272,7 @@ def quantize_onnx(float_path: Path, target: Path, *, options: QuantizeOptions) -
     model.graph.initializer.extend(keep)
     onnx.checker.check_model(model)
     onnx.save(model, str(target))
-    return {"scheme": "weight_only", "tied_embedding_shared": shared}
+    return {"scheme": "weight_only", "tied_embedding_shared": shared, "embeddings_quantized": len(tables)}
 
 
 def _excluded(model: Any, patterns: tuple[str, ...]) -> list[str]:
@@ -203,12 +280,14 @@ def _excluded(model: Any, patterns: tuple[str, ...]) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------- quality
-def _session(path: Path) -> Any:
+def _session(path: Path, providers: Sequence[str] | None = None) -> Any:
     import onnxruntime as ort
+
+    from chatforge.modeling.device import onnx_session
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 0
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return onnx_session(path, providers=providers, options=options)  # quantize.providers (default CPU)
 
 
 def teacher_forced_logits(session: Any, ids: list[int]) -> np.ndarray:
@@ -225,11 +304,12 @@ def teacher_forced_logits(session: Any, ids: list[int]) -> np.ndarray:
     return session.run(["logits"], feeds)[0][0]
 
 
-def top1_agreement(float_path: Path, int8_path: Path, sequences: list[list[int]]) -> float:
+def top1_agreement(float_path: Path, int8_path: Path, sequences: list[list[int]], *,
+                   providers: Sequence[str] | None = None) -> float:
     """Share of positions where the INT8 model's most likely next token equals the float model's."""
     if not sequences:
         raise ValueError("no sequences to compare: the test split gave no conversations")
-    a, b = _session(float_path), _session(int8_path)
+    a, b = _session(float_path, providers), _session(int8_path, providers)
     same = total = 0
     for ids in sequences:
         fa = teacher_forced_logits(a, ids).argmax(-1)
@@ -239,8 +319,9 @@ def top1_agreement(float_path: Path, int8_path: Path, sequences: list[list[int]]
     return same / total
 
 
-def classifier_logits(path: Path, encodings: list[dict[str, list[int]]]) -> np.ndarray:
-    session = _session(path)
+def classifier_logits(path: Path, encodings: list[dict[str, list[int]]], *,
+                      providers: Sequence[str] | None = None) -> np.ndarray:
+    session = _session(path, providers)
     rows = []
     for enc in encodings:
         feeds = {k: np.asarray([enc[k]], dtype=np.int64) for k in ("input_ids", "attention_mask")}
@@ -249,9 +330,43 @@ def classifier_logits(path: Path, encodings: list[dict[str, list[int]]]) -> np.n
 
 
 # -------------------------------------------------------------------------------------- build
-def build_onnx_folder(source_dir: Path, folder: Path, test_turns: Any, *, params: Any) -> dict[str, Any]:
+def quantize_gates(metrics: dict[str, Any], params: Any) -> dict[str, dict[str, Any]]:
+    """Every measured gate, for both families: INT8 / float size ratio <= quantize.max_size_ratio and
+    top-1 agreement (next-token argmax for a causal LM, predicted intent for a classifier) >=
+    quantize.min_top1_agreement. {name: {value, limit, status}}; status pass | fail (an agreement
+    that could not be measured, nan, fails: nothing shows the INT8 model is right)."""
+    ratio, agreement = metrics.get("size_ratio"), metrics.get("top1_agreement")
+
+    def status(ok: bool) -> str:
+        return "pass" if ok else "fail"
+
+    return {
+        "size_ratio": {"value": ratio, "limit": f"<= {params.max_size_ratio}",
+                       "status": status(ratio is not None and ratio <= params.max_size_ratio)},
+        "top1_agreement": {"value": agreement, "limit": f">= {params.min_top1_agreement}",
+                           "status": status(agreement is not None and agreement >= params.min_top1_agreement)},
+    }
+
+
+def gate_failures(metrics: dict[str, Any]) -> list[str]:
+    """One line per failed quantize gate: name, value, limit."""
+    lines = []
+    for name, g in metrics.get("gates", {}).items():
+        if g["status"] == "fail":
+            value = "not measured" if g["value"] is None else f"{g['value']:.3f}"
+            lines.append(f"{name} {value} (needs {g['limit']})")
+    return lines
+
+
+def build_onnx_folder(source_dir: Path, folder: Path, test_turns: Any, *, params: Any,
+                      knobs: list[Any] | None = None) -> dict[str, Any]:
     """Fill `folder` (being built) with model.onnx, model.int8.onnx, tokenizer, config and manifest;
-    return the metrics: sizes, INT8-vs-float agreement, greedy equality, BLEU / accuracy."""
+    return the metrics: sizes, INT8-vs-float agreement, greedy equality, BLEU / accuracy, and
+    `gates` (quantize_gates) with `gate_ok` (every gate passes). `knobs`, when given, receives the
+    requested-vs-reached records (chatforge.knobs) the stage reports."""
+    from chatforge.knobs import Reached
+
+    knobs = [] if knobs is None else knobs
     import shutil
 
     from chatforge.compress.onnx_export import export_causal_lm, export_classifier, load_for_export
@@ -282,10 +397,14 @@ def build_onnx_folder(source_dir: Path, folder: Path, test_turns: Any, *, params
     convs = conversations(test_turns)[: params.eval_max_conversations]
     if family == "causal_lm":
         metrics.update(_causal_parity(model, tokenizer, folder, convs, params=params))
-        metrics["gate_ok"] = bool(metrics["top1_agreement"] >= params.min_top1_agreement and metrics["size_ratio"] <= params.max_size_ratio)
     else:
-        metrics.update(_classifier_parity(model, tokenizer, float_path, int8_path, convs))
-        metrics["gate_ok"] = bool(metrics["size_ratio"] <= params.max_size_ratio)
+        metrics.update(_classifier_parity(model, tokenizer, float_path, int8_path, convs, providers=params.providers))
+    metrics["gates"] = quantize_gates(metrics, params)
+    metrics["gate_ok"] = all(g["status"] == "pass" for g in metrics["gates"].values())
+    available = len(conversations(test_turns))
+    knobs.append(Reached("quantize.eval_max_conversations", params.eval_max_conversations, len(convs),
+                         "as requested" if len(convs) == params.eval_max_conversations
+                         else f"the test split has {available} conversations"))
     parent = read_manifest(source_dir)
     write_manifest(folder, Manifest(family=family, variant="int8", parent=str(source_dir), base=parent.base,
                                     data_sha256=parent.data_sha256, params_sha256=parent.params_sha256,
@@ -314,13 +433,18 @@ def _causal_parity(model: Any, tokenizer: Any, folder: Path, convs: list[Any], *
 
     examples, _ = tokenize_conversations(convs, tokenizer, max_seq_len=params.max_seq_len, overlong="truncate")
     # an empty test split gives nan (visible in the metrics), not a crash
-    agreement = top1_agreement(folder / "model.onnx", folder / "model.int8.onnx", [e.input_ids for e in examples]) if examples else float("nan")
+    agreement = top1_agreement(folder / "model.onnx", folder / "model.int8.onnx", [e.input_ids for e in examples],
+                               providers=params.providers) if examples else float("nan")
     # the one answer-quality path: full greedy answers to every assistant turn of the sampled
     # conversations, the length limit from the references, scored the way evaluate scores them
     samples, _ = answer_samples(convs, max_per_lang=None, seed=0)
     limit = answer_length_limit(tokenizer, samples, cap=params.max_new_tokens)
-    runners = {"torch": TorchGenerator(model, tokenizer, fingerprint="torch"),
-               "float": load_generator(folder, backend="onnx"), "int8": load_generator(folder, backend="onnx_int8")}
+    from chatforge.modeling.device import place
+
+    # torch on the accelerator when there is one (the export is done); ONNX on quantize.providers
+    runners = {"torch": TorchGenerator(place(model), tokenizer, fingerprint="torch"),
+               "float": load_generator(folder, backend="onnx", providers=params.providers),
+               "int8": load_generator(folder, backend="onnx_int8", providers=params.providers)}
     # torch decodes the prompts in batches (same tokens as one at a time); ONNX one at a time
     answers = {name: generate_answers(runner, samples, max_new_tokens=limit, desc=f"{name} answers")
                for name, runner in runners.items()}
@@ -342,7 +466,8 @@ def _causal_parity(model: Any, tokenizer: Any, folder: Path, convs: list[Any], *
     return out
 
 
-def _classifier_parity(model: Any, tokenizer: Any, float_path: Path, int8_path: Path, convs: list[Any]) -> dict[str, Any]:
+def _classifier_parity(model: Any, tokenizer: Any, float_path: Path, int8_path: Path, convs: list[Any], *,
+                       providers: Sequence[str] | None = None) -> dict[str, Any]:
     from chatforge.modeling.classifier import classifier_text
 
     id2label = model.config.id2label
@@ -350,8 +475,8 @@ def _classifier_parity(model: Any, tokenizer: Any, float_path: Path, int8_path: 
     if not rows:
         return {"accuracy_float": float("nan"), "accuracy_int8": float("nan"), "accuracy_drop": float("nan"), "top1_agreement": float("nan")}
     encodings = [dict(tokenizer(text)) for text, _ in rows]
-    pred_float = classifier_logits(float_path, encodings).argmax(-1)
-    pred_int8 = classifier_logits(int8_path, encodings).argmax(-1)
+    pred_float = classifier_logits(float_path, encodings, providers=providers).argmax(-1)
+    pred_int8 = classifier_logits(int8_path, encodings, providers=providers).argmax(-1)
     truth = [label for _, label in rows]
     acc_float = float(np.mean([id2label[int(p)] == t for p, t in zip(pred_float, truth, strict=True)]))
     acc_int8 = float(np.mean([id2label[int(p)] == t for p, t in zip(pred_int8, truth, strict=True)]))

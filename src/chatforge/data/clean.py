@@ -1,7 +1,8 @@
 """Clean the canonical turns table: one pass of text rules, then conversation-level drops.
 
-Text rules, in this order, each on the whole `content` column with polars expressions (no per-row
-Python); `reports/clean.json` counts the rows each rule changed:
+Text rules, in this order, each on the whole `content` column with polars expressions; Python runs
+only once per distinct text of the few rows that need OpenCC (t2s) or a per-mark decision (nfkc on
+turns mixing Chinese into other text). `reports/clean.json` counts the rows each rule changed:
 
 1. html            tags of known HTML elements and comments removed, <script>/<style> bodies
                    dropped, <br> and block tags (<p>, <div>, <li>, ...) become line breaks, entities
@@ -16,12 +17,19 @@ Python); `reports/clean.json` counts the rows each rule changed:
                    ，。！？、；：“”（）《》 and ASCII punctuation are kept, as are ℃ ° ¥ % and arrows.
                    `keep_emoji` keeps emoji-presentation characters (😊 👍, not ★).
 4. nfkc            NFKC: full-width letters/digits/space -> ASCII (ＡＢＣ１２３ -> ABC123), compatibility
-                   forms (① -> 1, ℃ -> °C). On Chinese rows the full-width punctuation ，！？（）：；～
-                   and … survive, because they are the correct forms in Chinese text.
-5. t2s             (optional) traditional -> simplified on Chinese rows with OpenCC's own t2s
-                   dictionaries, applied as one leftmost-longest multi-pattern replacement (the
-                   Aho-Corasick kernel behind polars `str.replace_many`), i.e. OpenCC's maximum
-                   forward matching over phrases and characters.
+                   forms (① -> 1, ℃ -> °C). In Chinese turns the full-width punctuation ，！？（）：；～
+                   and … survive, because they are the correct forms in Chinese text. Whether a turn is
+                   Chinese is decided from its own text (`chatforge.data.lang`: at least as many Han
+                   characters as Latin words), not from the conversation's `lang` label, which is only
+                   the fallback for a turn with neither (e.g. "？？"). In other turns the marks touching
+                   a Han character survive too (a Chinese quote or word inside English text). So a
+                   Chinese answer in an English conversation keeps "：「…！」" and an English turn in a
+                   Chinese one gets "OK, thanks!".
+5. t2s             (optional) traditional -> simplified with OpenCC t2s (`chatforge.data.lang.
+                   to_simplified`, the official OpenCC converter) on every turn that holds a Han
+                   character, whatever its label: Chinese text is converted wherever it stands
+                   ("What does 謝謝 mean?" -> "What does 谢谢 mean?"); other scripts pass through. Each
+                   distinct text is converted once.
 6. whitespace      runs of spaces/tabs -> one space, blank lines removed, ends trimmed; single line
                    breaks are kept (they carry list structure in answers).
 7. synonyms        variants from the lexicon -> their canonical form, whole tokens only, case-
@@ -35,13 +43,28 @@ Python); `reports/clean.json` counts the rows each rule changed:
 8. pii_*           emails -> <EMAIL>; 18-digit Chinese ID numbers (region, a real date, ISO 7064
                    check digit, X allowed) -> <ID>; bank cards -> <CARD>; phones -> <PHONE>.
                    Numbers must stand alone: no digit or ASCII letter directly before or after.
-                   A card is 13-19 digits, plain or in groups of four separated by one space or dash,
-                   starting 3-6 (the issuer ranges of UnionPay, Visa, Mastercard, Amex, JCB) and
-                   passing the Luhn check. So a date-based order number like 2024052012345 is never
-                   a card; an order number starting 3-6 is masked only in the 1 in 10 cases where it
-                   happens to pass Luhn. Phones: Chinese mobiles 1[3-9]x xxxx xxxx with optional
-                   +86/0086 and 3-4-4 grouping; international numbers written with a leading +
-                   (+1 415-555-2671); landlines with area code and dash or parentheses (010-12345678).
+                   Between the groups of a number people write a separator (SEP): one or two spaces
+                   (ASCII, no-break, ideographic 　), or one hyphen/dash/dot - . ‐ ‑ ‒ – — ― − － ．
+                   with up to two spaces on either side ("139 - 1234 - 5678", "139- 1234 - 5678"
+                   as in DailyDialog's tokenised text, "139－1234－5678", "139.1234.5678").
+                   A card is 13-19 digits, plain or grouped 4-4-4-4(-1..3) or 4-6-5 (Amex), starting
+                   3-6 (the issuer ranges of UnionPay, Visa, Mastercard, Amex, JCB) and passing the
+                   Luhn check. So a date-based order number like 2024052012345 is never a card; an
+                   order number starting 3-6 is masked only in the 1 in 10 cases where it happens to
+                   pass Luhn. An ID is plain or grouped 6-8-4, 6-4-4-4 or 4-4-4-4-2. Phones: Chinese
+                   mobiles 1[3-9]x xxxx xxxx in 3-4-4 groups with optional +86/0086/(+86);
+                   international numbers written with a leading + or ＋ (+1 415-555-2671); North
+                   American 3-3-4 numbers with a dash or dot between every group or the area code in
+                   parentheses (626-555-1739, 415.555.2671, (626) 555-1739; not 626 555 1739, which
+                   could be any three numbers); landlines with a 0 area code (010-12345678,
+                   010 12345678, (021)62345678, （021）62345678, 010-1234-5678 with a dash or dot
+                   between all three groups: "2024 0520 1234 5678" is an order number).
+                   Emails: name@domain.tld, also with ＠ ． and, before a common top-level domain
+                   (com, cn, net, org, ...; COMMON_TLDS), spaces around @ and the dots and the
+                   spelled-out [at] (at) [dot] (dot) forms ("tom @ example . com", "tom [at] example
+                   [dot] com"). Not masked: dates (2024-05-20, 2024.05.20), times (12:30), prices
+                   (1999.00), 7-digit local numbers (447-9626). The patterns are written in the
+                   syntax Rust's regex and Python's `re` share (bench/baseline_clean.py reuses them).
 
 Then conversation-level drops (each conversation counted under the first reason that applies, and
 always dropped whole, so no conversation is left with a hole): a turn that became empty; a turn
@@ -52,7 +75,6 @@ punctuation, symbols and emoji). "Earlier" is conversation_id order: the first o
 
 from __future__ import annotations
 
-import functools
 import html
 import logging
 import re
@@ -61,6 +83,7 @@ from pathlib import Path
 
 import polars as pl
 
+from chatforge.data.lang import HAN_PATTERN, LATIN_WORD_PATTERN, lang_expr, to_simplified
 from chatforge.data.schema import conform, sort_turns
 from chatforge.params import CleanParams
 
@@ -220,8 +243,24 @@ _NFKC_STABLE = (
 _NFKC_UNSTABLE_ZH = rf"[^{_NFKC_STABLE}{ZH_PUNCTUATION_KEPT}]"
 
 
+def chinese_turns(content: pl.Series, lang: pl.Series) -> pl.Series:
+    """Boolean per row: is this turn's own text Chinese (`lang_expr` on the text; `lang` where it has no letters)."""
+    # only turns holding both scripts need counting; the rest are decided by which script they hold
+    han = content.str.contains(HAN_PATTERN).fill_null(False)
+    latin = content.str.contains(LATIN_WORD_PATTERN).fill_null(False)
+    zh = (han & ~latin) | (~han & ~latin & (lang == "zh").fill_null(False))
+    both = (han & latin).arg_true()
+    if len(both):
+        frame = pl.DataFrame({"content": content.gather(both)})
+        decided = frame.lazy().select(lang_expr("content") == "zh").collect().to_series()
+        zh = zh.clone().scatter(both, decided)  # clone: scatter works in place
+    return zh.alias("zh")
+
+
 def normalize_width(content: pl.Series, lang: pl.Series) -> pl.Series:
-    zh = lang == "zh"
+    """NFKC on every row that could change; Chinese turns (by their own text, see `chinese_turns`, with
+    `lang` the fallback label) keep the full-width punctuation ZH_PUNCTUATION_KEPT."""
+    zh = chinese_turns(content, lang)
     need = content.str.contains(_NFKC_UNSTABLE_ZH) | (
         ~zh & content.str.contains_any(list(ZH_PUNCTUATION_KEPT))
     )
@@ -231,41 +270,49 @@ def normalize_width(content: pl.Series, lang: pl.Series) -> pl.Series:
     return content.clone().scatter(rows, _nfkc(content.gather(rows), zh.gather(rows)))
 
 
+_PROTECT = str.maketrans(dict(zip(ZH_PUNCTUATION_KEPT, _PLACEHOLDERS, strict=True)))
+_NON_WORD_RUN = re.compile(r"[^\w]+")  # punctuation, symbols and spaces between words (Han is \w)
+_HAN_CHAR = re.compile(HAN_PATTERN)
+
+
+def protect_near_han(text: str) -> str:
+    """`text` with ZH_PUNCTUATION_KEPT marks hidden behind placeholders where they touch Chinese: in a run of
+    non-word characters directly after or before a Han character ("What does 你好？" keeps "？", "ok，thx！" not)."""
+
+    def run(match: re.Match[str]) -> str:
+        before, after = text[match.start() - 1 : match.start()], text[match.end() : match.end() + 1]
+        if _HAN_CHAR.fullmatch(before) or _HAN_CHAR.fullmatch(after):
+            return match.group().translate(_PROTECT)
+        return match.group()
+
+    return _NON_WORD_RUN.sub(run, text)
+
+
+def _map_unique(part: pl.Series, function: Callable[[str], str]) -> pl.Series:
+    """`function` applied to each distinct string of `part` once (a few thousand calls, not one per row)."""
+    unique = part.unique()
+    converted = pl.Series([function(text) for text in unique.to_list()], dtype=pl.String)
+    return part.replace_strict(unique, converted, return_dtype=pl.String)
+
+
 def _nfkc(content: pl.Series, zh: pl.Series) -> pl.Series:
-    frame = pl.DataFrame({"c": content.str.replace_all(NONCHARACTERS, ""), "zh": zh})
-    c, zh = pl.col("c"), pl.col("zh")
-    protect = c.str.replace_many(list(ZH_PUNCTUATION_KEPT), _PLACEHOLDERS)
-    restore = c.str.replace_many(_PLACEHOLDERS, list(ZH_PUNCTUATION_KEPT))
-    return (
-        frame.with_columns(c=pl.when(zh).then(protect).otherwise(c))
-        .with_columns(c=c.str.normalize("NFKC"))
-        .with_columns(c=pl.when(zh).then(restore).otherwise(c))
-        .get_column("c")
-        .alias(content.name)
-    )
+    # Chinese turns: every kept mark is protected; other turns that hold Chinese text: the marks touching it
+    c = content.str.replace_all(NONCHARACTERS, "")
+    all_protected = c.str.replace_many(list(ZH_PUNCTUATION_KEPT), _PLACEHOLDERS)
+    c = pl.select(pl.when(zh).then(all_protected).otherwise(c)).to_series()
+    mixed = (~zh & c.str.contains(HAN_PATTERN)).arg_true()
+    c = _on_rows(c, mixed, lambda part: _map_unique(part, protect_near_han))
+    restored = c.str.normalize("NFKC").str.replace_many(_PLACEHOLDERS, list(ZH_PUNCTUATION_KEPT))
+    return restored.alias(content.name)
 
 
 # ----------------------------------------------------------------------------------- rule 5: t2s
-@functools.lru_cache(maxsize=1)
-def opencc_t2s_table() -> tuple[list[str], list[str]]:
-    """OpenCC's t2s phrase + character dictionaries, longest keys first (so leftmost-first == longest)."""
-    import opencc  # opencc-python-reimplemented ships the dictionaries as text files
+def simplify_chinese(content: pl.Series) -> pl.Series:
+    """Traditional -> simplified (`chatforge.data.lang.to_simplified`, OpenCC t2s) on every row holding a
+    Han character, whatever the row's language; each distinct text goes through the converter once."""
 
-    folder = Path(opencc.__file__).parent / "dictionary"
-    table: dict[str, str] = {}
-    for name in ("TSCharacters.txt", "TSPhrases.txt"):  # phrases win over characters on equal keys
-        for line in (folder / name).read_text(encoding="utf-8").splitlines():
-            key, _, value = line.partition("\t")
-            if key and value:
-                table[key] = value.split(" ")[0]  # the first candidate is OpenCC's default
-    keys = sorted(table, key=lambda k: (-len(k), k))
-    return keys, [table[k] for k in keys]
-
-
-def to_simplified(content: pl.Series, lang: pl.Series) -> pl.Series:
-    keys, values = opencc_t2s_table()
     return _on_rows(
-        content, (lang == "zh").arg_true(), lambda part: part.str.replace_many(keys, values, leftmost=True)
+        content, content.str.contains(HAN_PATTERN).arg_true(), lambda part: _map_unique(part, to_simplified)
     )
 
 
@@ -342,30 +389,52 @@ def normalize_synonyms(content: pl.Series, *, synonyms: Mapping[str, str]) -> pl
 
 
 # ----------------------------------------------------------------------------------- rule 8: pii
-EMAIL = r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}"
+# The separators people put between the groups of a number (see rule 8 in the module docstring).
+_SPACE = "[ \u00a0\u3000]"  # space, no-break space, ideographic space
+_DASH_DOT = "[\\-.\u2010-\u2015\u2212－．]"  # - . ‐ ‑ ‒ – — ― − － ．
+SEP_MARK = rf"{_SPACE}{{0,2}}{_DASH_DOT}{_SPACE}{{0,2}}"  # a hyphen, dash or dot, spaces around it
+SEP = rf"(?:{SEP_MARK}|{_SPACE}{{1,2}})"
+_OPEN, _CLOSE = r"[(（]", r"[)）]"
+_PLUS = r"[+＋]"
+
+_LOCAL, _LABEL = r"[A-Za-z0-9._%+\-]+", r"[A-Za-z0-9\-]+"
+_AT = rf"{_SPACE}{{0,2}}(?:[@＠]|[\[(](?i:at)[\])]){_SPACE}{{0,2}}"
+_DOT = rf"{_SPACE}{{0,2}}(?:[.．]|[\[(](?i:dot)[\])]){_SPACE}{{0,2}}"
+COMMON_TLDS = "com|net|org|edu|gov|mil|int|info|biz|io|co|me|cn|hk|tw|mo|jp|kr|sg|uk|us|ca|au|de|fr"
+EMAIL = (
+    rf"{_LOCAL}[@＠]{_LABEL}(?:[.．]{_LABEL})*[.．][A-Za-z]{{2,}}"  # written as usual
+    rf"|{_LOCAL}{_AT}{_LABEL}(?:{_DOT}{_LABEL})*{_DOT}(?i:{COMMON_TLDS})\b"  # spaced or spelled out
+)
+EMAIL_CANDIDATE = r"[@＠]|[\[(](?i:at)[\])]"
 _PHONE_FORMS = (
-    r"(?:(?:\+|00)86[ -]?)?1[3-9]\d(?:[ -]?\d{4}){2}"  # Chinese mobile
-    r"|\+[1-9]\d{0,2}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}(?:[ .-]?\d{2,4}){1,4}"  # international, leading +
-    r"|\(0\d{2,3}\)[ -]?\d{7,8}|0\d{2,3}-\d{7,8}"  # landline with area code
+    rf"(?:(?:{_OPEN}(?:{_PLUS}|00)86{_CLOSE}|(?:{_PLUS}|00)86){SEP}?)?1[3-9]\d(?:{SEP}?\d{{4}}){{2}}"  # CN mobile
+    rf"|{_PLUS}[1-9]\d{{0,2}}{SEP}?(?:{_OPEN}\d{{1,4}}{_CLOSE}{SEP}?)?\d{{2,4}}(?:{SEP}?\d{{2,4}}){{1,4}}"  # +intl
+    rf"|(?:{_OPEN}[2-9]\d{{2}}{_CLOSE}{SEP}?|[2-9]\d{{2}}{SEP_MARK})\d{{3}}{SEP_MARK}\d{{4}}"  # North American
+    rf"|{_OPEN}0\d{{2,3}}{_CLOSE}{SEP}?\d{{7,8}}|0\d{{2,3}}{SEP}\d{{7,8}}|0\d{{2,3}}{SEP_MARK}\d{{3,4}}{SEP_MARK}\d{{4}}"  # landline
 )
 # No lookaround in the regex engine: the neighbours are captured and put back, and the replacement
 # runs twice so that two numbers sharing one separator ("138..., 139...") are both masked.
-PHONE = rf"(^|[^0-9A-Za-z+])(?:{_PHONE_FORMS})($|[^0-9A-Za-z])"
-NUMBER_CANDIDATE = r"\d{13}|\d{4}[ -]\d{4}[ -]\d{4}"
-NUMBER_TOKENS = r"\d{4}(?:[ -]\d{4}){2,3}(?:[ -]\d{1,3})?|\d+[Xx]?|\D+"
+PHONE = rf"(^|[^0-9A-Za-z+＋])(?:{_PHONE_FORMS})($|[^0-9A-Za-z])"
+# every phone form above contains one of these
+PHONE_CANDIDATE = rf"{_PLUS}[1-9]|\d{{4}}|{_OPEN}[0-9]|\d{{3}}{SEP_MARK}\d{{3}}"
+# ID and card numbers written in groups (IDs 6-8-4, 6-4-4-4, 4-4-4-4-2; cards 4-6-5, 4-4-4-4(-1..3))
+NUMBER_GROUPED = (
+    rf"\d{{6}}{SEP}\d{{8}}{SEP}\d{{3}}[\dXx]|\d{{6}}{SEP}\d{{4}}{SEP}\d{{4}}{SEP}\d{{3}}[\dXx]"
+    rf"|\d{{4}}{SEP}\d{{6}}{SEP}\d{{5}}|\d{{4}}(?:{SEP}\d{{4}}){{2,3}}(?:{SEP}\d{{1,3}}[Xx]?)?"
+)
+NUMBER_CANDIDATE = rf"\d{{13}}|{NUMBER_GROUPED}"
+NUMBER_TOKENS = rf"{NUMBER_GROUPED}|\d+[Xx]?|\D+"
+NOT_DIGIT_OR_X = r"[^\dXx]"  # what is left out of a number token before it is judged: its separators
 ID_SHAPE = r"^[1-9]\d{5}(?:18|19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\d{3}[\dXx]$"
 ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 ID_CHECK = "10X98765432"
-CARD_SHAPE = r"^[3-6]\d*(?:[ -]\d+)*$"
-
-
-PHONE_CANDIDATE = r"\+[1-9]|\d{4}|\(0\d"  # every phone form above contains one of these
+CARD_SHAPE = r"^[3-6]\d{12,18}$"
 
 
 def mask_emails(content: pl.Series) -> pl.Series:
     return _on_rows(
         content,
-        content.str.contains("@", literal=True).arg_true(),
+        content.str.contains(EMAIL_CANDIDATE).arg_true(),
         lambda part: part.str.replace_all(EMAIL, "<EMAIL>"),
     )
 
@@ -384,7 +453,9 @@ def _digit(number: pl.Expr, position: int) -> pl.Expr:
 
 
 def is_id_number(tok: pl.Series) -> pl.Series:
-    """Shape (region, birth date, sequence) and the ISO 7064 MOD 11-2 check character."""
+    """Shape (region, birth date, sequence) and the ISO 7064 MOD 11-2 check character; separators between
+    groups (SEP) are ignored."""
+    tok = tok.str.replace_all(NOT_DIGIT_OR_X, "")
     # integer maths on the first 17 digits beats 17 string slices; each column is materialised once
     body = tok.str.slice(0, 17).cast(pl.UInt64, strict=False)
     frame = pl.DataFrame({"tok": tok, "body": body})
@@ -397,16 +468,16 @@ def is_id_number(tok: pl.Series) -> pl.Series:
 
 
 def is_card_number(tok: pl.Series) -> pl.Series:
-    """13-19 digits (optionally grouped), issuer digit 3-6, Luhn checksum."""
-    digits = tok.str.replace_all(r"[ -]", "")
+    """13-19 digits (separators between groups ignored), issuer digit 3-6, Luhn checksum."""
+    digits = tok.str.replace_all(NOT_DIGIT_OR_X, "")
     number = digits.str.slice(0, 19).cast(pl.UInt64, strict=False)  # 19 digits fit in a u64
-    frame = pl.DataFrame({"tok": tok, "n": digits.str.len_chars(), "number": number})
+    frame = pl.DataFrame({"digits": digits, "number": number})
     frame = frame.with_columns(_digit(pl.col("number"), k).alias(f"d{k}") for k in range(19))
     # every second digit from the right is doubled, and 2d > 9 counts as 2d - 9
     d = [pl.col(f"d{k}") for k in range(19)]
     terms = [d[k] * 2 - (d[k] >= 5).cast(pl.UInt64) * 9 if k % 2 else d[k] for k in range(19)]
     luhn_ok = pl.sum_horizontal(terms) % 10 == 0
-    ok = pl.col("tok").str.contains(CARD_SHAPE) & pl.col("n").is_between(13, 19) & luhn_ok
+    ok = pl.col("digits").str.contains(CARD_SHAPE) & luhn_ok
     return frame.select(ok.fill_null(False)).to_series().alias("is_card")
 
 
@@ -429,7 +500,7 @@ def mask_numbers(content: pl.Series, *, ids: bool = True, cards: bool = True) ->
     alone = ~before.str.contains("[0-9A-Za-z]") & ~after.str.contains("[0-9A-Za-z]")
     tokens = tokens.with_row_index("i")
     # checksums only for the few tokens that could be a number at all
-    plausible = tokens.filter(alone & tok.str.len_chars().is_between(13, 23) & tok.str.contains(r"^\d"))
+    plausible = tokens.filter(alone & tok.str.len_chars().is_between(13, 48) & tok.str.contains(r"^\d"))
     plausible = plausible.select("i").with_columns(
         is_id=is_id_number(plausible["tok"]) & ids, is_card=is_card_number(plausible["tok"]) & cards
     )
@@ -511,7 +582,7 @@ def clean_turns(
     if params.nfkc:
         apply("changed_nfkc", normalize_width(content, lang))
     if params.traditional_to_simplified:
-        apply("changed_t2s", to_simplified(content, lang))
+        apply("changed_t2s", simplify_chinese(content))
     apply("changed_whitespace", collapse_whitespace(content))
     if synonyms:
         apply("changed_synonyms", normalize_synonyms(content, synonyms=synonyms))
@@ -553,6 +624,7 @@ def clean_turns(
 __all__ = [
     "COUNT_KEYS",
     "LexiconError",
+    "chinese_turns",
     "clean_turns",
     "collapse_whitespace",
     "decode_entities",
@@ -563,9 +635,10 @@ __all__ = [
     "mask_phones",
     "normalize_synonyms",
     "normalize_width",
+    "protect_near_han",
     "remove_control_symbols",
     "remove_replacement_chars",
+    "simplify_chinese",
     "split_synonyms",
     "strip_html",
-    "to_simplified",
 ]

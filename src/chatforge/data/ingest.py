@@ -15,6 +15,9 @@ conversation from the share of Chinese characters over all its messages (`chatfo
 Intent: user turns carry their own intent when the format has one per turn (CrossWOZ acts, a CSV
 intent column); every other row carries the conversation's intent (declared, else its first user
 turn intent, else `options.intent`).
+
+A source that yields no conversation at all is logged as a warning with its reject reasons and its
+first reject (a build would otherwise only fail later, at split, with "no rows").
 """
 
 from __future__ import annotations
@@ -40,9 +43,12 @@ from chatforge.data.readers import (
     ConversationColumns,
     RawConversation,
     RawReject,
+    SourceReadError,
     TableLayoutError,
     conversations_json_columns,
+    looks_like_hub_id,
     printable,
+    quoted,
     raw_prefix,
     surrogate_hint,
 )
@@ -67,6 +73,7 @@ REJECT_REASONS = (
     "dangling_reference",  # a Cornell conversation naming a line id movie_lines.txt lacks
     "duplicate_id",  # a conversation id seen before in the same source
     "unsupported_lang",  # a declared language other than zh / en
+    "unreadable_file",  # a file that cannot be opened at all (an empty or truncated .zip, a broken parquet)
 )
 
 DEFAULT_ROLE_MAP: dict[str, str] = {
@@ -188,7 +195,7 @@ class _Collector:
             return self.reject(
                 conv.location,
                 "unsupported_lang",
-                f"declared lang {conv.lang!r}; only zh and en are supported",
+                f"declared lang {quoted(conv.lang)}; only zh and en are supported",
             )
         lang = lang or self.forced_lang
         intent = (
@@ -199,7 +206,7 @@ class _Collector:
             return self.reject(
                 conv.location,
                 "duplicate_id",
-                f"conversation id {conv.local_id!r} appears earlier in this source",
+                f"conversation id {quoted(conv.local_id)} appears earlier in this source",
             )
         self.seen.add(cid)
         n = len(out_roles)
@@ -248,7 +255,7 @@ class _Collector:
                 return self.reject(
                     conv.location,
                     "unknown_role",
-                    f"message {k} role {role_name!r} (known: {known}; add it to options.role_map)",
+                    f"message {k} role {quoted(role_name)} (known: {known}; add it to options.role_map)",
                 )
             if not isinstance(content, str):
                 return self.reject(
@@ -435,7 +442,7 @@ class _Collector:
         return RawReject(
             item.location,
             "duplicate_id",
-            f"conversation id {columns.local_ids[index]!r} appears earlier in this source",
+            f"conversation id {quoted(columns.local_ids[index])} appears earlier in this source",
         )
 
     def _seen(self) -> set[str]:
@@ -589,7 +596,9 @@ def read_source(
     path = Path(base_dir) / source.path
     collector = _Collector(source, same_role=same_role, merge_separator=merge_separator, min_turns=min_turns)
     where = f"ingest.sources[{index}] (name {source.source_name!r}, format {source.format})"
-    if not path.exists():
+    # hf_dataset: a path that is not there locally but reads as `owner/name` is a hub id
+    hub_id = source.format == "hf_dataset" and not path.exists() and looks_like_hub_id(source.path)
+    if not path.exists() and not hub_id:
         if not source.optional:
             raise IngestError(
                 f"{where}: path {source.path!r} does not exist (looked in {path.resolve()}). "
@@ -637,6 +646,8 @@ def read_source(
                 )
             except TableLayoutError as exc:
                 raise IngestError(f"{where}: {exc} (ingest.sources[{index}].options)") from None
+            except SourceReadError as exc:
+                raise IngestError(f"{where}: {exc} (ingest.sources[{index}])") from None
             except OSError as exc:
                 raise IngestError(f"{where}: cannot read {label}: {exc}") from None
     turns = collector.frame().pipe(conform).pipe(sort_turns)
@@ -648,7 +659,22 @@ def read_source(
         collector.stats.turns,
         collector.stats.rejects,
     )
+    if collector.stats.conversations == 0:
+        log.warning("%s", _empty_source_warning(where, collector.rejects))
     return turns, rejects, collector.stats
+
+
+def _empty_source_warning(where: str, rejects: list[dict[str, str]]) -> str:
+    """What to say of a source that gave no conversation: its reject reasons and the first reject."""
+    if not rejects:
+        return f"{where}: 0 conversations and no rejects: no records found; check its path and format"
+    reasons = Counter(r["reason"] for r in rejects).most_common()
+    first = rejects[0]
+    return (
+        f"{where}: 0 conversations; {len(rejects)} rejects ("
+        + ", ".join(f"{reason}: {n}" for reason, n in reasons)
+        + f"), the first at {first['location'][:200]}: {first['raw'][:160]}"
+    )
 
 
 def ingest(params: IngestParams, *, base_dir: Path | str = ".") -> IngestResult:

@@ -9,11 +9,16 @@ English word: "我想买iPhone 15 Pro Max" (3 Han, 3 words) is Chinese, "What do
 `detect_lang` works on one string; `lang_expr` is the same rule as a polars expression, optionally
 summed over a group (e.g. a whole conversation) before deciding. Both use the same patterns, so
 they agree on every input.
+
+`to_simplified` is the project's one traditional -> simplified Chinese conversion (OpenCC t2s), used
+by the clean stage and by the serving filter alike.
 """
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Callable
 from typing import Literal
 
 import polars as pl
@@ -58,9 +63,12 @@ def lang_expr(
     *,
     over: str | list[str] | None = None,
     min_cjk_share: float = MIN_CJK_SHARE,
-    default: Lang = "en",
+    default: Lang | pl.Expr = "en",
 ) -> pl.Expr:
     """`detect_lang` as an expression; with `over`, counts are summed per group first (one answer per group).
+
+    `default` (used where the text has neither Han characters nor Latin words) may be an expression,
+    e.g. `pl.col("lang")` to fall back to an existing label row by row.
 
     Each count appears twice in the expression: use it in a lazy frame (`frame.lazy().with_columns(...)`)
     so polars' common-subexpression elimination runs each regex once (about 3x faster on big frames).
@@ -73,12 +81,37 @@ def lang_expr(
     score = han.cast(pl.Float64) * (1.0 - min_cjk_share) - words.cast(pl.Float64) * min_cjk_share
     return (
         pl.when(han + words == 0)
-        .then(pl.lit(default))
+        .then(pl.lit(default) if isinstance(default, str) else default)
         .when(score >= 0)
         .then(pl.lit("zh"))
         .otherwise(pl.lit("en"))
         .alias("lang")
     )
+
+
+# ------------------------------------------------------------------ traditional -> simplified
+# OpenCC's t2s configuration: phrase dictionary first (頭髮 -> 头发, 乾燥 -> 干燥, 著作 stays), then
+# characters, maximum forward matching. Always the `opencc` package (the maintained official build).
+T2S_CONFIG = "t2s"
+
+
+@functools.cache
+def _t2s() -> Callable[[str], str]:
+    import opencc  # the official OpenCC build (PyPI `opencc`): C++ converter, binary .ocd2 dictionaries
+
+    return opencc.OpenCC(T2S_CONFIG).convert
+
+
+def to_simplified(text: str) -> str:
+    """`text` with traditional Chinese converted to simplified by OpenCC's t2s (phrases, then characters).
+
+    Only CJK characters change; Latin letters, digits, punctuation (「」，！ included) and emoji pass through,
+    so it is safe on mixed text: to_simplified("可以說：「非常感謝你的幫助！」") == "可以说：「非常感谢你的帮助！」".
+    It converts script, not regional vocabulary ("軟體" -> "软体", not "软件"). The converter is built on
+    the first call (about 50 ms) and kept for the process. Raises ModuleNotFoundError when the `opencc`
+    package is not installed.
+    """
+    return _t2s()(text)
 
 
 __all__ = [
@@ -90,4 +123,5 @@ __all__ = [
     "detect_lang",
     "lang_expr",
     "script_counts",
+    "to_simplified",
 ]

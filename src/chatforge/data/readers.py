@@ -3,7 +3,12 @@
 A reader only understands its file layout. It yields `RawConversation`s with the role names and
 contents exactly as found (role mapping, empty/non-string content, same-role runs and turn counts
 are judged once, for every format alike, in `chatforge.data.ingest`), and `RawReject`s for records
-it cannot even take apart (a line that is not JSON, a Cornell line without its fields, ...).
+it cannot even take apart (a line that is not JSON, a Cornell line without its fields, a message
+without a role or content key, a zip or parquet file that does not open, ...); a reject's text
+names what was found and what was expected, and quotes input only as a short prefix.
+
+Messages are read with the first key present of role/from/speaker and content/value/text (or
+options.role_key / content_key), whatever their list is called; OpenAI text-part lists are joined.
 
 Conversation ids: ids the data carries (conversations JSON, CrossWOZ keys, feedback ids, a CSV
 conversation column, Cornell's movie + first line id) are kept as they are; data without ids gets
@@ -23,6 +28,7 @@ import json
 import operator
 import re
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +38,8 @@ import yaml
 
 from chatforge.params import SourceFormat, SourceOptions
 
-RAW_PREFIX_CHARS = 300
+RAW_PREFIX_CHARS = 300  # the record excerpt a reject row's `raw` shows
+QUOTE_CHARS = 80  # an input value (a role name, a column name, an id) quoted inside a message
 
 
 class RawConversation(NamedTuple):
@@ -61,7 +68,38 @@ Item = RawConversation | RawReject
 
 def raw_prefix(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
-    return printable(text[:RAW_PREFIX_CHARS])
+    return printable(text[:RAW_PREFIX_CHARS] + ("…" if len(text) > RAW_PREFIX_CHARS else ""))
+
+
+def quoted(value: Any, limit: int = QUOTE_CHARS) -> str:
+    """`repr` of a value found in the input, cut to `limit` characters (then "…"): a message never
+    echoes unbounded input (a 40 MB line read as one CSV header cell, a role name that is a whole text)."""
+    text = repr(value)
+    return printable(text if len(text) <= limit else text[:limit] + "…")
+
+
+def quoted_keys(record: dict[Any, Any], limit: int = 12) -> str:
+    """The first keys of a record, each cut short: what a missing_field reject says was found."""
+    keys = [quoted(k, 40) for k in itertools.islice(record, limit)]
+    more = f", … ({len(record) - limit} more)" if len(record) > limit else ""
+    return "[" + ", ".join(keys) + more + "]"
+
+
+def source_encoding(data: bytes, options: SourceOptions, default: str = "utf-8") -> str:
+    """The codec to read `data` with: options.encoding, else the format's `default`; with
+    `encoding: auto`, utf-8 when the bytes decode as utf-8, else what charset-normalizer detects
+    (on the first MiB), else `default`."""
+    if options.encoding != "auto":
+        return options.encoding or default
+    try:
+        data.decode("utf-8")
+        return "utf-8"
+    except UnicodeDecodeError:
+        pass
+    from charset_normalizer import from_bytes
+
+    best = from_bytes(data[: 1 << 20]).best()
+    return codecs.lookup(best.encoding).name if best is not None else default
 
 
 def printable(text: str) -> str:
@@ -70,7 +108,9 @@ def printable(text: str) -> str:
 
 
 def encoding_hint(encoding: str) -> str:
-    return f"not valid {encoding}; set options.encoding for this source (e.g. gbk, big5, iso-8859-1)"
+    if encoding == "auto":
+        return "not valid in the encoding detected for it; set options.encoding for this source (e.g. gbk, big5, iso-8859-1)"
+    return f"not valid {encoding}; set options.encoding for this source (e.g. gbk, big5, iso-8859-1, or auto to detect it)"
 
 
 # U+D800..U+DFFF: only ever half of a UTF-16 pair, never text on its own
@@ -153,10 +193,62 @@ def iter_lines(data: bytes, encoding: str, label: str) -> Iterator[tuple[int, st
 
 
 # --------------------------------------------------------------------------- JSON-based formats
-def _message_fields(messages: Any, role_key: str, content_key: str) -> tuple[list[Any], list[Any]] | None:
-    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-        return None
-    return [m.get(role_key) for m in messages], [m.get(content_key) for m in messages]
+# the key names OpenAI (role/content), ShareGPT (from/value) and others (speaker/text) give a message;
+# a message is read with the first of each that it has, whatever the list around it is called
+ROLE_KEYS = ("role", "from", "speaker")
+CONTENT_KEYS = ("content", "value", "text")
+
+
+def message_keys(options: SourceOptions) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(role keys, content keys) tried in order: options.role_key/content_key, else the common ones."""
+    return (
+        (options.role_key,) if options.role_key else ROLE_KEYS,
+        (options.content_key,) if options.content_key else CONTENT_KEYS,
+    )
+
+
+def _pick(message: dict[str, Any], keys: tuple[str, ...]) -> tuple[bool, Any]:
+    """(whether any of `keys` is there, the value of the first one not null); a table row (parquet,
+    datasets) holds every key of the column's struct, null where a message lacks it."""
+    found = False
+    for key in keys:
+        if key in message:
+            found = True
+            if message[key] is not None:
+                return True, message[key]
+    return found, None
+
+
+def _message_fields(
+    messages: Any, role_keys: tuple[str, ...] = ROLE_KEYS, content_keys: tuple[str, ...] = CONTENT_KEYS
+) -> tuple[list[Any], list[Any]] | str:
+    """Roles and contents (OpenAI text-part lists joined) of a list of message objects, or what is
+    wrong with it (the text of a missing_field reject: the keys found and the keys expected)."""
+    if not isinstance(messages, list):
+        return f"is {type(messages).__name__}, not a list of message objects"
+    role_key, content_key = role_keys[0], content_keys[0]
+    try:  # the usual case: every message has the first keys, with values
+        roles = [m[role_key] for m in messages]
+        contents = [m[content_key] for m in messages]
+        if None in roles or None in contents:
+            raise KeyError(role_key)
+    except (KeyError, TypeError, IndexError):
+        roles, contents = [], []
+        for k, m in enumerate(messages):
+            if not isinstance(m, dict):
+                return f"message {k} is {type(m).__name__}, not an object: " + raw_prefix(m)
+            has_role, role = _pick(m, role_keys)
+            has_content, content = _pick(m, content_keys)
+            if not (has_role and has_content):
+                return (
+                    f"message {k} has keys {quoted_keys(m)}; expected a role key ({', '.join(role_keys)}) "
+                    f"and a content key ({', '.join(content_keys)}), or set options.role_key / options.content_key"
+                )
+            roles.append(role)
+            contents.append(content)
+    if any(type(c) is list for c in contents):
+        contents = [_text_parts(c) for c in contents]
+    return roles, contents
 
 
 def _text_parts(content: Any) -> Any:
@@ -179,7 +271,7 @@ def _conversations_document(
     """The seed format's list of conversations, whether it was decoded leniently and whether its text
     holds an escape that may decode to a lone surrogate; or a reject for the file."""
     data = path.read_bytes()
-    text, lenient = decode_document(data, options.encoding or "utf-8")
+    text, lenient = decode_document(data, source_encoding(data, options))
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -190,7 +282,10 @@ def _conversations_document(
         )
     conversations = doc.get("conversations") if isinstance(doc, dict) else doc
     if not isinstance(conversations, list):
-        return RawReject(label, "missing_field", 'expected {"conversations": [...]}: ' + raw_prefix(text))
+        found = f"an object with keys {quoted_keys(doc)}" if isinstance(doc, dict) else type(doc).__name__
+        return RawReject(
+            label, "missing_field", f'expected {{"conversations": [...]}}, found {found}: ' + raw_prefix(text)
+        )
     return conversations, lenient, _SURROGATE_ESCAPE.search(text) is not None
 
 
@@ -199,7 +294,14 @@ def _explicit_id(cid: Any) -> bool:
 
 
 def _conversation_item(
-    conv: Any, index: int, *, label: str, id_prefix: str, lenient: bool, escapes: bool = False
+    conv: Any,
+    index: int,
+    *,
+    label: str,
+    id_prefix: str,
+    lenient: bool,
+    escapes: bool = False,
+    role_content_keys: tuple[tuple[str, ...], tuple[str, ...]] = (ROLE_KEYS, CONTENT_KEYS),
 ) -> Item:
     """One entry of the seed format's "conversations" list; `escapes`: the file spells a surrogate escape."""
     if not isinstance(conv, dict):
@@ -209,13 +311,16 @@ def _conversation_item(
     cid = conv.get("id")
     explicit = _explicit_id(cid)
     local_id = str(cid) if explicit else f"{id_prefix}{index}"
-    fields = _message_fields(conv.get("messages"), "role", "content")
-    if fields is None:
+    if "messages" not in conv:
         return RawReject(
             f"{label}#{local_id}",
             "missing_field",
-            '"messages" must be a list of {"role", "content"} objects: ' + raw_prefix(conv),
+            f'conversation has keys {quoted_keys(conv)}; expected "messages": [{{"role", "content"}}, ...]: '
+            + raw_prefix(conv),
         )
+    fields = _message_fields(conv["messages"], *role_content_keys)
+    if isinstance(fields, str):
+        return RawReject(f"{label}#{local_id}", "missing_field", f'"messages" {fields}: ' + raw_prefix(conv))
     return RawConversation(
         local_id,
         f"{label}#{local_id}",
@@ -239,9 +344,16 @@ def read_conversations_json(
         yield document
         return
     conversations, lenient, escapes = document
+    keys = message_keys(options)
     for index, conv in enumerate(conversations):
         yield _conversation_item(
-            conv, index, label=label, id_prefix=id_prefix, lenient=lenient, escapes=escapes
+            conv,
+            index,
+            label=label,
+            id_prefix=id_prefix,
+            lenient=lenient,
+            escapes=escapes,
+            role_content_keys=keys,
         )
 
 
@@ -321,7 +433,12 @@ def _typed_columns(
     None when the file is not plain UTF-8 JSON of the usual shape (a number where text belongs, a
     BOM, NaN, ...): json.loads then reads it as the row-wise reader does."""
     decoders = _typed_decoders()
-    if decoders is None or codecs.lookup(options.encoding or "utf-8").name != "utf-8":
+    if (
+        decoders is None
+        or options.role_key  # msgspec reads role/content only; other keys go message by message
+        or options.content_key
+        or codecs.lookup(source_encoding(data, options)).name != "utf-8"
+    ):
         return None
     import msgspec
 
@@ -383,6 +500,15 @@ def conversations_json_columns(
     typed = _typed_columns(data, options=options, label=label, id_prefix=id_prefix, max_items=max_items)
     if typed is not None:
         return typed
+    if options.role_key or options.content_key:  # the columns below read role/content
+        return ConversationColumns.from_items(
+            list(
+                itertools.islice(
+                    read_conversations_json(path, options=options, label=label, id_prefix=id_prefix),
+                    max_items,
+                )
+            )
+        )
     document = _conversations_document(path, options, label)
     if isinstance(document, RawReject):
         return ConversationColumns(1, [], [], [], [], [], [], [], lambda _: document)
@@ -422,10 +548,12 @@ def conversations_json_columns(
 
 
 def _jsonl_records(
-    path: Path, options: SourceOptions, label: str
-) -> Iterator[tuple[int, dict[str, Any], bool] | RawReject]:
-    """(line number, object, whether a string in it holds a lone surrogate) per JSON line, or a reject."""
-    for item in iter_lines(path.read_bytes(), options.encoding or "utf-8", label):
+    path: Path, options: SourceOptions, label: str, data: bytes | None = None
+) -> Iterator[tuple[str, int, dict[str, Any], bool] | RawReject]:
+    """(location, line number, object, whether a string in it holds a lone surrogate) per JSON line,
+    or a reject."""
+    data = path.read_bytes() if data is None else data
+    for item in iter_lines(data, source_encoding(data, options), label):
         if isinstance(item, RawReject):
             yield item
             continue
@@ -443,39 +571,85 @@ def _jsonl_records(
             )
             continue
         # the regex first: walking every string of every line would cost more than parsing it
-        yield number, obj, _SURROGATE_ESCAPE.search(line) is not None and holds_surrogates(obj)
+        yield (
+            f"{label}:{number}",
+            number,
+            obj,
+            _SURROGATE_ESCAPE.search(line) is not None and holds_surrogates(obj),
+        )
+
+
+def _json_records(
+    path: Path, options: SourceOptions, label: str
+) -> Iterator[tuple[str, int, dict[str, Any], bool] | RawReject]:
+    """The records of a JSON-array file ([{...}, {...}], locations file#index, ids their index) or of
+    a JSONL file (one object per line, locations file:line, ids their line number), decided by the
+    first character of the text, whatever the file is called."""
+    data = path.read_bytes()
+    encoding = source_encoding(data, options)
+    head = data[:64].decode(encoding, errors="ignore").lstrip("\ufeff \t\r\n")
+    if not head.startswith("["):
+        yield from _jsonl_records(path, options, label, data)
+        return
+    text, lenient = decode_document(data, encoding)
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError as exc:
+        yield RawReject(
+            f"{label}:{exc.lineno}",
+            "malformed_json",
+            f"{exc.msg}: " + raw_prefix(text[max(0, exc.pos - 40) : exc.pos + 60]),
+        )
+        return
+    escapes = _SURROGATE_ESCAPE.search(text) is not None
+    for index, obj in enumerate(records):
+        if not isinstance(obj, dict):
+            yield RawReject(
+                f"{label}#{index}",
+                "missing_field",
+                f"record is {type(obj).__name__}, not a JSON object: " + raw_prefix(obj),
+            )
+            continue
+        yield f"{label}#{index}", index, obj, lenient or (escapes and holds_surrogates(obj))
 
 
 def _chat_record(
-    obj: dict[str, Any], number: int, *, label: str, id_prefix: str, required_id: bool, surrogates: bool
+    obj: dict[str, Any],
+    location: str,
+    position: int,
+    *,
+    options: SourceOptions,
+    id_prefix: str,
+    required_id: bool,
+    surrogates: bool,
 ) -> Item:
-    """OpenAI {"messages": [{"role","content"}]} or ShareGPT {"conversations": [{"from","value"}]}."""
-    if "messages" in obj:
-        fields = _message_fields(obj["messages"], "role", "content")
-        if fields is not None:
-            fields = (fields[0], [_text_parts(c) for c in fields[1]])
-    elif "conversations" in obj:
-        fields = _message_fields(obj["conversations"], "from", "value")
-        if fields is not None and isinstance(obj.get("system"), str) and obj["system"].strip():
-            fields = (["system", *fields[0]], [obj["system"], *fields[1]])
-    else:
-        fields = None
+    """OpenAI {"messages": [...]} or ShareGPT {"conversations": [...], "system"?} (or the list named
+    by options.messages_column); each message read with the common role/content key names."""
+    list_key = options.messages_column or next((k for k in ("messages", "conversations") if k in obj), None)
     cid = obj.get("id")
     explicit = _explicit_id(cid)
-    if fields is None or (required_id and not explicit):
+    if list_key is None or list_key not in obj or (required_id and not explicit):
         what = '"id" and ' if required_id and not explicit else ""
+        lists = f'"{options.messages_column}"' if options.messages_column else '"messages" or "conversations"'
         return RawReject(
-            f"{label}:{number}",
+            location,
             "missing_field",
-            f'need {what}"messages" [{{"role","content"}}] or "conversations" [{{"from","value"}}]: '
+            f"record has keys {quoted_keys(obj)}; need {what}{lists} (a list of messages): "
             + raw_prefix(obj),
         )
-    local_id = str(cid) if explicit else f"{id_prefix}{number}"
+    fields = _message_fields(obj[list_key], *message_keys(options))
+    if isinstance(fields, str):
+        return RawReject(location, "missing_field", f'"{list_key}" {fields}: ' + raw_prefix(obj))
+    roles, contents = fields
+    system = obj.get("system")
+    if list_key != "messages" and isinstance(system, str) and system.strip():
+        roles, contents = ["system", *roles], [system, *contents]  # ShareGPT's system prompt
+    local_id = str(cid) if explicit else f"{id_prefix}{position}"
     return RawConversation(
         local_id,
-        f"{label}:{number}",
-        fields[0],
-        fields[1],
+        location,
+        roles,
+        contents,
         obj.get("intent"),
         obj.get("lang"),
         None,
@@ -486,12 +660,21 @@ def _chat_record(
 
 
 def read_messages_jsonl(path: Path, *, options: SourceOptions, label: str, id_prefix: str) -> Iterator[Item]:
-    for rec in _jsonl_records(path, options, label):
+    """OpenAI {"messages": [{"role", "content"}]} or ShareGPT {"conversations": [{"from", "value"}],
+    "system"?} records, one per line (JSONL) or all in one JSON array: a file whose text starts
+    with "[" is read as an array (locations file#index), any other as JSONL (file:line)."""
+    for rec in _json_records(path, options, label):
         yield (
             rec
             if isinstance(rec, RawReject)
             else _chat_record(
-                rec[1], rec[0], label=label, id_prefix=id_prefix, required_id=False, surrogates=rec[2]
+                rec[2],
+                rec[0],
+                rec[1],
+                options=options,
+                id_prefix=id_prefix,
+                required_id=False,
+                surrogates=rec[3],
             )
         )
 
@@ -503,7 +686,107 @@ def read_feedback(path: Path, *, options: SourceOptions, label: str, id_prefix: 
             rec
             if isinstance(rec, RawReject)
             else _chat_record(
-                rec[1], rec[0], label=label, id_prefix=id_prefix, required_id=True, surrogates=rec[2]
+                rec[2],
+                rec[0],
+                rec[1],
+                options=options,
+                id_prefix=id_prefix,
+                required_id=True,
+                surrogates=rec[3],
+            )
+        )
+
+
+def _alpaca_record(
+    obj: dict[str, Any],
+    location: str,
+    position: int,
+    *,
+    options: SourceOptions,
+    id_prefix: str,
+    surrogates: bool,
+) -> Item:
+    """One alpaca record as LLaMA-Factory reads it: [system], the history pairs, then the user turn
+    (instruction and input joined by a newline, each only when non-empty) and the output."""
+    cols = options.columns
+    absent = [k for k in (cols.prompt, cols.response) if k not in obj]
+    if absent:
+        return RawReject(
+            location,
+            "missing_field",
+            f"record has keys {quoted_keys(obj)}; expected {quoted(cols.prompt, 40)} and {quoted(cols.response, 40)} "
+            "(options.columns.prompt / .response), optionally "
+            + ", ".join(quoted(k, 40) for k in (cols.query, cols.system, cols.history) if k)
+            + ": "
+            + raw_prefix(obj),
+        )
+    text: dict[str, str] = {}
+    for key in (cols.prompt, cols.query, cols.response, cols.system):
+        if key is None:
+            continue
+        value = obj.get(key)
+        if value is None and key in (cols.query, cols.system):
+            continue  # optional and absent
+        if not isinstance(value, str):
+            return RawReject(
+                location,
+                "non_string_content",
+                f"record key {quoted(key, 40)} is {type(value).__name__}, expected text: " + raw_prefix(obj),
+            )
+        text[key] = value
+    roles: list[Any] = []
+    contents: list[Any] = []
+    system = text.get(cols.system) if cols.system else None
+    if system and system.strip():
+        roles.append("system")
+        contents.append(system)
+    history = obj.get(cols.history) if cols.history else None
+    if history is not None:
+        if not isinstance(history, list):
+            return RawReject(
+                location,
+                "missing_field",
+                f"record key {quoted(cols.history, 40)} is {type(history).__name__}, expected a list of "
+                "[user, assistant] pairs: " + raw_prefix(obj),
+            )
+        for k, pair in enumerate(history):
+            if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+                return RawReject(
+                    location,
+                    "missing_field",
+                    f"record key {quoted(cols.history, 40)} entry {k} is not a [user, assistant] pair: "
+                    + raw_prefix(pair),
+                )
+            roles += ["user", "assistant"]
+            contents += list(pair)
+    query = text.get(cols.query) if cols.query else None
+    roles += ["user", "assistant"]
+    contents += ["\n".join(t for t in (text[cols.prompt], query) if t), text[cols.response]]
+    cid = obj.get("id")
+    explicit = _explicit_id(cid)
+    return RawConversation(
+        str(cid) if explicit else f"{id_prefix}{position}",
+        location,
+        roles,
+        contents,
+        obj.get("intent"),
+        obj.get("lang"),
+        None,
+        obj,
+        surrogates,
+        explicit,
+    )
+
+
+def read_alpaca(path: Path, *, options: SourceOptions, label: str, id_prefix: str) -> Iterator[Item]:
+    """Alpaca records (LLaMA-Factory): {"instruction", "input"?, "output", "system"?, "history"?}, in
+    one JSON array or one per line (decided as for messages_jsonl); keys renamed by options.columns."""
+    for rec in _json_records(path, options, label):
+        yield (
+            rec
+            if isinstance(rec, RawReject)
+            else _alpaca_record(
+                rec[2], rec[0], rec[1], options=options, id_prefix=id_prefix, surrogates=rec[3]
             )
         )
 
@@ -524,15 +807,42 @@ def _crosswoz_turn_intent(acts: Any) -> str | None:
     return None
 
 
-def _crosswoz_documents(path: Path, encoding: str, label: str) -> Iterator[tuple[str, bytes]]:
-    if path.suffix == ".zip":
-        with zipfile.ZipFile(path) as archive:
-            for member in sorted(
-                n for n in archive.namelist() if n.endswith(".json") and not n.startswith("__MACOSX")
-            ):
-                yield f"{label}!{member}", archive.read(member)
-    else:
+UNREADABLE_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, NotImplementedError, OSError)
+
+
+def _crosswoz_documents(path: Path, label: str) -> Iterator[tuple[str, bytes] | RawReject]:
+    """(label, bytes) per JSON document: the file, or each .json member of a .zip; an archive (or a
+    member) that cannot be opened is an `unreadable_file` reject, and the source's other files are read."""
+    if path.suffix != ".zip":
         yield label, path.read_bytes()
+        return
+    try:
+        archive = zipfile.ZipFile(path)
+    except UNREADABLE_ERRORS as exc:
+        size = path.stat().st_size
+        yield RawReject(
+            label,
+            "unreadable_file",
+            f"not a readable zip archive ({size} bytes; {type(exc).__name__}: {quoted(str(exc))}): "
+            "an empty or truncated download? Fetch it again or remove it from the source",
+        )
+        return
+    with archive:
+        members = sorted(
+            n for n in archive.namelist() if n.endswith(".json") and not n.startswith("__MACOSX")
+        )
+        for member in members:
+            try:
+                data = archive.read(member)
+            except UNREADABLE_ERRORS as exc:  # a truncated member, a bad CRC, encryption
+                yield RawReject(
+                    f"{label}!{member}",
+                    "unreadable_file",
+                    f"zip member cannot be read ({type(exc).__name__}: {quoted(str(exc))}); "
+                    "fetch the archive again or remove it from the source",
+                )
+                continue
+            yield f"{label}!{member}", data
 
 
 def read_crosswoz(path: Path, *, options: SourceOptions, label: str, id_prefix: str) -> Iterator[Item]:
@@ -544,8 +854,12 @@ def read_crosswoz(path: Path, *, options: SourceOptions, label: str, id_prefix: 
     far. The conversation's intent is the first domain named in a user turn's acts (the task the
     user opens with); assistant turns and leading domain-less user turns (a bare greeting) carry it.
     """
-    for doc_label, data in _crosswoz_documents(path, options.encoding or "utf-8", label):
-        text, lenient = decode_document(data, options.encoding or "utf-8")
+    for document in _crosswoz_documents(path, label):
+        if isinstance(document, RawReject):
+            yield document
+            continue
+        doc_label, data = document
+        text, lenient = decode_document(data, source_encoding(data, options))
         try:
             doc = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -563,16 +877,16 @@ def read_crosswoz(path: Path, *, options: SourceOptions, label: str, id_prefix: 
         escapes = _SURROGATE_ESCAPE.search(text) is not None
         for dialogue_id, dialogue in doc.items():
             messages = dialogue.get("messages") if isinstance(dialogue, dict) else None
-            fields = _message_fields(messages, "role", "content")
-            if fields is None:
+            fields = _message_fields(messages, ("role",), ("content",))
+            if isinstance(fields, str):
                 yield RawReject(
                     f"{doc_label}#{dialogue_id}",
                     "missing_field",
-                    '"messages" must be a list of objects: ' + raw_prefix(dialogue),
+                    f'"messages" {fields}: ' + raw_prefix(dialogue),
                 )
                 continue
             turn_intents, topic, opening = [], None, None
-            for m in messages:
+            for m in messages:  # type: ignore[union-attr]
                 domain = _crosswoz_turn_intent(m.get("dialog_act"))
                 if opening is None and m.get("role") in ("usr", "user"):
                     opening = domain
@@ -599,7 +913,8 @@ _EOU = re.compile(r"\s*__eou__\s*")
 
 def read_dailydialog(path: Path, *, options: SourceOptions, label: str, id_prefix: str) -> Iterator[Item]:
     """`utt __eou__ utt __eou__ [TAB topic TAB acts TAB emotions]`; speakers alternate, first is the user."""
-    for item in iter_lines(path.read_bytes(), options.encoding or "utf-8", label):
+    data = path.read_bytes()
+    for item in iter_lines(data, source_encoding(data, options), label):
         if isinstance(item, RawReject):
             yield item
             continue
@@ -639,10 +954,11 @@ def read_cornell(path: Path, *, options: SourceOptions, label: str, id_prefix: s
     The character who speaks first is the user, the other one the assistant; a character speaking
     twice in a row is a same-role run like in any other format.
     """
-    encoding = options.encoding or "iso-8859-1"
+    lines_data = (path / "movie_lines.txt").read_bytes()
+    encoding = source_encoding(lines_data, options, "iso-8859-1")
     lines_label, convs_label = f"{label}/movie_lines.txt", f"{label}/movie_conversations.txt"
     utterances: dict[str, tuple[str, str]] = {}
-    for item in iter_lines((path / "movie_lines.txt").read_bytes(), encoding, lines_label):
+    for item in iter_lines(lines_data, encoding, lines_label):
         if isinstance(item, RawReject):
             yield item
             continue
@@ -684,7 +1000,7 @@ def read_cornell(path: Path, *, options: SourceOptions, label: str, id_prefix: s
             yield RawReject(
                 f"{convs_label}:{number}",
                 "dangling_reference",
-                f"line ids {missing[:5]} not in movie_lines.txt: " + raw_prefix(line),
+                f"line ids {quoted(missing[:5])} not in movie_lines.txt: " + raw_prefix(line),
             )
             continue
         first_speaker = utterances[line_ids[0]][0]
@@ -697,11 +1013,63 @@ def read_cornell(path: Path, *, options: SourceOptions, label: str, id_prefix: s
 
 
 # --------------------------------------------------------------------------------- tabular/YAML
+def _cell_text(value: Any) -> str | None:
+    """A label cell (intent, conversation key) as stripped text; None when empty or null."""
+    return None if value is None else (str(value).strip() or None)
+
+
+# one exchange row: (number, location, utterance, response, intent, conversation key, raw record, raw text)
+Exchange = tuple[int, str, Any, Any, Any, Any, Any, str]
+
+
+def _exchange_items(
+    rows: Iterator[Exchange | RawReject], *, options: SourceOptions, id_prefix: str, lenient: bool
+) -> Iterator[Item]:
+    """One conversation per exchange (utterance -> response), or per `conversation_column` value
+    (its rows in order, at the place of its first row)."""
+    groups: dict[str, list[Any]] = {}
+    for row in rows:
+        if isinstance(row, RawReject):
+            yield row
+            continue
+        number, location, utterance, response, intent, key, raw, shown = row
+        intent = _cell_text(intent)
+        if options.conversation_column is None:
+            yield RawConversation(
+                f"{id_prefix}{number}",
+                location,
+                ["user", "assistant"],
+                [utterance, response],
+                None,
+                None,
+                [intent, None],
+                raw,
+                lenient,
+                False,
+            )
+            continue
+        key = _cell_text(key)
+        if not key:
+            yield RawReject(
+                location, "missing_field", f"empty {options.conversation_column!r}: " + raw_prefix(shown)
+            )
+            continue
+        group = groups.setdefault(key, [location, [], [], [], []])
+        group[1] += ["user", "assistant"]
+        group[2] += [utterance, response]
+        group[3] += [intent, None]
+        group[4].append(raw)
+    for key, (location, roles, contents, intents, raws) in groups.items():
+        yield RawConversation(key, location, roles, contents, None, None, intents, raws, lenient, True)
+
+
 def _read_table(
     path: Path, *, options: SourceOptions, label: str, id_prefix: str, delimiter: str
 ) -> Iterator[Item]:
     """One row per exchange (utterance -> response); rows sharing `conversation_column` form one dialogue."""
-    text, lenient = decode_document(path.read_bytes(), options.encoding or "utf-8")
+    data = path.read_bytes()
+    encoding = source_encoding(data, options)
+    text, lenient = decode_document(data, encoding)
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     header = next(reader, None)
     if header is None:
@@ -712,66 +1080,82 @@ def _read_table(
         wanted["conversation_column"] = options.conversation_column
     absent = {k: v for k, v in wanted.items() if v not in header}
     if absent:
-        raise TableLayoutError(label, absent, header)
+        undecodable = None
+        if lenient:  # the header (or a row) holds bytes that are not `encoding`: say so first
+            undecodable = first_bad_line(data, encoding)
+        raise TableLayoutError(label, absent, header, encoding=encoding, undecodable_line=undecodable)
     u, r = header.index(options.utterance_column), header.index(options.response_column)
     i = header.index(options.intent_column) if options.intent_column in header else None
     c = header.index(options.conversation_column) if options.conversation_column else None
-    groups: dict[str, list[Any]] = {}
-    for row in reader:
-        number = reader.line_num
-        if not any(cell.strip() for cell in row):
-            continue
-        needed = max(x for x in (u, r, i, c) if x is not None)
-        if len(row) <= needed:
-            yield RawReject(
+    needed = max(x for x in (u, r, i, c) if x is not None)
+
+    def exchanges() -> Iterator[Exchange | RawReject]:
+        for row in reader:
+            number = reader.line_num
+            if not any(cell.strip() for cell in row):
+                continue
+            if len(row) <= needed:
+                yield RawReject(
+                    f"{label}:{number}",
+                    "malformed_line",
+                    f"row has {len(row)} fields, the header {len(header)}: "
+                    + raw_prefix(delimiter.join(row)),
+                )
+                continue
+            yield (
+                number,
                 f"{label}:{number}",
-                "malformed_line",
-                f"row has {len(row)} fields, the header {len(header)}: " + raw_prefix(delimiter.join(row)),
-            )
-            continue
-        intent = row[i].strip() or None if i is not None else None
-        if c is None:
-            yield RawConversation(
-                f"{id_prefix}{number}",
-                f"{label}:{number}",
-                ["user", "assistant"],
-                [row[u], row[r]],
-                None,
-                None,
-                [intent, None],
+                row[u],
+                row[r],
+                row[i] if i is not None else None,
+                row[c] if c is not None else None,
                 row,
-                lenient,
-                False,
+                delimiter.join(row),
             )
-            continue
-        key = row[c].strip()
-        if not key:
-            yield RawReject(
-                f"{label}:{number}",
-                "missing_field",
-                f"empty {options.conversation_column!r}: " + raw_prefix(delimiter.join(row)),
-            )
-            continue
-        group = groups.setdefault(key, [number, [], [], [], []])
-        group[1] += ["user", "assistant"]
-        group[2] += [row[u], row[r]]
-        group[3] += [intent, None]
-        group[4].append(row)
-    for key, (number, roles, contents, intents, rows) in groups.items():
-        yield RawConversation(
-            key, f"{label}:{number}", roles, contents, None, None, intents, rows, lenient, True
-        )
+
+    yield from _exchange_items(exchanges(), options=options, id_prefix=id_prefix, lenient=lenient)
 
 
 class TableLayoutError(ValueError):
-    """A CSV/TSV header without the configured columns: a params problem, not a bad row."""
+    """A CSV/TSV header (or a table's columns) without the configured columns: a params problem, not a bad row."""
 
-    def __init__(self, label: str, absent: dict[str, str], header: list[str]) -> None:
-        keys = ", ".join(f"options.{k} = {v!r}" for k, v in absent.items())
-        super().__init__(
-            f"{label}: header has no column for {keys}; its columns are {header}. "
-            "Set those options to the right column names."
+    def __init__(
+        self,
+        label: str,
+        absent: dict[str, str],
+        header: list[str],
+        *,
+        encoding: str | None = None,
+        undecodable_line: int | None = None,
+        what: str = "header",
+    ) -> None:
+        keys = ", ".join(f"options.{k} = {quoted(v)}" for k, v in absent.items())
+        shown = [quoted(h, 40) for h in header[:20]]
+        columns = (
+            "[" + ", ".join(shown) + (f", … ({len(header) - 20} more)" if len(header) > 20 else "") + "]"
         )
+        if undecodable_line == 1:
+            message = (
+                f"{label}: its header is not valid {encoding}, so its column names cannot be matched "
+                f"(no column for {keys}; read as {columns}). Set options.encoding for this source "
+                "(e.g. gbk, big5, iso-8859-1, or auto to detect it)."
+            )
+        else:
+            message = (
+                f"{label}: {what} has no column for {keys}; its columns are {columns}. "
+                "Set those options to the right column names."
+            )
+            if undecodable_line:
+                message += (
+                    f" (Line {undecodable_line} is not valid {encoding} either: set options.encoding, "
+                    "or auto to detect it.)"
+                )
+        super().__init__(message)
+
+
+class SourceReadError(ValueError):
+    """A source that cannot be read at all (a hub dataset offline, a split it lacks); the message
+    names the source and what to do."""
 
 
 def read_csv(path: Path, *, options: SourceOptions, label: str, id_prefix: str) -> Iterator[Item]:
@@ -789,12 +1173,13 @@ def read_chatterbot_yaml(path: Path, *, options: SourceOptions, label: str, id_p
     turned into True/4/1.0). The first category is the intent.
     """
     data = path.read_bytes()
-    bad_line = first_bad_line(data, options.encoding or "utf-8")
+    encoding = source_encoding(data, options)
+    bad_line = first_bad_line(data, encoding)
     if bad_line:
         # YAML refuses undecodable characters outright, so the file cannot be read in part
-        yield RawReject(f"{label}:{bad_line}", "bad_encoding", encoding_hint(options.encoding or "utf-8"))
+        yield RawReject(f"{label}:{bad_line}", "bad_encoding", encoding_hint(encoding))
         return
-    text = data.decode(options.encoding or "utf-8").removeprefix("\ufeff")
+    text = data.decode(encoding).removeprefix("\ufeff")
     try:
         doc = yaml.load(text, Loader=yaml.BaseLoader)  # BaseLoader builds only str/list/dict
     except yaml.YAMLError as exc:
@@ -843,12 +1228,187 @@ def read_chatterbot_yaml(path: Path, *, options: SourceOptions, label: str, id_p
         )
 
 
+# ------------------------------------------------------------------------ parquet / datasets rows
+RowLayout = str  # "messages" | "exchange" | "alpaca"
+
+
+def _row_layout(columns: list[str], options: SourceOptions, label: str) -> RowLayout:
+    """How a table's rows hold conversations, from its column names: a messages column (options.
+    messages_column, else "messages" or "conversations"), else the utterance/response column pair,
+    else the alpaca columns (options.columns)."""
+    if options.messages_column:
+        if options.messages_column in columns:
+            return "messages"
+        raise TableLayoutError(label, {"messages_column": options.messages_column}, columns, what="table")
+    if "messages" in columns or "conversations" in columns:
+        return "messages"
+    if options.utterance_column in columns and options.response_column in columns:
+        return "exchange"
+    if options.columns.prompt in columns and options.columns.response in columns:
+        return "alpaca"
+    raise TableLayoutError(
+        label,
+        {
+            "messages_column": "messages or conversations",
+            "utterance_column": options.utterance_column,
+            "response_column": options.response_column,
+            "columns.prompt": options.columns.prompt,
+            "columns.response": options.columns.response,
+        },
+        columns,
+        what="table (one of a messages column, an utterance/response pair or alpaca columns)",
+    )
+
+
+def _row_items(
+    rows: Iterator[dict[str, Any]], columns: list[str], *, options: SourceOptions, label: str, id_prefix: str
+) -> Iterator[Item]:
+    """The conversations of a table's rows (parquet, `datasets`), row n at `label#n`."""
+    layout = _row_layout(columns, options, label)
+    if layout == "messages":
+        for n, row in enumerate(rows):
+            yield _chat_record(
+                row,
+                f"{label}#{n}",
+                n,
+                options=options,
+                id_prefix=id_prefix,
+                required_id=False,
+                surrogates=False,
+            )
+    elif layout == "alpaca":
+        for n, row in enumerate(rows):
+            yield _alpaca_record(
+                row, f"{label}#{n}", n, options=options, id_prefix=id_prefix, surrogates=False
+            )
+    else:
+        u, r, i, c = (
+            options.utterance_column,
+            options.response_column,
+            options.intent_column,
+            options.conversation_column,
+        )
+        if c is not None and c not in columns:
+            raise TableLayoutError(label, {"conversation_column": c}, columns, what="table")
+        exchanges: Iterator[Exchange | RawReject] = (
+            (
+                n,
+                f"{label}#{n}",
+                row[u],
+                row[r],
+                row.get(i) if i else None,
+                row.get(c) if c else None,
+                row,
+                json.dumps(row, ensure_ascii=False, default=str),
+            )
+            for n, row in enumerate(rows)
+        )
+        yield from _exchange_items(exchanges, options=options, id_prefix=id_prefix, lenient=False)
+
+
+def read_parquet(path: Path, *, options: SourceOptions, label: str, id_prefix: str) -> Iterator[Item]:
+    """A parquet table, one conversation per row: an OpenAI/ShareGPT messages column (a list of
+    structs), a question/answer pair (options.utterance_column / response_column, with intent_column
+    and conversation_column as for csv) or alpaca columns (options.columns). A file polars cannot
+    read is an `unreadable_file` reject."""
+    import polars as pl
+
+    try:
+        table = pl.read_parquet(path)
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        yield RawReject(
+            label,
+            "unreadable_file",
+            f"not a readable parquet file ({type(exc).__name__}: {quoted(str(exc))}); "
+            "write it again or remove it from the source",
+        )
+        return
+    yield from _row_items(
+        iter(table.to_dicts()), table.columns, options=options, label=label, id_prefix=id_prefix
+    )
+
+
+HF_DATA_FILES = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv"}
+
+
+def read_hf_dataset(path: Path, *, options: SourceOptions, label: str, id_prefix: str) -> Iterator[Item]:
+    """Rows of a Hugging Face `datasets` dataset, read as `read_parquet` reads rows:
+
+    - a `save_to_disk` folder (a Dataset, or a DatasetDict whose options.split is taken);
+    - a data file, or a folder of them, of one kind (.parquet, .json/.jsonl, .csv), loaded by the
+      matching `datasets` builder (its one split);
+    - otherwise `label` (the source path) as a hub id, loaded with options.split; that needs the
+      network or the hub cache, and fails with a SourceReadError saying so.
+    """
+    import datasets
+
+    rows = _hf_rows(path, options=options, label=label, datasets=datasets)
+    yield from _row_items(iter(rows[1]), rows[0], options=options, label=label, id_prefix=id_prefix)
+
+
+def _hf_rows(
+    path: Path, *, options: SourceOptions, label: str, datasets: Any
+) -> tuple[list[str], list[dict[str, Any]]]:
+    import tempfile
+
+    if path.is_dir() and any(
+        (path / f).is_file() for f in ("dataset_info.json", "state.json", "dataset_dict.json")
+    ):
+        loaded = datasets.load_from_disk(str(path), keep_in_memory=True)
+        if isinstance(loaded, datasets.DatasetDict):
+            if options.split not in loaded:
+                raise SourceReadError(
+                    f"{label}: the dataset has no split {quoted(options.split)}; its splits are "
+                    f"{quoted(sorted(loaded))}. Set options.split to one of them."
+                )
+            loaded = loaded[options.split]
+        return loaded.column_names, loaded.to_list()
+    if path.exists():
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix in HF_DATA_FILES)
+        builders = {HF_DATA_FILES.get(p.suffix) for p in files}
+        if not files or len(builders) != 1 or None in builders:
+            raise SourceReadError(
+                f"{label}: not a `datasets` save_to_disk folder (no dataset_info.json / dataset_dict.json) "
+                "nor data files of one kind (.parquet, .json/.jsonl, .csv). Point path at one of those."
+            )
+        # a throwaway cache: the rows are taken into memory, nothing is left in ~/.cache
+        with tempfile.TemporaryDirectory() as cache:
+            loaded = datasets.load_dataset(
+                builders.pop(),
+                data_files=[str(p) for p in files],
+                split="train",
+                cache_dir=cache,
+                keep_in_memory=True,
+            )
+            return loaded.column_names, loaded.to_list()
+    try:
+        loaded = datasets.load_dataset(label, split=options.split)
+    except Exception as exc:  # noqa: BLE001 - offline: ConnectionError, OfflineModeIsEnabled, DatasetNotFoundError, ...
+        raise SourceReadError(
+            f"{label}: no such local path, and as a hub dataset id it could not be loaded "
+            f"({type(exc).__name__}: {quoted(str(exc))}). When offline, download it where the hub is "
+            f"reachable (datasets.load_dataset({quoted(label)}).save_to_disk(folder)) and set path to that "
+            "folder, or give the path of local data files."
+        ) from None
+    if isinstance(loaded, datasets.DatasetDict):  # pragma: no cover - split is always given
+        loaded = loaded[options.split]
+    return loaded.column_names, loaded.to_list()
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+
+
+def looks_like_hub_id(text: str) -> bool:
+    """`name` or `owner/name` (a path with more parts, or starting with . or /, is a local path)."""
+    return _HUB_ID.fullmatch(text) is not None and Path(text).suffix not in HF_DATA_FILES
+
+
 Reader = Callable[..., Iterator[Item]]
 
 # format -> (reader, file patterns searched when the source path is a folder)
 READERS: dict[SourceFormat, tuple[Reader, tuple[str, ...]]] = {
     "conversations_json": (read_conversations_json, ("*.json",)),
-    "messages_jsonl": (read_messages_jsonl, ("*.jsonl",)),
+    "messages_jsonl": (read_messages_jsonl, ("*.jsonl", "*.json")),
     "cornell": (read_cornell, ()),  # the folder itself is the unit
     "dailydialog": (read_dailydialog, ("*.txt",)),
     "crosswoz": (read_crosswoz, ("*.json", "*.zip")),
@@ -856,6 +1416,9 @@ READERS: dict[SourceFormat, tuple[Reader, tuple[str, ...]]] = {
     "tsv": (read_tsv, ("*.tsv",)),
     "chatterbot_yaml": (read_chatterbot_yaml, ("*.yml", "*.yaml")),
     "feedback": (read_feedback, ("*.jsonl",)),
+    "alpaca": (read_alpaca, ("*.json", "*.jsonl")),
+    "parquet": (read_parquet, ("*.parquet",)),
+    "hf_dataset": (read_hf_dataset, ()),  # the path (folder, file or hub id) is the unit
 }
 
 __all__ = [
@@ -864,12 +1427,15 @@ __all__ = [
     "ConversationColumns",
     "RawConversation",
     "RawReject",
+    "SourceReadError",
     "TableLayoutError",
     "conversations_json_columns",
     "encoding_hint",
     "holds_surrogates",
     "iter_lines",
+    "looks_like_hub_id",
     "printable",
+    "quoted",
     "raw_prefix",
     "surrogate_hint",
 ]

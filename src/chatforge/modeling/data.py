@@ -1,8 +1,8 @@
 """Turn the turns table into training batches.
 
 Causal LM: each conversation is rendered with the tokenizer's chat template; labels are the token
-ids of the assistant messages (their content and end-of-turn marker) and -100 everywhere else, so
-the loss never teaches the model to write the user's side.
+ids of the assistant messages (their content and end-of-turn token) and -100 everywhere else, so
+the loss never teaches the model to write the user's side or what the template injects.
 
 Padding waste is avoided by packing: conversations are placed first-fit-decreasing into rows of
 `max_seq_len` tokens, with position ids restarting at 0 for each conversation. transformers 5 reads
@@ -80,34 +80,69 @@ def conversations(turns: pl.DataFrame) -> list[Conversation]:
     ]
 
 
-def tokenize_chat(tokenizer: Any, conv: Conversation) -> Example:
-    """Render with the chat template; mark assistant spans by rendering each prefix of the chat.
+def assistant_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered chat and, per assistant message, the character span [start, end) of its content.
 
-    The span of assistant message i is [len(render(messages[:i], generation prompt)),
-    len(render(messages[:i+1]))) in characters; offsets from the fast tokenizer map it to tokens.
-    This works for any template whose renderings of a prefix are prefixes of the whole (ChatML,
-    Llama, Mistral ...), without needing `{% generation %}` markers in the template.
+    The end of assistant message i is len(render(messages[:i+1])) less what the template writes after
+    the content (the end-of-turn marker and separators); its content is searched backwards from there,
+    so nothing the template injects before it (a default system prompt for a chat that opens with
+    the assistant, role headers) falls inside the span. Works for any template whose rendering of a
+    prefix of the chat is a prefix of the whole (ChatML, Llama 3, Mistral ...) and that writes the
+    content verbatim or stripped of surrounding whitespace.
+
+    Raises ValueError when the template rewrites an assistant message's content (the span could only
+    be guessed).
+    """
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    spans: list[tuple[int, int]] = []
+    for i, msg in enumerate(messages):
+        if msg["role"] != "assistant":
+            continue
+        floor = len(tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)) if i else 0
+        end = len(tokenizer.apply_chat_template(messages[: i + 1], tokenize=False))
+        content = msg["content"]
+        for needle in (content, content.strip()):
+            start = text.rfind(needle, floor, end) if needle else -1
+            if start >= 0:
+                spans.append((start, start + len(needle)))
+                break
+        else:
+            if content.strip():
+                raise ValueError(
+                    f"the chat template rewrites assistant message {i}'s content, so its training labels cannot be "
+                    "placed; use a template that writes message content verbatim (tokenizer_config.json chat_template)"
+                )
+            spans.append((end, end))  # empty content: only the end token is learnt
+    return text, spans
+
+
+def tokenize_chat(tokenizer: Any, conv: Conversation) -> Example:
+    """Render with the chat template; labels are exactly each assistant message's content tokens and
+    the one token after it (the end-of-turn marker the model must learn to stop with), -100 elsewhere.
+
+    Spans come from `assistant_spans` (characters); offsets from the fast tokenizer map them to tokens:
+    a token is a content token when it overlaps the content span, and the first token starting at or
+    after the span's end is its end token. Nothing a template injects (a default system prompt, role
+    headers, separators after the end token) is ever a target.
     """
     msgs = conv.messages
     if (codec := codec_for(tokenizer)) is not None:  # a model trained with slot placeholders
         msgs = codec.encode(msgs).messages
-    text = tokenizer.apply_chat_template(msgs, tokenize=False)
-    spans: list[tuple[int, int]] = []
-    for i, msg in enumerate(msgs):
-        if msg["role"] != "assistant":
-            continue
-        start = len(tokenizer.apply_chat_template(msgs[:i], tokenize=False, add_generation_prompt=True)) if i else 0
-        end = len(tokenizer.apply_chat_template(msgs[: i + 1], tokenize=False))
-        spans.append((start, end))
+    text, spans = assistant_spans(tokenizer, msgs)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)  # cut later, by rule
     ids: list[int] = enc["input_ids"]
+    offsets: list[tuple[int, int]] = enc["offset_mapping"]
     labels = [IGNORE] * len(ids)
-    k = 0
-    for t, (a, _b) in enumerate(enc["offset_mapping"]):
-        while k < len(spans) and a >= spans[k][1]:
-            k += 1
-        if k < len(spans) and spans[k][0] <= a < spans[k][1]:
-            labels[t] = ids[t]
+    t = 0
+    for start, end in spans:
+        while t < len(ids) and offsets[t][1] <= start:
+            t += 1  # tokens wholly before the content
+        while t < len(ids) and offsets[t][0] < end:
+            labels[t] = ids[t]  # overlaps the content
+            t += 1
+        if t < len(ids):
+            labels[t] = ids[t]  # the end token
+            t += 1
     return Example(ids, labels, conv.conversation_id, conv.lang)
 
 

@@ -33,6 +33,7 @@ from chatforge.modeling.data import (
     conversations,
     tokenize_conversations,
 )
+from chatforge.modeling.device import accelerator, to_device
 from chatforge.modeling.manifest import MANIFEST_NAME, Manifest, read_manifest
 from chatforge.modeling.quality import assistant_perplexity, model_answer_scores
 from chatforge.modeling.quality import retention as answer_retention
@@ -156,12 +157,19 @@ def fit(student: Any, batches: list[dict[str, torch.Tensor]], *, family: str, st
     weights stay exactly zero through the recovery fine-tune."""
     if not batches:
         raise CompressError(f"{desc}: no training example left after tokenization; check the train split and max_seq_len.")
+    # the accelerator when there is one (train's rule); the student and teacher stay on it afterwards
+    acc = accelerator()
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
+    student.to(acc.device)
+    if teacher is not None:
+        teacher.to(acc.device)
+    masks = {name: mask.to(acc.device) for name, mask in masks.items()} if masks else masks
     optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
     # cosine decay to lr/100 over the steps (no warmup: the student starts from trained weights); the
     # last steps at a small lr settle the weights instead of leaving them mid-jump
     scheduler = cosine_with_floor(optimizer, lr=lr, lr_min=lr / 100, warmup_steps=0, total_steps=steps)
+    optimizer = acc.prepare_optimizer(optimizer, device_placement=False)
     params = dict(student.named_parameters())
     student.train()
     if teacher is not None:
@@ -171,14 +179,15 @@ def fit(student: Any, batches: list[dict[str, torch.Tensor]], *, family: str, st
     for _ in progress(range(steps), total=steps, desc=desc):
         if not order:
             order = torch.randperm(len(batches), generator=generator).tolist()
-        batch = batches[order.pop()]
-        logits, targets = target_logits(student, batch, family)
-        with torch.no_grad():
-            teacher_logits = target_logits(teacher, batch, family)[0] if teacher is not None and alpha > 0 else None
-        loss = kd_loss(logits, teacher_logits, targets, alpha=alpha, temperature=temperature)
+        batch = to_device(batches[order.pop()], acc.device)
+        with acc.autocast():
+            logits, targets = target_logits(student, batch, family)
+            with torch.no_grad():
+                teacher_logits = target_logits(teacher, batch, family)[0] if teacher is not None and alpha > 0 else None
+            loss = kd_loss(logits, teacher_logits, targets, alpha=alpha, temperature=temperature)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        acc.backward(loss)
+        acc.clip_grad_norm_(student.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
         if masks:
@@ -219,7 +228,7 @@ def quality(model: Any, tokenizer: Any, convs: list[Conversation], *, family: st
                                classifier_input=classifier_input)
         truth, pred = [], []
         for batch in batches:
-            logits, targets = target_logits(model, batch, family)
+            logits, targets = target_logits(model, to_device(batch, model.device), family)
             truth += [labels[i] for i in targets.tolist()]  # type: ignore[index]
             pred += [labels[i] for i in logits.argmax(-1).tolist()]  # type: ignore[index]
         scores = classification_scores(truth, pred, labels=labels or [])
@@ -245,9 +254,9 @@ def latency(model: Any, tokenizer: Any, convs: list[Conversation], *, family: st
     seconds = []
     if family == "classifier":
         for p in prompts:
-            enc = tokenizer(p[0]["content"], return_tensors="pt")
+            enc = tokenizer(p[0]["content"], return_tensors="pt").to(model.device)
             start = time.perf_counter()
-            model(**enc)
+            model(**enc).logits.cpu()  # .cpu(): waits for an accelerator to finish
             seconds.append(time.perf_counter() - start)
     else:
         gen = TorchGenerator(model, tokenizer, fingerprint="latency")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -537,13 +537,16 @@ class _OnnxBatchSession:
 
 
 class OnnxGenerator(_Decoder):
-    def __init__(self, model_path: Path, tokenizer: Any, config: Any, *, fingerprint: str) -> None:
+    def __init__(self, model_path: Path, tokenizer: Any, config: Any, *, fingerprint: str,
+                 providers: Sequence[str] | None = None) -> None:
         import onnxruntime as ort
+
+        from chatforge.modeling.device import onnx_session
 
         super().__init__(tokenizer, _eos_ids(config, tokenizer), fingerprint)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        self.session = onnx_session(model_path, providers=providers, options=options)  # quantize.providers (default CPU)
         names = [i.name for i in self.session.get_inputs()]
         past_names = [n for n in names if n.startswith("past_key_values.")]
         first = next((i for i in self.session.get_inputs() if i.name.startswith("past_key_values.")), None)
@@ -603,10 +606,12 @@ def _family(folder: Path) -> str:
     return "causal_lm" if any(a.endswith("ForCausalLM") for a in archs) else "classifier"
 
 
-def load_generator(folder: Path | str, *, backend: Backend = "auto") -> Generator:
+def load_generator(folder: Path | str, *, backend: Backend = "auto", providers: Sequence[str] | None = None) -> Generator:
     """Open a causal-LM model folder for generation.
 
     backend "auto" prefers model.int8.onnx, then model.onnx, then the torch weights in the folder.
+    ONNX runs on the execution `providers` (quantize.providers; None: CPU), torch weights on the
+    accelerator when there is one (chatforge.modeling.device).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -630,7 +635,9 @@ def load_generator(folder: Path | str, *, backend: Backend = "auto") -> Generato
         if not path.exists():
             raise FileNotFoundError(f"{path}: missing for backend={backend!r}. Run `dvc repro quantize`.")
         config = AutoConfig.from_pretrained(folder)
-        return OnnxGenerator(path, tokenizer, config, fingerprint=_fingerprint(path, backend))
+        # outputs can differ between execution providers: a non-default list is part of the cache key
+        chosen = backend if providers is None or list(providers) == ["CPUExecutionProvider"] else f"{backend}@{'+'.join(providers)}"
+        return OnnxGenerator(path, tokenizer, config, fingerprint=_fingerprint(path, chosen), providers=providers)
     if backend != "torch":
         raise ValueError(f"backend = {backend!r}: use one of auto, torch, onnx, onnx_int8")
     weights = folder / "model.safetensors"
@@ -640,8 +647,11 @@ def load_generator(folder: Path | str, *, backend: Backend = "auto") -> Generato
         )
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype="float32")
-    return TorchGenerator(model, tokenizer, fingerprint=_fingerprint(weights, "torch"))
+    from chatforge.modeling.device import place
+
+    model = place(AutoModelForCausalLM.from_pretrained(folder, dtype="float32"))
+    where = "torch" if model.device.type == "cpu" else f"torch@{model.device.type}"  # the device is part of the cache key
+    return TorchGenerator(model, tokenizer, fingerprint=_fingerprint(weights, where))
 
 
 __all__ = [

@@ -321,12 +321,13 @@ def train(
 ) -> TrainOutcome:
     """Fine-tune the base in `base_dir`; checkpoints go to `checkpoint_dir` (keyed by the caller's
     fingerprint of data + params) and dvclive curves to `live_dir`."""
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
+
+    from chatforge.modeling.device import accelerator
 
     mp, tp, family = model_params, train_params, model_params.family
     check_inputs(mp, tp, base_dir=base_dir, train_turns=train_turns, val_turns=val_turns)
-    acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision={"fp32": "no"}.get(tp.precision, tp.precision))
+    acc = accelerator(tp.precision, key="train.precision")  # CUDA when present, else CPU (modeling.device)
     world, rank = acc.num_processes, acc.process_index
     set_seed(tp.seed)
     torch.use_deterministic_algorithms(not torch.cuda.is_available(), warn_only=True)

@@ -107,7 +107,7 @@ class Seq2SeqTranslator:
         out: list[str] = [""] * len(texts)
         for idx in _batches(texts, self.options.batch_size):
             inputs, extra = self._prepare([texts[i] for i in idx], src, tgt)
-            enc = self.tokenizer(inputs, return_tensors="pt", padding=True, truncation=True, max_length=512)
+            enc = self.tokenizer(inputs, return_tensors="pt", padding=True, truncation=True, max_length=512).to(self.model.device)
             with torch.inference_mode():
                 ids = self.model.generate(
                     **enc, num_beams=self.options.num_beams, max_new_tokens=self.options.max_new_tokens,
@@ -115,7 +115,7 @@ class Seq2SeqTranslator:
                 )
             self.generate_calls += 1
             self.texts_translated += len(idx)
-            for i, text in zip(idx, self.tokenizer.batch_decode(ids, skip_special_tokens=True), strict=True):
+            for i, text in zip(idx, self.tokenizer.batch_decode(ids.cpu(), skip_special_tokens=True), strict=True):
                 out[i] = text.strip()
         return out
 
@@ -160,7 +160,7 @@ class CausalLMTranslator:
                 )
                 for i in idx
             ]
-            enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.model.device)
             with torch.inference_mode():
                 ids = self.model.generate(
                     **enc, num_beams=self.options.num_beams, max_new_tokens=self.options.max_new_tokens,
@@ -169,7 +169,7 @@ class CausalLMTranslator:
                 )
             self.generate_calls += 1
             self.texts_translated += len(idx)
-            new = ids[:, enc["input_ids"].shape[1] :]
+            new = ids[:, enc["input_ids"].shape[1] :].cpu()
             for i, text in zip(idx, self.tokenizer.batch_decode(new, skip_special_tokens=True), strict=True):
                 # models often add a second paragraph of commentary: the translation is the first line
                 lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
@@ -273,6 +273,9 @@ def load_translator(
             kind = "seq2seq" if getattr(config, "is_encoder_decoder", False) else "causal_lm"
         auto = AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModelForCausalLM
         model = auto.from_pretrained(name, trust_remote_code=trust_remote_code)
+        from chatforge.modeling.device import place
+
+        place(model)  # the accelerator when there is one
     except (OSError, ValueError) as exc:
         where = "local folder" if folder else "hub id (needs network access; HF_HUB_OFFLINE must be unset)"
         raise TranslatorLoadError(

@@ -151,8 +151,13 @@ def train_translator(pairs: pl.DataFrame, params: TranslatorParams) -> TrainedTr
     sources, targets = directional_examples(pairs)
     enc = tokenizer(sources, truncation=True, max_length=params.max_len_tokens)["input_ids"]
     lab = tokenizer(text_target=targets, truncation=True, max_length=params.max_len_tokens)["input_ids"]
+    from chatforge.modeling.device import accelerator
+
+    acc = accelerator()  # the accelerator when there is one (train's rule); the model stays on it
+    model.to(acc.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=0.01)
     schedule = get_cosine_schedule_with_warmup(optimizer, params.warmup_steps, params.max_steps)
+    optimizer = acc.prepare_optimizer(optimizer, device_placement=False)
     loss_fn = torch.nn.CrossEntropyLoss(ignore_index=-100, label_smoothing=params.label_smoothing)
     gen = torch.Generator().manual_seed(params.seed)
     order: list[int] = []
@@ -163,14 +168,15 @@ def train_translator(pairs: pl.DataFrame, params: TranslatorParams) -> TrainedTr
         if len(order) < params.batch_size:
             order += torch.randperm(len(enc), generator=gen).tolist()
         batch, order = order[: params.batch_size], order[params.batch_size :]
-        x = _pad([enc[i] for i in batch], 0)
-        y = _pad([lab[i] for i in batch], -100)
+        x = _pad([enc[i] for i in batch], 0).to(acc.device)
+        y = _pad([lab[i] for i in batch], -100).to(acc.device)
         # decoder inputs passed directly (not labels=): the model would otherwise compute a second loss
         decoder_in = shift_tokens_right(y, pad_token_id=0, decoder_start_token_id=0)
-        logits = model(input_ids=x, attention_mask=(x != 0).long(), decoder_input_ids=decoder_in).logits
-        loss = loss_fn(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        with acc.autocast():
+            logits = model(input_ids=x, attention_mask=(x != 0).long(), decoder_input_ids=decoder_in).logits
+            loss = loss_fn(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+        acc.backward(loss)
+        acc.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)

@@ -187,7 +187,7 @@ class ChatService:
             return UpstreamBackend(variant.upstream, confidence_tokens=p.confidence_tokens, variant=variant.name)
         assert variant.model is not None  # ServeVariant has exactly one of model / upstream
         return open_backend(variant.model, backend=variant.backend, max_batch_size=p.batch.max_batch_size,
-                            max_wait_ms=p.batch.max_wait_ms)
+                            max_wait_ms=p.batch.max_wait_ms, providers=self.config.providers)
 
     def _cache_failed(self, op: str) -> None:
         self.metrics.cache_errors.labels(op=op).inc()

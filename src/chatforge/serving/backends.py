@@ -14,12 +14,14 @@ import hashlib
 import json
 import logging
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from chatforge.modeling.device import onnx_session, place
 from chatforge.modeling.generate import GenerationConfig, load_generator
 from chatforge.modeling.manifest import MANIFEST_NAME, read_manifest
 
@@ -92,10 +94,10 @@ class CausalLMBackend(_Tokens):
     family = "causal_lm"
 
     def __init__(self, folder: Path | str, *, backend: BackendName = "auto", max_batch_size: int = 8,
-                 max_wait_ms: float = 2.0) -> None:
+                 max_wait_ms: float = 2.0, providers: Sequence[str] | None = None) -> None:
         from chatforge.serving.batching import DecodeScheduler
 
-        self.generator = load_generator(folder, backend=backend)
+        self.generator = load_generator(folder, backend=backend, providers=providers)
         self.tokenizer = self.generator.tokenizer  # type: ignore[attr-defined]
         self.fingerprint = self.generator.fingerprint
         self.scheduler = DecodeScheduler(self.generator, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms)
@@ -125,7 +127,7 @@ class ClassifierBackend(_Tokens):
 
     family = "classifier"
 
-    def __init__(self, folder: Path | str, *, backend: BackendName = "auto") -> None:
+    def __init__(self, folder: Path | str, *, backend: BackendName = "auto", providers: Sequence[str] | None = None) -> None:
         from transformers import AutoConfig, AutoTokenizer
 
         folder = Path(folder)
@@ -159,13 +161,11 @@ class ClassifierBackend(_Tokens):
         h = hashlib.sha256(f"classifier:{self.temperature}:".encode())
         h.update(responses_path.read_bytes())
         if onnx_path is not None:
-            import onnxruntime as ort
-
             if not onnx_path.exists():
                 raise FileNotFoundError(
                     f"{onnx_path}: missing for backend={backend!r}. Run `dvc repro quantize`."
                 )
-            self._session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+            self._session = onnx_session(onnx_path, providers=providers)  # quantize.providers (default CPU)
             self._inputs = {i.name for i in self._session.get_inputs()}
             self.model = None
             weights = onnx_path
@@ -173,7 +173,7 @@ class ClassifierBackend(_Tokens):
             from transformers import AutoModelForSequenceClassification
 
             weights = folder / "model.safetensors"
-            self.model = AutoModelForSequenceClassification.from_pretrained(folder, dtype="float32").eval()
+            self.model = place(AutoModelForSequenceClassification.from_pretrained(folder, dtype="float32").eval())
         h.update(weights.read_bytes())
         self.fingerprint = f"classifier:{h.hexdigest()[:16]}"
         self._lock = threading.Lock()
@@ -185,9 +185,9 @@ class ClassifierBackend(_Tokens):
             return np.asarray(self._session.run(None, feeds)[0][0], dtype=np.float64)
         import torch
 
-        enc = self.tokenizer(text, truncation=True, return_tensors="pt")
+        enc = self.tokenizer(text, truncation=True, return_tensors="pt").to(self.model.device)
         with torch.inference_mode():
-            return self.model(**enc).logits[0].double().numpy()
+            return self.model(**enc).logits[0].double().cpu().numpy()
 
     def answer(self, messages: list[dict[str, str]], config: GenerationConfig, *, lang: str) -> Answer:
         text = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
@@ -209,9 +209,11 @@ class ClassifierBackend(_Tokens):
         )
 
 
-def open_backend(folder: Path | str, *, backend: BackendName = "auto", **causal: Any) -> ModelBackend:
+def open_backend(folder: Path | str, *, backend: BackendName = "auto", providers: Sequence[str] | None = None,
+                 **causal: Any) -> ModelBackend:
     """Open any model folder the pipeline built; the family comes from chatforge.json (or config.json).
-    `causal` (max_batch_size, max_wait_ms) configures a causal LM's batching."""
+    `causal` (max_batch_size, max_wait_ms) configures a causal LM's batching; ONNX files run on the
+    execution `providers` (quantize.providers; None: CPU), torch weights on the accelerator if any."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(
@@ -228,8 +230,8 @@ def open_backend(folder: Path | str, *, backend: BackendName = "auto", **causal:
         archs = config.get("architectures") or []
         family = "causal_lm" if any(a.endswith("ForCausalLM") for a in archs) else "classifier"
     if family == "classifier":
-        return ClassifierBackend(folder, backend=backend)
-    return CausalLMBackend(folder, backend=backend, **causal)
+        return ClassifierBackend(folder, backend=backend, providers=providers)
+    return CausalLMBackend(folder, backend=backend, providers=providers, **causal)
 
 
 __all__ = ["Answer", "CausalLMBackend", "ClassifierBackend", "ModelBackend", "open_backend"]

@@ -24,6 +24,7 @@ class ServeConfig:
     api_keys_file: Path | None = None  # JSON written by `chatforge keys add`
     require_auth: bool = True  # False only with --no-auth (local experiments)
     threads: int | None = None  # torch CPU threads per process; None keeps torch's default (all cores)
+    providers: tuple[str, ...] | None = None  # ONNX Runtime execution providers (quantize.providers); None: CPU
 
     def to_json(self) -> str:
         return json.dumps(
@@ -32,6 +33,7 @@ class ServeConfig:
                 "api_keys_file": str(self.api_keys_file) if self.api_keys_file else None,
                 "require_auth": self.require_auth,
                 "threads": self.threads,
+                "providers": list(self.providers) if self.providers else None,
             }
         )
 
@@ -44,6 +46,7 @@ class ServeConfig:
             api_keys_file=Path(keys) if keys else None,
             require_auth=bool(data.get("require_auth", True)),
             threads=data.get("threads"),
+            providers=tuple(data["providers"]) if data.get("providers") else None,
         )
 
 
@@ -59,6 +62,8 @@ def load_serve_config(
     """Validate the serve section (raises ParamsError) and apply deployment overrides."""
     params = load_section("serve", path=Path(params_path))
     assert isinstance(params, ServeParams)
+    # ONNX variants run where the build checked them: quantize.providers (validated when opened)
+    providers = tuple(load_section("quantize", path=Path(params_path)).providers)  # type: ignore[attr-defined]
     updates: dict[str, object] = {}
     if redis_url is not None:
         updates["redis_url"] = redis_url or None  # an empty string switches Redis off
@@ -76,6 +81,7 @@ def load_serve_config(
         api_keys_file=Path(api_keys_file) if api_keys_file else None,
         require_auth=require_auth,
         threads=threads,
+        providers=providers,
     )
 
 

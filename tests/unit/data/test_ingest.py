@@ -969,6 +969,7 @@ def test_vectorised_matches_row_wise_on_bad_input(tmp_path: Path, layout: str, s
             "malformed_line",
             "bad_encoding",
             "dangling_reference",
+            "unreadable_file",
         }
         if same_role == "merge":
             unreachable.add("same_role_sequence")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from chatforge.data.lang import decide_lang, detect_lang, lang_expr, script_counts
+from chatforge.data.lang import decide_lang, detect_lang, lang_expr, script_counts, to_simplified
 
 CASES = [
     ("查询北京天气", "zh"),
@@ -61,3 +61,32 @@ def test_expression_over_groups_sums_counts() -> None:
     assert out["lang"].to_list() == ["zh", "zh", "en", "en", "zh", "zh"]
     assert detect_lang("Hi 你好吗") == "zh"
     assert detect_lang("Hello there friend 谢谢") == "en"
+
+
+def test_expression_default_can_be_a_column() -> None:
+    # rows with neither Han nor Latin letters take the label of their row; the others are decided by text
+    frame = pl.DataFrame(
+        {"content": ["？？", "？？", "OK", "好的", None], "label": ["zh", "en", "zh", "en", "zh"]}
+    )
+    got = frame.select(lang_expr("content", default=pl.col("label")))["lang"].to_list()
+    assert got == ["zh", "en", "en", "zh", "zh"]
+
+
+def test_to_simplified_is_opencc_t2s() -> None:
+    import opencc
+
+    official = opencc.OpenCC("t2s").convert
+    for text in [
+        "非常感謝你的幫助！",
+        "頭髮",
+        "乾燥",
+        "著作",
+        "雲計算",
+        "軟體",
+        "What does 謝謝 mean?",
+        "",
+        "abc 😀",
+    ]:
+        assert to_simplified(text) == official(text)
+    assert to_simplified("頭髮乾燥") == "头发干燥"
+    assert to_simplified("著作") == "著作"  # phrase dictionary: not 着作

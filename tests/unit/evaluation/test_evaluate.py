@@ -10,8 +10,8 @@ import torch
 
 from chatforge.data.schema import conform
 from chatforge.evaluation import evaluate as ev
-from chatforge.modeling.generate import load_generator
 from chatforge.modeling import quality
+from chatforge.modeling.generate import load_generator
 from chatforge.modeling.quality import answer_samples
 from chatforge.params import EvaluateParams
 from chatforge.serving.tiny import build_tiny_causal_lm, build_tiny_classifier
@@ -226,3 +226,76 @@ def test_stage_empty_test_split_fails_clearly(tmp_path, repo_root, tiny_lm):
     proc = _run_stage(tmp_path, repo_root, ["test.parquet", "m.json", "d.json", "v.csv", "--variant", f"teacher={tiny_lm}"])
     assert proc.returncode == 1
     assert "test split is empty" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ------------------------------------------- issue 15: classifiers per language, unevaluable variants skipped
+def test_classifier_accuracy_and_fallback_per_language():
+    """A classifier that cannot read Chinese (every zh input gets a wrong, unsure answer) shows it in
+    accuracy_zh / fallback_rate_zh, while en stays right."""
+    from types import SimpleNamespace
+
+    class HalfBlind:
+        labels = ("greeting", "order_status", "weather")
+
+        def answer(self, messages, config, *, lang):
+            text = messages[-1]["content"]
+            if any("\u4e00" <= c <= "\u9fff" for c in text):
+                return SimpleNamespace(intent="greeting", confidence=0.3)
+            return SimpleNamespace(intent="order_status" if "order" in text else "weather", confidence=0.9)
+
+    rows = [(f"z{i}", 0, "user", "查询北京天气", "zh", "weather", "original") for i in range(3)]
+    rows += [(f"e{i}", 0, "user", "where is my order?", "en", "order_status", "original") for i in range(2)]
+    convs, _ = ev.test_conversations(turns(rows))
+    out = ev.evaluate_classifier(HalfBlind(), convs, threshold=0.7)["metrics"]
+    assert (out["accuracy"], out["accuracy_zh"], out["accuracy_en"]) == (0.4, 0.0, 1.0)
+    assert (out["fallback_rate"], out["fallback_rate_zh"], out["fallback_rate_en"]) == (0.6, 1.0, 0.0)
+    assert (out["conversations_zh"], out["conversations_en"]) == (3, 2)
+
+
+def _untouched_encoder(folder: Path) -> Path:
+    """What `dvc repro base` writes for model.family: classifier: an encoder, no head, no responses."""
+    from transformers import BertConfig, BertModel
+
+    from chatforge.modeling.manifest import Manifest, write_manifest
+
+    BertModel(BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64)).save_pretrained(folder)
+    write_manifest(folder, Manifest(family="classifier", variant="base", base="scratch"))
+    return folder
+
+
+def test_unevaluable_classifier_base_is_named_with_its_reason(tmp_path):
+    responses = {k: {"zh": f"{k}-zh", "en": f"{k}-en"} for k in ("greeting", "order_status", "weather")}
+    teacher = build_tiny_classifier(tmp_path / "clf", responses=responses)
+    base = _untouched_encoder(tmp_path / "base")
+    assert ev.unevaluable({"base": base, "teacher": teacher}) == {"base": (
+        f"{base} has no classification head and no responses.json: an untrained encoder cannot classify intents or "
+        "answer; only trained classifier variants are evaluated. Remove 'base' from evaluate.variants to leave it out "
+        "without this note.")}
+
+
+def test_sample_knobs_say_how_many_test_turns_there_were():
+    convs, _ = ev.test_conversations(TEST)
+    _, counts = answer_samples(convs, max_per_lang=150, seed=0)
+    knobs = {k.key: k for k in ev.sample_knobs(convs, EvaluateParams(max_samples_per_lang=150), counts)}
+    zh = knobs["evaluate.max_samples_per_lang (zh)"]
+    assert (zh.requested, zh.reached, zh.far) == (150, 1, True)
+    assert zh.message() == ("evaluate.max_samples_per_lang (zh): requested 150, reached 1 (1%): the test split has 1 zh "
+                            "assistant turns (original rows, non-empty)")
+    assert "evaluate.other_samples_per_lang (en)" not in knobs  # null: the same sample
+
+
+def test_stage_skips_the_untouched_classifier_base_and_reports_languages(tmp_path, repo_root):
+    responses = {k: {"zh": f"{k}-zh", "en": f"{k}-en"} for k in ("greeting", "order_status", "weather")}
+    teacher = build_tiny_classifier(tmp_path / "clf", responses=responses)
+    base = _untouched_encoder(tmp_path / "base")
+    TEST.write_parquet(tmp_path / "test.parquet")
+    proc = _run_stage(tmp_path, repo_root, ["test.parquet", "metrics.json", "details.json", "variants.csv",
+                                            "--variant", f"base={base}", "--variant", f"teacher={teacher}"])
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert "base" not in metrics and metrics["summary"]["variants_skipped"] == "base"
+    assert metrics["skipped"]["base"].startswith(f"{base} has no classification head and no responses.json")
+    assert {"accuracy_zh", "accuracy_en", "fallback_rate_zh", "fallback_rate_en"} <= set(metrics["teacher"])
+    assert metrics["knobs"]["evaluate.max_samples_per_lang (en)"]["reached"] == 1
+    assert "variant base skipped" in proc.stderr

@@ -111,7 +111,7 @@ def test_labels_cover_exactly_the_assistant_messages(chat_tok):
     ])
     ex = tokenize_chat(chat_tok, conv)
     learnt = chat_tok.decode([t for t, lab in zip(ex.input_ids, ex.labels, strict=True) if lab != IGNORE])
-    assert learnt == "今日北京晴<|im_end|>\nYou are welcome<|im_end|>\n"
+    assert learnt == "今日北京晴<|im_end|>You are welcome<|im_end|>"  # the newline after an end token is the template's
     assert all(lab in (IGNORE, t) for t, lab in zip(ex.input_ids, ex.labels, strict=True))
 
 

@@ -21,7 +21,7 @@ from chatforge.modeling.distill import (
 from chatforge.params import DistillParams
 
 torch.set_num_threads(1)
-FAST = {"bleu_samples": 2, "max_new_tokens": 4, "latency_requests": 2, "eval_max_conversations": 8}
+FAST = {"bleu_samples": 2, "max_new_tokens": 4, "latency_requests": 2, "eval_max_conversations": 8, "student_layers": None}
 
 
 def test_picked_layers_are_evenly_spaced_with_first_and_last() -> None:

@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 import trainkit as tk
+from test_labels import GREETING_FIRST, learnt_runs
 
 from chatforge.modeling.base import describe, resolve_base
+from chatforge.modeling.data import tokenize_chat
 from chatforge.modeling.manifest import Manifest, write_manifest
 from chatforge.modeling.train import train
 from chatforge.params import ModelParams
@@ -38,6 +40,10 @@ def test_smollm2_resolves_to_a_plain_folder_and_trains(tmp_path):
     tok = __import__("transformers").AutoTokenizer.from_pretrained(folder)
     prompt = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
     assert prompt.endswith("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")  # ChatML kept
+    # its template injects a default system prompt before a chat that opens with the assistant: never a target
+    ex = tokenize_chat(tok, GREETING_FIRST)
+    assert "named SmolLM" in tok.decode(ex.input_ids)
+    assert learnt_runs(tok, ex) == ["您好，欢迎光临，请问有什么可以帮您？<|im_end|>", "今日北京晴<|im_end|>"]
     head_before = reloaded.model.layers[29].mlp.down_proj.weight.clone()
     out = train(
         model_params=mp,

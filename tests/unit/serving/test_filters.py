@@ -133,6 +133,15 @@ def test_normalise_maps_back_to_original_positions():
     assert origin == [0, 2, 3, 4]
 
 
+def test_normalise_folds_chinese_with_the_projects_one_t2s_converter():
+    from chatforge.data.lang import to_simplified
+
+    text = "頭髮乾燥 軟體雲計算 非常感謝你的幫助"
+    # character by character, as the filter folds: the same converter as clean (official OpenCC t2s)
+    folded = normalise(text)[0]
+    assert folded == "".join(to_simplified(c) for c in text) == "头发干燥 软体云计算 非常感谢你的帮助"
+
+
 def test_version_changes_with_terms_and_mode():
     a = SensitiveFilter(["x"], mode="block")
     assert a.version == SensitiveFilter(["X"], mode="block").version  # same after normalisation

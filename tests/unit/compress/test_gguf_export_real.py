@@ -1,0 +1,105 @@
+"""GGUF export of the real models (slow): the checkout's models/teacher (the default scratch build) when
+present, and the pip-shipped SmolLM2-135M-Instruct base. Greedy answers to demo-corpus prompts (zh and
+en) from the exported f16 / Q8_0 files, loaded back by transformers, are compared with the source model's."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from typer.testing import CliRunner
+
+from chatforge.cli import app
+
+ROOT = Path(__file__).resolve().parents[3]
+PROMPTS_PER_LANG = 5
+MAX_NEW_TOKENS = 32
+
+pytestmark = pytest.mark.slow
+
+
+def demo_prompts() -> list[str]:
+    """The first user message of the first conversations of each language in the shipped demo corpus."""
+    data = json.loads((ROOT / "data/raw/demo/conversations.json").read_text(encoding="utf-8"))
+    picked: dict[str, list[str]] = {"zh": [], "en": []}
+    for conv in data["conversations"]:
+        lang = conv.get("lang")
+        if lang in picked and len(picked[lang]) < PROMPTS_PER_LANG:
+            picked[lang].append(conv["messages"][0]["content"])
+    return picked["zh"] + picked["en"]
+
+
+def greedy(model, tokenizer, prompt: str) -> list[int]:
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                        tokenize=True, return_dict=False)
+    x = torch.tensor([list(ids)])
+    with torch.no_grad():
+        out = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=MAX_NEW_TOKENS, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    return out[0, x.shape[1]:].tolist()
+
+
+def agreement(a: list[list[int]], b: list[list[int]]) -> float:
+    same = sum(x == y for ra, rb in zip(a, b, strict=True) for x, y in zip(ra, rb))
+    return same / sum(max(len(ra), len(rb)) for ra, rb in zip(a, b, strict=True))
+
+
+@pytest.fixture(scope="module")
+def smollm2_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from chatforge.modeling.base import resolve_base
+    from chatforge.modeling.manifest import Manifest, write_manifest
+    from chatforge.params import ModelParams
+
+    resolved = resolve_base(ModelParams(base="smollm2-135m-instruct", family="causal_lm"))
+    folder = tmp_path_factory.mktemp("smollm2") / "base"
+    resolved.model.save_pretrained(folder)
+    resolved.tokenizer.save_pretrained(folder)
+    write_manifest(folder, Manifest(family="causal_lm", variant="base", base="smollm2-135m-instruct",
+                                    parent=resolved.parent))
+    return folder
+
+
+@pytest.mark.parametrize("which", ["checkout_teacher", "smollm2_pip"])
+def test_real_model_exports_answer_like_the_source(which: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    if which == "checkout_teacher":
+        folder = ROOT / "models/teacher"
+        if not (folder / "model.safetensors").exists():
+            pytest.skip("models/teacher is not built in this checkout (`dvc repro train`)")
+    else:
+        folder = request.getfixturevalue("smollm2_folder")
+    out = tmp_path / "gguf"
+    result = CliRunner().invoke(app, ["export", str(folder), str(out), "--type", "f16", "--type", "q8_0",
+                                      "--name", "m", "--params", str(ROOT / "params.yaml"),
+                                      "--reports", str(ROOT / "reports")])
+    assert result.exit_code == 0, result.output
+
+    prompts = demo_prompts()
+    source = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    source_tok = AutoTokenizer.from_pretrained(folder)
+    reference = [greedy(source, source_tok, p) for p in prompts]
+    scores, sizes = {}, {}
+    for kind in ("f16", "q8_0"):
+        name = f"m-{kind}.gguf"
+        model = AutoModelForCausalLM.from_pretrained(out, gguf_file=name, dtype=torch.float32).eval()
+        tok = AutoTokenizer.from_pretrained(out, gguf_file=name)
+        for p in prompts:  # the same prompt ids reach both models
+            conv = [{"role": "user", "content": p}]
+            assert tok.apply_chat_template(conv, add_generation_prompt=True, return_dict=False) == \
+                source_tok.apply_chat_template(conv, add_generation_prompt=True, return_dict=False), p
+        scores[kind] = agreement(reference, [greedy(model, tok, p) for p in prompts])
+        sizes[kind] = (out / name).stat().st_size
+    source_mb = sum(f.stat().st_size for f in folder.glob("*.safetensors")) / 1e6
+    print(f"\n{which}: {len(prompts)} prompts, float32 safetensors {source_mb:.1f} MB; "
+          f"f16 {sizes['f16'] / 1e6:.1f} MB agreement {scores['f16']:.3f}; "
+          f"q8_0 {sizes['q8_0'] / 1e6:.1f} MB agreement {scores['q8_0']:.3f}")
+    assert scores["f16"] >= 0.95
+    assert scores["q8_0"] >= 0.5
+    assert sizes["q8_0"] < sizes["f16"]
+    modelfile = (out / "Modelfile").read_text(encoding="utf-8")
+    assert modelfile.startswith("# Ollama Modelfile") and "FROM ./m-q8_0.gguf\n" in modelfile
+    if which == "smollm2_pip":  # SmolLM2's template adds its own system prompt: the Modelfile carries it
+        assert 'SYSTEM """You are a helpful AI assistant named SmolLM, trained by Hugging Face"""' in modelfile
+        assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in (out / "README.md").read_text(encoding="utf-8")
