@@ -148,6 +148,12 @@ def holds_surrogates(*values: Any) -> bool:
 
 
 # ------------------------------------------------------------------------------------ decoding
+def _malformed_json(label: str, text: str, exc: json.JSONDecodeError) -> RawReject:
+    """The reject for a whole JSON document that does not parse: its line, and the text around the error."""
+    return RawReject(f"{label}:{exc.lineno}", "malformed_json",
+                     f"{exc.msg}: " + raw_prefix(text[max(0, exc.pos - 40) : exc.pos + 60]))
+
+
 def decode_document(data: bytes, encoding: str) -> tuple[str, bool]:
     """Whole-file text; (text, lenient). Lenient text keeps undecodable bytes as lone surrogates so
     the good records of a partly mis-encoded file can still be read and the bad ones rejected."""
@@ -275,11 +281,7 @@ def _conversations_document(
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
-        return RawReject(
-            f"{label}:{exc.lineno}",
-            "malformed_json",
-            f"{exc.msg}: " + raw_prefix(text[max(0, exc.pos - 40) : exc.pos + 60]),
-        )
+        return _malformed_json(label, text, exc)
     conversations = doc.get("conversations") if isinstance(doc, dict) else doc
     if not isinstance(conversations, list):
         found = f"an object with keys {quoted_keys(doc)}" if isinstance(doc, dict) else type(doc).__name__
@@ -595,11 +597,7 @@ def _json_records(
     try:
         records = json.loads(text)
     except json.JSONDecodeError as exc:
-        yield RawReject(
-            f"{label}:{exc.lineno}",
-            "malformed_json",
-            f"{exc.msg}: " + raw_prefix(text[max(0, exc.pos - 40) : exc.pos + 60]),
-        )
+        yield _malformed_json(label, text, exc)
         return
     escapes = _SURROGATE_ESCAPE.search(text) is not None
     for index, obj in enumerate(records):
@@ -863,11 +861,7 @@ def read_crosswoz(path: Path, *, options: SourceOptions, label: str, id_prefix: 
         try:
             doc = json.loads(text)
         except json.JSONDecodeError as exc:
-            yield RawReject(
-                f"{doc_label}:{exc.lineno}",
-                "malformed_json",
-                f"{exc.msg}: " + raw_prefix(text[max(0, exc.pos - 40) : exc.pos + 60]),
-            )
+            yield _malformed_json(doc_label, text, exc)
             continue
         if not isinstance(doc, dict):
             yield RawReject(

@@ -56,11 +56,12 @@ PARAMETER num_ctx 512
 '''
 
 
-def greedy(model, tokenizer, conversation) -> list[int]:
+def greedy(model, tokenizer, conversation, max_new_tokens: int = MAX_NEW_TOKENS) -> list[int]:
+    """The greedy answer's token ids to a conversation (a list of messages)."""
     ids = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True, return_dict=False)
     x = torch.tensor([list(ids)])
     with torch.no_grad():
-        out = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=MAX_NEW_TOKENS, do_sample=False,
+        out = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=max_new_tokens, do_sample=False,
                              pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
     return out[0, x.shape[1]:].tolist()
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_gguf_export import agreement, greedy
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from typer.testing import CliRunner
 
@@ -32,19 +33,8 @@ def demo_prompts() -> list[str]:
     return picked["zh"] + picked["en"]
 
 
-def greedy(model, tokenizer, prompt: str) -> list[int]:
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                        tokenize=True, return_dict=False)
-    x = torch.tensor([list(ids)])
-    with torch.no_grad():
-        out = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=MAX_NEW_TOKENS, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    return out[0, x.shape[1]:].tolist()
-
-
-def agreement(a: list[list[int]], b: list[list[int]]) -> float:
-    same = sum(x == y for ra, rb in zip(a, b, strict=True) for x, y in zip(ra, rb))
-    return same / sum(max(len(ra), len(rb)) for ra, rb in zip(a, b, strict=True))
+def answer(model, tokenizer, prompt: str) -> list[int]:
+    return greedy(model, tokenizer, [{"role": "user", "content": prompt}], MAX_NEW_TOKENS)
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +69,7 @@ def test_real_model_exports_answer_like_the_source(which: str, request: pytest.F
     prompts = demo_prompts()
     source = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     source_tok = AutoTokenizer.from_pretrained(folder)
-    reference = [greedy(source, source_tok, p) for p in prompts]
+    reference = [answer(source, source_tok, p) for p in prompts]
     scores, sizes = {}, {}
     for kind in ("f16", "q8_0"):
         name = f"m-{kind}.gguf"
@@ -89,7 +79,7 @@ def test_real_model_exports_answer_like_the_source(which: str, request: pytest.F
             conv = [{"role": "user", "content": p}]
             assert tok.apply_chat_template(conv, add_generation_prompt=True, return_dict=False) == \
                 source_tok.apply_chat_template(conv, add_generation_prompt=True, return_dict=False), p
-        scores[kind] = agreement(reference, [greedy(model, tok, p) for p in prompts])
+        scores[kind] = agreement(reference, [answer(model, tok, p) for p in prompts])
         sizes[kind] = (out / name).stat().st_size
     source_mb = sum(f.stat().st_size for f in folder.glob("*.safetensors")) / 1e6
     print(f"\n{which}: {len(prompts)} prompts, float32 safetensors {source_mb:.1f} MB; "
