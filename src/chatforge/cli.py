@@ -131,7 +131,7 @@ def serve(
 
     from chatforge.io import setup_logging
     from chatforge.params import ParamsError
-    from chatforge.serving.config import CONFIG_ENV, load_serve_config
+    from chatforge.serving.config import CONFIG_ENV, check_files, load_serve_config
 
     setup_logging("serve")
     try:
@@ -143,6 +143,11 @@ def serve(
     if keys is not None and not keys.exists():
         typer.echo(f"{keys}: API keys file not found. Create it with `chatforge keys add NAME --keys {keys}`.", err=True)
         raise typer.Exit(code=2)
+    try:
+        check_files(config.params)
+    except ValueError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(code=2) from None
     for v in config.params.variants:
         if v.upstream is not None and v.upstream.api_key_env and not os.environ.get(v.upstream.api_key_env, "").strip():
             typer.echo(f"variant {v.name!r}: upstream.api_key_env names {v.upstream.api_key_env}, which is not set; export "

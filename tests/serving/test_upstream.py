@@ -34,6 +34,9 @@ from chatforge.modeling.generate import GenerationConfig
 from chatforge.params import ServeUpstream
 from chatforge.serving.upstream import UpstreamBackend, UpstreamError
 
+REPO = Path(__file__).resolve().parents[2]
+# the project's word lists by absolute path: each server runs in its own temporary folder
+FILTER = {"lexicons": [str(REPO / "lexicons/sensitive/zh.txt"), str(REPO / "lexicons/sensitive/en.txt")]}
 KEY_ENV = "CHATFORGE_TEST_UPSTREAM_KEY"
 PROMPTS = ["Where is my order?", "查询北京天气"]
 CONFIDENCE_TOKENS = 4
@@ -123,6 +126,7 @@ def upstream_params(model_folder: Path, root: Path) -> dict[str, Any]:
         "database_url": f"sqlite:///{root / 'upstream.db'}",
         "limits": {"max_tokens": 16, "default_max_tokens": 8},
         "rate_limit": {"requests_per_minute": 6000, "burst": 1000},  # the tests' gateway key makes many
+        "filter": FILTER,
     }
 
 
@@ -270,6 +274,7 @@ def gateway_params(root: Path, variant: dict[str, Any], **more: Any) -> dict[str
         "variants": [variant],
         "database_url": f"sqlite:///{root / 'gateway.db'}",
         "limits": {"max_tokens": 16, "default_max_tokens": 8},
+        "filter": FILTER,
     } | more
 
 

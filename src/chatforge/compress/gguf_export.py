@@ -504,3 +504,31 @@ def ollama_modelfile(gguf_name: str, *, template: str, stops: list[str], options
 def gguf_file_name(name: str, gguf_type: GgufType) -> str:
     """<name>-<type>.gguf, the file name `chatforge export` writes."""
     return f"{name}-{gguf_type}.gguf"
+
+
+def greedy_answer_ids(model: Any, tokenizer: Any, conversation: list[dict[str, str]], max_new_tokens: int) -> list[int]:
+    """The token ids of `model`'s greedy answer to `conversation` (messages rendered with the
+    tokenizer's chat template and the generation prompt), at most `max_new_tokens` long; batch 1,
+    on the model's device. The parity check between a source folder and its exported GGUF file."""
+    import torch
+
+    ids = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True, return_dict=False)
+    device = next(model.parameters()).device
+    x = torch.tensor([list(ids)], device=device)
+    with torch.no_grad():
+        out = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    return out[0, x.shape[1]:].tolist()
+
+
+def token_agreement(reference: list[list[int]], other: list[list[int]]) -> float:
+    """Top-1 token agreement of two sets of greedy answers, in [0, 1]: positions where both answers
+    hold the same token, over the length of the longer answer, summed over answers. Raises
+    ValueError when the two lists differ in length or every answer is empty."""
+    if len(reference) != len(other):
+        raise ValueError(f"token_agreement: {len(reference)} reference answers but {len(other)} to compare")
+    same = sum(x == y for a, b in zip(reference, other, strict=True) for x, y in zip(a, b))
+    total = sum(max(len(a), len(b)) for a, b in zip(reference, other, strict=True))
+    if total == 0:
+        raise ValueError("token_agreement: every answer is empty; generate at least one token")
+    return same / total

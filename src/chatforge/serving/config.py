@@ -85,6 +85,30 @@ def load_serve_config(
     )
 
 
+def check_files(params: ServeParams) -> None:
+    """Raise ValueError naming the key, the paths and the fix when a word list or a variant's model
+    folder is missing: said before any model loads, instead of a traceback from inside the server."""
+    here = Path.cwd()
+
+    def shown(paths: list[str]) -> str:
+        return ", ".join(repr(str(path)[:120]) for path in paths[:3]) + (" ..." if len(paths) > 3 else "")
+
+    lexicons = [path for path in params.filter.lexicons if not Path(path).is_file()]
+    if lexicons:
+        raise ValueError(
+            f"serve.filter.lexicons: {len(lexicons)} sensitive-word file(s) not found from {here}: {shown(lexicons)}. "
+            "Relative paths are read from the folder you start `chatforge serve` in (the project root for the "
+            "default lexicons/sensitive/*.txt): start it there, give absolute paths, or set `lexicons: []` in "
+            "the serve section to serve without a word filter."
+        )
+    models = [v.model for v in params.variants if v.model is not None and not Path(v.model).is_dir()]
+    if models:
+        raise ValueError(
+            f"serve.variants[].model: {len(models)} model folder(s) not found from {here}: {shown(models)}. "
+            "Build them with `dvc repro` (models/onnx is the default), or point `model` at a folder the pipeline wrote."
+        )
+
+
 def with_params(config: ServeConfig, **updates: object) -> ServeConfig:
     """A copy with some serve params changed (validated again)."""
     data = config.params.model_dump() | updates
@@ -98,4 +122,4 @@ def config_from_env() -> ServeConfig:
     return ServeConfig.from_json(text)
 
 
-__all__ = ["CONFIG_ENV", "ServeConfig", "config_from_env", "load_serve_config", "with_params"]
+__all__ = ["CONFIG_ENV", "ServeConfig", "check_files", "config_from_env", "load_serve_config", "with_params"]

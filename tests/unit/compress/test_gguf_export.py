@@ -20,10 +20,12 @@ from chatforge.cli import app
 from chatforge.compress.gguf_export import (
     GgufExportError,
     export_gguf,
+    greedy_answer_ids,
     ollama_template,
     permute_rotary,
     plan_export,
     render_chat_template,
+    token_agreement,
 )
 from chatforge.modeling.manifest import Manifest, write_manifest
 from chatforge.modeling.tokenizer import train_bpe_tokenizer
@@ -54,23 +56,6 @@ PARAMETER top_p 1
 PARAMETER num_predict 128
 PARAMETER num_ctx 512
 '''
-
-
-def greedy(model, tokenizer, conversation, max_new_tokens: int = MAX_NEW_TOKENS) -> list[int]:
-    """The greedy answer's token ids to a conversation (a list of messages)."""
-    ids = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True, return_dict=False)
-    x = torch.tensor([list(ids)])
-    with torch.no_grad():
-        out = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    return out[0, x.shape[1]:].tolist()
-
-
-def agreement(a: list[list[int]], b: list[list[int]]) -> float:
-    """Share of answer positions where both greedy answers have the same token (over the longer answer)."""
-    same = sum(x == y for ra, rb in zip(a, b, strict=True) for x, y in zip(ra, rb))
-    total = sum(max(len(ra), len(rb)) for ra, rb in zip(a, b, strict=True))
-    return same / total
 
 
 def load_gguf(folder: Path, name: str):
@@ -105,17 +90,27 @@ def exported(tiny_causal_lm: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return out
 
 
+def test_token_agreement_counts_positions_over_the_longer_answer() -> None:
+    assert token_agreement([[1, 2, 3], [7]], [[1, 2, 4, 5], [7]]) == 3 / 5
+    assert token_agreement([[1, 2]], [[1, 2]]) == 1.0
+    assert token_agreement([[]], [[9]]) == 0.0
+    with pytest.raises(ValueError, match="2 reference answers but 1"):
+        token_agreement([[1], [2]], [[1]])
+    with pytest.raises(ValueError, match="every answer is empty"):
+        token_agreement([[]], [[]])
+
+
 def test_greedy_answers_match_the_source_model(tiny_causal_lm: Path, exported: Path) -> None:
     source = AutoModelForCausalLM.from_pretrained(tiny_causal_lm, dtype=torch.float32).eval()
     source_tok = AutoTokenizer.from_pretrained(tiny_causal_lm)
-    reference = [greedy(source, source_tok, c) for c in CONVERSATIONS]
+    reference = [greedy_answer_ids(source, source_tok, c, MAX_NEW_TOKENS) for c in CONVERSATIONS]
     scores = {}
     for kind in ("f16", "q8_0"):
         model, tok = load_gguf(exported, f"tiny-{kind}.gguf")
         for c in CONVERSATIONS:  # the prompt reaches the model as the same ids
             assert tok.apply_chat_template(c, add_generation_prompt=True, return_dict=False) == \
                 source_tok.apply_chat_template(c, add_generation_prompt=True, return_dict=False)
-        scores[kind] = agreement(reference, [greedy(model, tok, c) for c in CONVERSATIONS])
+        scores[kind] = token_agreement(reference, [greedy_answer_ids(model, tok, c, MAX_NEW_TOKENS) for c in CONVERSATIONS])
     print(f"tiny greedy token agreement: f16 {scores['f16']:.3f}, q8_0 {scores['q8_0']:.3f}")
     assert scores["f16"] >= 0.95
     assert scores["q8_0"] >= 0.8
@@ -224,7 +219,7 @@ def test_untied_head_and_q8_0_fallback(tmp_path: Path) -> None:
     export_gguf(folder, tmp_path / "out" / "u-f16.gguf", gguf_type="f16")
     source = LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(folder)
-    reference = [greedy(source, tok, c) for c in CONVERSATIONS]
+    reference = [greedy_answer_ids(source, tok, c, MAX_NEW_TOKENS) for c in CONVERSATIONS]
     scores = {}
     for kind in ("f16", "q8_0"):
         back, _ = load_gguf(tmp_path / "out", f"u-{kind}.gguf")
@@ -232,7 +227,7 @@ def test_untied_head_and_q8_0_fallback(tmp_path: Path) -> None:
         head, embed = back.lm_head.weight.detach(), back.model.embed_tokens.weight.detach()
         assert not torch.equal(head, embed)
         torch.testing.assert_close(head, source.lm_head.weight.detach(), atol=2e-3, rtol=0)
-        scores[kind] = agreement(reference, [greedy(back, tok, c) for c in CONVERSATIONS])
+        scores[kind] = token_agreement(reference, [greedy_answer_ids(back, tok, c, MAX_NEW_TOKENS) for c in CONVERSATIONS])
     # a random-init model has nearly flat logits, so Q8_0 rounding flips some near-ties; f16 must not
     print(f"untied greedy token agreement: f16 {scores['f16']:.3f}, q8_0 {scores['q8_0']:.3f}")
     assert scores["f16"] >= 0.95

@@ -32,6 +32,23 @@ def test_serve_with_bad_params_names_the_key(tmp_path):
     assert "serve.personas.x.temperature = 2" in result.output
 
 
+def test_serve_with_a_missing_word_list_names_the_key_and_the_fix(tmp_path, monkeypatch):
+    """The default lexicons are relative to the project root: started elsewhere, serve says so."""
+    params = tmp_path / "params.yaml"
+    params.write_text("serve:\n  variants: [{name: a, model: m}]\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["serve", "--params", str(params), "--no-auth"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "serve.filter.lexicons: 2 sensitive-word file(s) not found" in result.output
+    assert "'lexicons/sensitive/zh.txt', 'lexicons/sensitive/en.txt'" in result.output
+    assert "`lexicons: []`" in result.output
+    params.write_text("serve:\n  variants: [{name: a, model: m}]\n  filter: {lexicons: []}\n", encoding="utf-8")
+    result = CliRunner().invoke(app, ["serve", "--params", str(params), "--no-auth"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "serve.variants[].model: 1 model folder(s) not found" in result.output and "'m'" in result.output
+    assert "dvc repro" in result.output
+
+
 def _store_with_ages(db: str, ages_days: dict[str, float]) -> None:
     sessions = open_store(db)
     fields = {
