@@ -440,9 +440,19 @@ def export(
         context_tokens=int(plan.config.get("max_position_embeddings", 0)),
         files=[mc.CardFile(w.path.name, w.gguf_type, w.size_bytes) for w in written],
         training=mc.training_summary(reports), metrics=mc.variant_metrics(reports, plan.variant),
+        slot_placeholders=plan.slot_placeholders,
     )
     write_text(mc.render_model_card(card), out_dir / "README.md")
     typer.echo(f"wrote {out_dir / 'Modelfile'} and {out_dir / 'README.md'}; run `ollama create {name} -f {out_dir / 'Modelfile'}`")
+    if plan.slot_placeholders:
+        m = card.metrics
+        measured = (f": on the test split BLEU {m['raw_bleu_zh']:.1f} zh / {m['raw_bleu_en']:.1f} en, slot carry "
+                    f"{m['raw_slot_carry']:.2f} (served: {m['bleu_zh']:.1f} / {m['bleu_en']:.1f}, {m['slot_carry']:.2f})"
+                    if all(k in m for k in ("raw_bleu_zh", "raw_bleu_en", "raw_slot_carry", "bleu_zh", "bleu_en", "slot_carry"))
+                    else "")
+        typer.echo(f"warning: {model_dir} was trained with slot placeholders, which llama.cpp and Ollama do not "
+                   f"apply, so there it answers worse{measured}. `chatforge serve` applies them; "
+                   "`model.slots.enabled: false` builds a model without them (README.md, Limitations).", err=True)
 
 
 if __name__ == "__main__":

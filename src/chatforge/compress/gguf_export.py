@@ -274,6 +274,7 @@ class ExportPlan:
     template: str
     default_system: str | None
     stops: list[str]
+    slot_placeholders: bool = False  # trained with chatforge slot placeholders (model.slots): see the model card
 
 
 def plan_export(folder: Path | str) -> ExportPlan:
@@ -298,6 +299,7 @@ def plan_export(folder: Path | str) -> ExportPlan:
         folder=folder, variant=str(manifest.get("variant") or folder.name), base=manifest.get("base"),
         parent=manifest.get("parent"), config=config, template=template, default_system=system,
         stops=stop_tokens(vocab.tokens, eos),
+        slot_placeholders=bool(getattr(tokenizer, "init_kwargs", {}).get("chatforge_slots")),
     )
 
 

@@ -37,6 +37,9 @@ from chatforge.params import EvaluateParams
 
 log = logging.getLogger("chatforge.evaluate")
 
+# the answer scores also measured on raw prompts (no slot placeholders), stored as raw_<key>
+RAW_PROMPT_KEYS = ("bleu", "bleu_zh", "bleu_en", "chrf", "slot_carry", "degenerate_rate")
+
 # which weights file stands for a variant's size, by backend
 INT8_FILE = "model.int8.onnx"
 FLOAT_ONNX_FILE = "model.onnx"
@@ -223,7 +226,8 @@ def evaluate_variant(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Metrics for one variant, plus extras (answers for the report, confusion matrix). A causal
     LM's answers are also judged as `chatforge serve` judges them: confidence over the first
-    `confidence_tokens` tokens against `threshold` (quality.calibration). ONNX variants run on the
+    `confidence_tokens` tokens against `threshold` (quality.calibration); a trained torch one (not
+    `base`) with slot placeholders is scored again on raw prompts (raw_prompt_scores: raw_bleu_zh, raw_slot_carry ...). ONNX variants run on the
     execution `providers` (quantize.providers; None: CPU), torch ones on the accelerator if any."""
     weights = weights_file(folder, name)
     common = {"params": parameter_count(weights), "size_mb": weights.stat().st_size / 1e6}
@@ -252,7 +256,27 @@ def evaluate_variant(
             generator, [s.prompt for s in samples[:8]], new_tokens=params.latency_new_tokens, runs=params.latency_runs
         ),
     }
+    if backend_name == "torch" and samples and name != "base":  # base: the untrained start, never exported
+        out |= raw_prompt_scores(folder, samples, params, gazetteer=gazetteer, providers=providers)
     return out, {"answers": [a.text for a in answers], "finish": [a.finish_reason for a in answers]}
+
+
+def raw_prompt_scores(folder: Path, samples: Sequence[Sample], params: EvaluateParams, *,
+                      gazetteer: Mapping[str, Sequence[str]] | None = None,
+                      providers: Sequence[str] | None = None) -> dict[str, float]:
+    """The answer scores of a model trained with slot placeholders when its prompts arrive as
+    written, without placeholders: how it answers from its GGUF export in llama.cpp or Ollama,
+    which run the chat template and nothing else. {"raw_bleu_zh": ..., ...} over RAW_PROMPT_KEYS;
+    {} for a model without slot placeholders (there the scores above are already these)."""
+    from chatforge.modeling.generate import load_generator
+    from chatforge.modeling.slots import CONFIG_KEY
+
+    generator = load_generator(folder, backend="torch", providers=providers)
+    if generator.tokenizer.init_kwargs.pop(CONFIG_KEY, None) is None:  # popped before any prompt is encoded
+        return {}
+    scores, _ = answer_quality(generator, samples, max_new_tokens_cap=params.max_new_tokens,
+                               batch_size=params.batch_size, gazetteer=gazetteer, desc=f"{folder.name} raw prompts")
+    return {f"raw_{k}": scores[k] for k in RAW_PROMPT_KEYS if k in scores}
 
 
 def evaluate_retrieval(train: pl.DataFrame, samples: Sequence[Sample], *,

@@ -55,6 +55,7 @@ class CardInputs:
     modelfile: str | None = "Modelfile"
     training: Mapping[str, Any] = field(default_factory=dict)
     metrics: Mapping[str, float] = field(default_factory=dict)
+    slot_placeholders: bool = False  # trained with slot placeholders: llama.cpp/Ollama answers are the raw_* ones
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -95,7 +96,8 @@ def variant_metrics(reports_dir: Path | str, variant: str) -> dict[str, float]:
     row = evaluate.get(variant)
     if not isinstance(row, dict):
         return {}
-    return {k: float(row[k]) for k, _ in CARD_METRICS if isinstance(row.get(k), int | float)}
+    keys = [k for k, _ in CARD_METRICS] + [f"raw_{k}" for k, _ in CARD_METRICS]
+    return {k: float(row[k]) for k in keys if isinstance(row.get(k), int | float)}
 
 
 def base_model_and_license(base: str | None) -> tuple[str | None, str]:
@@ -180,24 +182,47 @@ def render_model_card(card: CardInputs) -> str:
     else:
         body.append("No pipeline reports were found (reports/*.json), so the data is not summarised here.")
     body += ["", "## Evaluation", ""]
-    if card.metrics:
+    served = {k: v for k, v in card.metrics.items() if not k.startswith("raw_")}
+    raw = {k[4:]: v for k, v in card.metrics.items() if k.startswith("raw_")}
+    if served and raw:
+        body += [
+            (f"On the held-out test split (reports/evaluate.json, variant `{card.variant}`, float32 before export). "
+            "The model was trained with slot placeholders: `chatforge serve` replaces order numbers and entities "
+            "in the user's messages by placeholders and fills them back into the answer; llama.cpp and Ollama "
+            "pass the messages as written, which the last column measures."),
+            "",
+            "| metric | chatforge serve | llama.cpp / Ollama (messages as written) |",
+            "|---|---|---|",
+            *[f"| {label} | {served[k]:.4g} | {f'{raw[k]:.4g}' if k in raw else '-'} |"
+              for k, label in CARD_METRICS if k in served],
+        ]
+    elif served:
         labels = dict(CARD_METRICS)
         body += [
             f"On the held-out test split (reports/evaluate.json, variant `{card.variant}`, float32 before export):",
             "",
             "| metric | value |",
             "|---|---|",
-            *[f"| {labels[k]} | {v:.4g} |" for k, v in card.metrics.items()],
+            *[f"| {labels[k]} | {v:.4g} |" for k, v in served.items()],
         ]
     else:
         body.append(f"No evaluation of variant `{card.variant}` was found in reports/evaluate.json.")
+    body += ["", "## Limitations", ""]
+    if card.slot_placeholders:
+        measured = (f" (measured: BLEU {raw['bleu_zh']:.1f} zh / {raw['bleu_en']:.1f} en and slot carry "
+                    f"{raw['slot_carry']:.2f}, against {served['bleu_zh']:.1f} / {served['bleu_en']:.1f} and "
+                    f"{served['slot_carry']:.2f} served)"
+                    if all(k in raw and k in served for k in ("bleu_zh", "bleu_en", "slot_carry")) else "")
+        body.append(
+            "- **Slot placeholders.** This model learned to answer with <number_1>, <city_1>, ... in place of the "
+            "order numbers, cities and products of the user's message; `chatforge serve` does that replacement "
+            "and fills the values back in. In llama.cpp and Ollama the model sees the values as written and "
+            f"answers worse and without them{measured}. Serve it with `chatforge serve` for the full quality, or "
+            "build with `model.slots.enabled: false` for a model that needs no placeholders."
+        )
     body += [
-        "",
-        "## Limitations",
-        "",
-        ("- `chatforge serve` fills slot placeholders (<number_1>, <city_1>, ...) back into answers, falls back to a "
-        "canned reply below its confidence threshold and filters sensitive words; llama.cpp and Ollama do none of "
-        "that, so raw answers may differ from the served ones."),
+        ("- `chatforge serve` falls back to a canned reply below its confidence threshold and filters sensitive "
+        "words; llama.cpp and Ollama do neither."),
         "- A small domain model: it answers the customer-service intents it was trained on, not open questions.",
         "",
     ]

@@ -204,6 +204,36 @@ def test_model_card_reads_reports_and_persona(tiny_causal_lm: Path, tmp_path: Pa
     assert "| conversations read | 12 (en: 5, zh: 7) |" in card
     assert "| train / val / test conversations | 8 / 2 / 2 |" in card
     assert "| BLEU (all) | 61.25 |" in card and "| chrF | 70 |" in card
+    assert "Slot placeholders" not in card and "warning" not in result.output  # no slots in this model
+
+
+def test_a_model_with_slot_placeholders_says_what_llama_cpp_loses(tiny_causal_lm: Path, tmp_path: Path) -> None:
+    """The card puts the served scores beside the raw-prompt ones (evaluate's raw_*), and export warns."""
+    from chatforge.modeling import slots
+
+    folder = tmp_path / "slotted"
+    shutil.copytree(tiny_causal_lm, folder)
+    tokenizer, model = AutoTokenizer.from_pretrained(folder), AutoModelForCausalLM.from_pretrained(folder)
+    slots.enable(tokenizer, slots.slot_config(["number"], max_per_kind=2, gazetteer={}))
+    model.resize_token_embeddings(len(tokenizer))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    (reports / "evaluate.json").write_text(json.dumps({"teacher": {
+        "bleu_zh": 71.76, "bleu_en": 66.43, "slot_carry": 1.0, "raw_bleu_zh": 40.21, "raw_bleu_en": 40.03,
+        "raw_slot_carry": 0.0}}))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["export", str(folder), str(out), "--reports", str(reports),
+                                      "--params", str(tmp_path / "none.yaml")])
+    assert result.exit_code == 0, result.output
+    assert ("was trained with slot placeholders, which llama.cpp and Ollama do not apply, so there it answers "
+            "worse: on the test split BLEU 40.2 zh / 40.0 en, slot carry 0.00 (served: 71.8 / 66.4, 1.00)") in result.output
+    card = (out / "README.md").read_text(encoding="utf-8")
+    assert "| metric | chatforge serve | llama.cpp / Ollama (messages as written) |" in card
+    assert "| BLEU zh | 71.76 | 40.21 |\n| BLEU en | 66.43 | 40.03 |\n| slot carry | 1 | 0 |" in card
+    assert ("(measured: BLEU 40.2 zh / 40.0 en and slot carry 0.00, against 71.8 / 66.4 and 1.00 served)"
+            in " ".join(card.split()))
 
 
 def test_untied_head_and_q8_0_fallback(tmp_path: Path) -> None:

@@ -93,6 +93,32 @@ def test_evaluate_variant_causal_lm_reports_quality_size_speed(tiny_lm):
     assert len(extra["answers"]) == len(samples)
 
 
+def test_a_model_with_slot_placeholders_is_also_scored_on_raw_prompts(tiny_lm, tmp_path):
+    """raw_* (the prompts as llama.cpp/Ollama pass them) exist only for a model whose tokenizer
+    holds a slot configuration; scoring them leaves the folder's tokenizer as it was."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from chatforge.modeling import slots
+
+    convs, _ = ev.test_conversations(TEST)
+    samples, _ = answer_samples(convs, max_per_lang=5, seed=0)
+    params = EvaluateParams(max_new_tokens=4, latency_runs=1, latency_new_tokens=2)
+    plain, _ = ev.evaluate_variant("teacher", tiny_lm, convs, samples, params, threshold=0.7)
+    assert not any(k.startswith("raw_") for k in plain)
+
+    folder = tmp_path / "slotted"
+    tokenizer, model = AutoTokenizer.from_pretrained(tiny_lm), AutoModelForCausalLM.from_pretrained(tiny_lm)
+    slots.enable(tokenizer, slots.slot_config(["number"], max_per_kind=2, gazetteer={}))
+    model.resize_token_embeddings(len(tokenizer))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    (folder / "chatforge.json").write_text((tiny_lm / "chatforge.json").read_text(encoding="utf-8"), encoding="utf-8")
+    out, _ = ev.evaluate_variant("teacher", folder, convs, samples, params, threshold=0.7)
+    assert {k for k in out if k.startswith("raw_")} == {f"raw_{k}" for k in ev.RAW_PROMPT_KEYS}
+    assert 0.0 <= out["raw_bleu_en"] <= 100.0 and out["raw_degenerate_rate"] == 1.0  # 4 tokens cut every answer
+    assert slots.CONFIG_KEY in AutoTokenizer.from_pretrained(folder).init_kwargs
+
+
 def test_evaluate_classifier_scores_intents(tmp_path):
     responses = {k: {"zh": f"{k}-zh", "en": f"{k}-en"} for k in ("greeting", "order_status", "weather")}
     folder = build_tiny_classifier(tmp_path / "clf", responses=responses)
