@@ -282,6 +282,8 @@ def plan_export(folder: Path | str) -> ExportPlan:
     before the weights are loaded. Raises GgufExportError naming the problem."""
     from transformers import AutoTokenizer
 
+    from chatforge.modeling import slots
+
     folder = Path(folder)
     config = check_exportable(folder)
     try:
@@ -299,7 +301,7 @@ def plan_export(folder: Path | str) -> ExportPlan:
         folder=folder, variant=str(manifest.get("variant") or folder.name), base=manifest.get("base"),
         parent=manifest.get("parent"), config=config, template=template, default_system=system,
         stops=stop_tokens(vocab.tokens, eos),
-        slot_placeholders=bool(getattr(tokenizer, "init_kwargs", {}).get("chatforge_slots")),
+        slot_placeholders=bool(getattr(tokenizer, "init_kwargs", {}).get(slots.CONFIG_KEY)),
     )
 
 

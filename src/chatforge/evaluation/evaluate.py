@@ -227,8 +227,9 @@ def evaluate_variant(
     """Metrics for one variant, plus extras (answers for the report, confusion matrix). A causal
     LM's answers are also judged as `chatforge serve` judges them: confidence over the first
     `confidence_tokens` tokens against `threshold` (quality.calibration); a trained torch one (not
-    `base`) with slot placeholders is scored again on raw prompts (raw_prompt_scores: raw_bleu_zh, raw_slot_carry ...). ONNX variants run on the
-    execution `providers` (quantize.providers; None: CPU), torch ones on the accelerator if any."""
+    `base`) with slot placeholders is scored again on raw prompts (raw_prompt_scores: raw_bleu_zh,
+    raw_slot_carry ...). ONNX variants run on the execution `providers` (quantize.providers; None:
+    CPU), torch ones on the accelerator if any."""
     weights = weights_file(folder, name)
     common = {"params": parameter_count(weights), "size_mb": weights.stat().st_size / 1e6}
     family = family_of(folder)
