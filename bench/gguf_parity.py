@@ -2,8 +2,8 @@
 
     python bench/gguf_parity.py [--model models/teacher] [--prompts 10] [--max-new-tokens 32] [--llama-cpp DIR]
 
-Exports --model (a causal-LM folder `dvc repro` built; default the teacher) with `chatforge export`
-at f16 and Q8_0, loads each file back with transformers (`from_pretrained(gguf_file=...)`) and
+Exports --model (a causal-LM folder `dvc repro` built; default the teacher) at f16 and Q8_0 with
+the export `chatforge export` runs (chatforge.compress.gguf_export.export_gguf), loads each file back with transformers (`from_pretrained(gguf_file=...)`) and
 answers the first user turn of the first --prompts test-split conversations (half zh, half en,
 data/split/test.parquet). The baseline is the source folder itself in float32 (transformers): the
 ratio printed is the top-1 token agreement of each file's greedy answers with the baseline's

@@ -1,8 +1,8 @@
 // Greedy answers from a GGUF file in llama.cpp (node-llama-cpp's prebuilt CPU build), for bench/gguf_parity.py.
-//   node bench/llama_cpp_greedy.mjs MODEL.gguf IN.json OUT.json   (NODE_PATH: the folder holding node_modules)
-// IN: [{"ids": [prompt token ids], "max_new_tokens": N}, ...]; OUT: [{"answer": [ids, the end-of-generation
-// token included when reached]}, ...]. The prompt ids come from the source tokenizer, so both runtimes
-// continue the same sequence; the answer is decoded at temperature 0 (argmax).
+//   node bench/llama_cpp_greedy.mjs MODEL.gguf IN.json OUT.json NODE_MODULES   (the folder holding node-llama-cpp)
+// IN: [{"ids": [prompt token ids], "max_new_tokens": N}, ...]; OUT: [{"answer": [ids]}, ...] (node-llama-cpp
+// stops at the end-of-generation token without returning it). The prompt ids come from the source tokenizer,
+// so both runtimes continue the same sequence; the answer is decoded at temperature 0 (argmax).
 import fs from "node:fs";
 import {createRequire} from "node:module";
 import path from "node:path";

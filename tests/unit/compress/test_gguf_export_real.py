@@ -1,5 +1,6 @@
-"""GGUF export of a real model (slow): the pip-shipped SmolLM2-135M-Instruct base. Greedy answers to demo-corpus prompts (zh and
-en) from the exported f16 / Q8_0 files, loaded back by transformers, are compared with the source model's."""
+"""GGUF export of a real model (slow): the pip-shipped SmolLM2-135M-Instruct base. Greedy answers to
+demo-corpus prompts (zh and en) from the exported f16 / Q8_0 files, loaded back by transformers, are
+compared with the source model's."""
 
 from __future__ import annotations
 
