@@ -30,6 +30,7 @@ def main(
     plot_path: Annotated[Path, typer.Argument(help="CSV for `dvc plots`: quality, size, latency per variant.")],
     variant: Annotated[list[str], typer.Option(help="NAME=FOLDER of a variant (repeat).")],
     report: Annotated[list[str], typer.Option(help="NAME=JSON of an earlier stage's metrics (repeat).")] = [],  # noqa: B006
+    paraphrases: Annotated[Path | None, typer.Option(help="Paraphrase set JSONL (new phrasings with intents).")] = None,
 ) -> None:
     try:
         params, serve, model = load_section("evaluate"), load_section("serve"), load_section("model")
@@ -45,6 +46,8 @@ def main(
     from chatforge.evaluation import evaluate as ev
     from chatforge.io import setup_logging, write_json, write_text
     from chatforge.knobs import report_knobs
+    from chatforge.evaluation.paraphrase import IntentJudge, ParaphraseError, read_paraphrases
+    from chatforge.modeling.data import conversations
     from chatforge.modeling.quality import answer_samples
 
     log = setup_logging("evaluate")
@@ -58,7 +61,11 @@ def main(
                      for lang, by_kind in read_gazetteers(gazetteers, langs=("zh", "en"), kinds=kinds).items()}
         convs, counts = ev.test_conversations(pl.read_parquet(test_path))
         samples, sample_counts = answer_samples(convs, max_per_lang=params.max_samples_per_lang, seed=params.seed)
-    except (ev.EvaluationError, GazetteerError) as exc:
+        train = pl.read_parquet(train_path)
+        questions = read_paraphrases(paraphrases) if paraphrases else []
+        judge = IntentJudge(conversations(train.filter(pl.col("method") == "original")),
+                            fallbacks=serve.fallback.values()) if questions else None
+    except (ev.EvaluationError, GazetteerError, ParaphraseError, ValueError) as exc:
         typer.echo(f"evaluate: {exc}", err=True)
         raise typer.Exit(1) from None
     present, missing = ev.check_variants(folders, params.variants)
@@ -73,18 +80,22 @@ def main(
     served = ev.served_variant(serve.variants[0].model, present)
     others = ev.subset(samples, params.other_samples_per_lang)
     log.info("%d samples (%s); served variant: %s", len(samples), sample_counts, served)
-    results, details = {}, {"samples": [s.__dict__ for s in samples[:20]], "served_variant": served, "variants": {}}
-    results["retrieval"], extra = ev.evaluate_retrieval(pl.read_parquet(train_path), samples, gazetteer=gazetteer)
+    results, details = {}, {"samples": [s.__dict__ for s in samples[:20]], "served_variant": served, "variants": {},
+                            "paraphrases": [q.__dict__ for q in questions]}
+    serving = ev.Serving(threshold, serve.confidence_tokens, serve.hybrid, serve.fallback)
+    results["retrieval"], extra = ev.evaluate_retrieval(train, samples, gazetteer=gazetteer, questions=questions, judge=judge)
     details["variants"]["retrieval"] = ev.align_answers(extra, samples, samples[:20])
     for name, folder in present.items():
         log.info("evaluating %s (%s)", name, folder)
         asked = samples if name == served else others
-        results[name], extra = ev.evaluate_variant(name, folder, convs, asked, params, threshold=threshold,
-                                                    confidence_tokens=serve.confidence_tokens, gazetteer=gazetteer,
-                                                    providers=providers)
+        results[name], extra = ev.evaluate_variant(name, folder, convs, asked, params, serving=serving, gazetteer=gazetteer,
+                                                    providers=providers, questions=questions, judge=judge)
         details["variants"][name] = ev.align_answers(extra, asked, samples[:20])
-    gates = ev.compute_gates(results, reports, params, served=served)
-    summary = {**counts, **sample_counts, "served_variant": served or "none",
+    references = ev.reference_scores(samples)
+    gates = ev.compute_gates(results, reports, params, served=served, references=references)
+    summary = {**counts, **sample_counts, **references, "served_variant": served or "none",
+               "paraphrase_questions_zh": sum(q.lang == "zh" for q in questions),
+               "paraphrase_questions_en": sum(q.lang == "en" for q in questions),
                "other_samples_zh": sum(s.lang == "zh" for s in others), "other_samples_en": sum(s.lang == "en" for s in others),
                "variants_missing": ",".join(missing) or "none", "variants_skipped": ",".join(skipped) or "none",
                "gates_failed": sum(g["status"] == "fail" for g in gates.values())}

@@ -27,6 +27,8 @@ def main(
     metrics_path: Annotated[Path, typer.Argument(help="Metrics JSON (reports/train.json).")],
     live_dir: Annotated[Path, typer.Argument(help="dvclive curves folder (reports/train).")],
     checkpoints: Annotated[Path, typer.Argument(help="Persistent checkpoint root (checkpoints/train).")],
+    index_data: Annotated[Path | None, typer.Option(help="Train split parquet: the exchanges the model answers "
+                                                         "from when unsure (retrieval in the loop).")] = None,
 ) -> None:
     import polars as pl
 
@@ -64,6 +66,12 @@ def main(
         outcome.tokenizer.save_pretrained(tmp)
         if outcome.responses is not None:
             write_json(outcome.responses, tmp / "responses.json")
+        if index_data is not None and mp.family == "causal_lm":
+            from chatforge.modeling.data import conversations
+            from chatforge.runtime.hybrid import write_index
+
+            original = pl.read_parquet(index_data).filter(pl.col("method") == "original")
+            log.info("retrieval in the loop: %d train conversations", write_index(tmp, conversations(original)))
         write_manifest(tmp, Manifest(family=mp.family, variant="teacher", parent=str(base_dir), base=mp.base,
                                      data_sha256=data_sha, params_sha256=params_sha, details=outcome.details))
     write_json({k: v for k, v in outcome.metrics.items() if k != "process_index"}, metrics_path)

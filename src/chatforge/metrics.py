@@ -116,6 +116,47 @@ def degenerate_reason(answer: str, *, finish_reason: str = "stop") -> str | None
     return None
 
 
+_EN_TOKEN = re.compile(r"\w+|[^\w\s]")
+
+
+def answer_units(text: str, *, lang: str) -> list[str]:
+    """The units diversity is counted in: characters (whitespace left out) for Chinese, lowercased
+    words and punctuation marks otherwise (sacrebleu's `zh` and `13a` tokenisers split alike)."""
+    if lang == "zh":
+        return [ch for ch in text if not ch.isspace()]
+    return _EN_TOKEN.findall(text.lower())
+
+
+def distinct_n(answers: Sequence[str], *, lang: str, n: int = 2) -> float:
+    """distinct-n (Li et al. 2016, "A Diversity-Promoting Objective Function for Neural
+    Conversation Models"): distinct n-grams / all n-grams over a set of answers, in
+    `answer_units`. 0-1; a model that says one sentence to everything scores near 0, varied
+    answers near 1. nan when the answers hold no n-gram."""
+    grams: list[tuple[str, ...]] = []
+    for text in answers:
+        units = answer_units(text, lang=lang)
+        grams += [tuple(units[i : i + n]) for i in range(len(units) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else float("nan")
+
+
+def top_answer_share(answers: Sequence[str]) -> float:
+    """Share (0-1) of the answers equal to the most frequent one, after whitespace normalisation:
+    the mode-collapse number (one generic sentence for every question gives 1.0). nan if none."""
+    if not answers:
+        return float("nan")
+    counts = Counter(normalise_whitespace(a) for a in answers)
+    return counts.most_common(1)[0][1] / len(answers)
+
+
+def collapse_limit(reference_share: float, *, floor: float = 0.05, factor: float = 1.5) -> float:
+    """The most a variant's top-answer share may be: max(floor, factor x the references' own
+    top-answer share). The references set the scale: a FAQ whose test answers repeat one sentence
+    10% of the time lets a model do so 15% of the time; real dialogue data (under 1%) gets the floor."""
+    if math.isnan(reference_share):
+        return floor
+    return max(floor, factor * reference_share)
+
+
 def perplexity(total_nll: float, n_tokens: int) -> float:
     """exp(mean negative log-likelihood per token); nan when nothing was scored."""
     if n_tokens <= 0:

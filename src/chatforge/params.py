@@ -510,7 +510,12 @@ class EvaluateGates(Section):
     max_degenerate_rate: float = Field(default=0.02, ge=0.0, le=1.0)
     max_wrong_lang: float = Field(default=0.01, ge=0.0, le=1.0)  # per language
     max_int8_accuracy_drop: float = Field(default=0.02, ge=0.0, le=1.0)  # classifier accuracy it may lose
-    max_fallback_rate: float = Field(default=0.2, ge=0.0, le=1.0)  # served answers below serve.confidence_threshold
+    max_fallback_rate: float = Field(default=0.2, ge=0.0, le=1.0)  # served answers that are the fallback message
+    # generalisation: the paraphrase set's on-intent rate of the served variant >= retrieval's + this, per language
+    min_paraphrase_margin: float = Field(default=0.10, ge=-1.0, le=1.0)
+    # mode collapse: top-answer share per language <= max(collapse_floor, collapse_factor x the references' share)
+    collapse_floor: float = Field(default=0.05, ge=0.0, le=1.0)
+    collapse_factor: float = Field(default=1.5, ge=1.0)
 
     @model_validator(mode="after")
     def _band(self) -> EvaluateGates:
@@ -643,6 +648,14 @@ class ServePrivacy(Section):
     retention_days: float | None = Field(default=30.0, gt=0.0)  # conversations older than this are deleted; null keeps them
 
 
+class ServeHybrid(Section):
+    # retrieval in the loop (chatforge.runtime.hybrid): an answer below confidence_threshold is replaced
+    # by the train exchange, among the top_k nearest, that the model itself scores highest
+    enabled: bool = True  # false: below the threshold the fallback message is shown, as before
+    top_k: int = Field(default=8, ge=1, le=64)  # candidates reranked by the model
+    min_similarity: float = Field(default=0.2, ge=0.0, le=1.0)  # TF-IDF cosine a candidate needs; none: fallback
+
+
 class ServeParams(Section):
     # seed guide: show an answer only when the model is more than 0.7 confident, else the fallback
     confidence_threshold: float = Field(default=0.7, ge=0.0, le=1.0)
@@ -655,6 +668,7 @@ class ServeParams(Section):
             "en": "Sorry, I'm not sure I understood. Could you rephrase, or ask for a human agent?",
         }
     )
+    hybrid: ServeHybrid = Field(default_factory=ServeHybrid)
     personas: dict[str, Persona] = Field(default_factory=lambda: dict(DEFAULT_PERSONAS))
     variants: list[ServeVariant] = Field(min_length=1)
     redis_url: str | None = None  # e.g. redis://localhost:6379/0; null: in-process LRU cache

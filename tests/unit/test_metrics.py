@@ -62,3 +62,34 @@ def test_latency_percentiles_in_ms():
 def test_retention_for_scores_and_perplexity():
     assert metrics.retention(27.0, 30.0) == pytest.approx(0.9)
     assert metrics.retention(12.0, 10.0, higher_is_better=False) == pytest.approx(10 / 12)
+
+
+# ---------------------------------------------------------------- diversity and mode collapse
+def test_distinct_2_english_hand_computed():
+    # "the order is late" -> (the order) (order is) (is late); "the order is here ." -> (the order)
+    # (order is) (is here) (here .): 7 bigrams, distinct: the-order, order-is, is-late, is-here, here-. = 5
+    assert metrics.distinct_n(["The order is late", "the order is here."], lang="en") == pytest.approx(5 / 7)
+
+
+def test_distinct_2_chinese_counts_characters():
+    # 您好您好 -> 您好 好您 您好 (3 bigrams, 2 distinct); 谢谢 -> 谢谢 (1): 3 distinct of 4
+    assert metrics.distinct_n(["您好您好", "谢 谢"], lang="zh") == pytest.approx(3 / 4)
+
+
+def test_distinct_2_of_one_repeated_answer_shrinks_with_repeats():
+    one = ["请问您是否有什么情况呢"] * 10
+    assert metrics.distinct_n(one, lang="zh") == pytest.approx(10 / 100)
+    assert math.isnan(metrics.distinct_n(["a", ""], lang="en"))  # no bigram at all
+
+
+def test_top_answer_share_hand_computed():
+    answers = ["Your order ships today.", "Your  order ships today. ", "Sorry.", "Refund sent."]
+    assert metrics.top_answer_share(answers) == pytest.approx(2 / 4)  # whitespace-normalised equal
+    assert metrics.top_answer_share(["x"] * 7) == 1.0
+    assert math.isnan(metrics.top_answer_share([]))
+
+
+def test_collapse_limit_is_floor_or_one_and_a_half_references():
+    assert metrics.collapse_limit(0.099) == pytest.approx(0.1485)  # demo references: 9.9% -> 14.85%
+    assert metrics.collapse_limit(0.008) == 0.05  # real data under 1%: the floor
+    assert metrics.collapse_limit(float("nan")) == 0.05

@@ -371,7 +371,7 @@ def build_onnx_folder(source_dir: Path, folder: Path, test_turns: Any, *, params
 
     from chatforge.compress.onnx_export import export_causal_lm, export_classifier, load_for_export
     from chatforge.modeling.data import conversations
-    from chatforge.modeling.manifest import Manifest, read_manifest, write_manifest
+    from chatforge.modeling.manifest import CARRIED_FILES, Manifest, read_manifest, write_manifest
 
     model, family = load_for_export(source_dir, key="quantize.source")
     from transformers import AutoTokenizer
@@ -380,7 +380,7 @@ def build_onnx_folder(source_dir: Path, folder: Path, test_turns: Any, *, params
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(folder)
     model.config.save_pretrained(folder)
-    for extra in ("responses.json", "generation_config.json"):
+    for extra in (*CARRIED_FILES, "generation_config.json"):
         if (source_dir / extra).exists():
             shutil.copy(source_dir / extra, folder / extra)
     float_path, int8_path = folder / "model.onnx", folder / "model.int8.onnx"

@@ -12,6 +12,7 @@ import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,22 +24,28 @@ from chatforge.io import progress
 from chatforge.knobs import Reached
 from chatforge.modeling.data import Conversation, conversations
 from chatforge.modeling.manifest import MANIFEST_NAME, read_manifest
+from chatforge.evaluation.paraphrase import IntentJudge, Question
 from chatforge.modeling.quality import (
     LANGS,
+    RETENTION_KEYS,
     Answer,
     Sample,
     answer_quality,
     assistant_perplexity,
     calibration,
+    generate_answers,
     retention,
     score_answers,
 )
-from chatforge.params import EvaluateParams
+from chatforge.params import EvaluateParams, ServeHybrid
 
 log = logging.getLogger("chatforge.evaluate")
 
 # the answer scores also measured on raw prompts (no slot placeholders), stored as raw_<key>
 RAW_PROMPT_KEYS = ("bleu", "bleu_zh", "bleu_en", "chrf", "slot_carry", "degenerate_rate")
+
+# the model's own answer scores kept beside the served ones, as model_<key> (retention compares them)
+MODEL_KEYS = (*RETENTION_KEYS, "bleu", "chrf", "degenerate_rate", "top_answer_share_zh", "top_answer_share_en")
 
 # which weights file stands for a variant's size, by backend
 INT8_FILE = "model.int8.onnx"
@@ -211,6 +218,51 @@ def family_of(folder: Path) -> str:
     raise EvaluationError(f"{folder}: {MANIFEST_NAME} missing; point the evaluate stage at a folder the pipeline built.")
 
 
+@dataclass(frozen=True)
+class Serving:
+    """How `chatforge serve` turns a generated answer into what the user reads (serve.*): the
+    confidence threshold over the first `confidence_tokens` tokens, retrieval in the loop
+    (`hybrid`), and the fallback message per language."""
+
+    threshold: float
+    confidence_tokens: int | None
+    hybrid: ServeHybrid
+    fallback: Mapping[str, str]
+
+
+def serve_answers(generator: Any, folder: Path, prompts: Sequence[list[dict[str, str]]], langs: Sequence[str],
+                  answers: Sequence[Answer], serving: Serving, *, desc: str = "served") -> tuple[list[Answer], list[str]]:
+    """The answers as served (chatforge.runtime.hybrid.served_answer) and where each came from
+    (model | retrieval | fallback)."""
+    from chatforge.runtime.hybrid import RetrievalInTheLoop, served_answer
+
+    loop = RetrievalInTheLoop.open(folder, generator, serving.hybrid)
+    out, sources = [], []
+    for prompt, lang, a in progress(list(zip(prompts, langs, answers, strict=True)), total=len(answers), desc=desc,
+                                    every=max(1, len(answers) // 10)):
+        text, source = served_answer(a.text, a.confidence, threshold=serving.threshold, prompt=prompt, lang=lang,
+                                     loop=loop, fallback=serving.fallback[lang])
+        out.append(a if source == "model" else Answer(text, "stop", a.confidence))
+        sources.append(source)
+    return out, sources
+
+
+def source_shares(sources: Sequence[str]) -> dict[str, float]:
+    """answered_by_model / answered_by_retrieval / fallback_rate: shares of the served answers."""
+    n = len(sources) or 1
+    return {"answered_by_model": sources.count("model") / n, "answered_by_retrieval": sources.count("retrieval") / n,
+            "fallback_rate": sources.count("fallback") / n}
+
+
+def paraphrase_scores(answers: Sequence[str], questions: Sequence[Question], judge: IntentJudge) -> dict[str, float]:
+    """On-intent rates (evaluation.paraphrase) and mode-collapse numbers of the paraphrase answers."""
+    out = judge.on_intent_rates(answers, questions)
+    for lang in LANGS:
+        mine = [a for a, q in zip(answers, questions, strict=True) if q.lang == lang]
+        out[f"paraphrase_top_answer_share_{lang}"] = metrics.top_answer_share(mine)
+    return out
+
+
 def evaluate_variant(
     name: str,
     folder: Path,
@@ -218,18 +270,23 @@ def evaluate_variant(
     samples: Sequence[Sample],
     params: EvaluateParams,
     *,
-    threshold: float,
-    confidence_tokens: int | None = None,
+    serving: Serving,
     gazetteer: Mapping[str, Sequence[str]] | None = None,
     max_seq_len: int = 1024,
     providers: Sequence[str] | None = None,
+    questions: Sequence[Question] = (),
+    judge: IntentJudge | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Metrics for one variant, plus extras (answers for the report, confusion matrix). A causal
-    LM's answers are also judged as `chatforge serve` judges them: confidence over the first
-    `confidence_tokens` tokens against `threshold` (quality.calibration); a trained torch one (not
-    `base`) with slot placeholders is scored again on raw prompts (raw_prompt_scores: raw_bleu_zh,
-    raw_slot_carry ...). ONNX variants run on the execution `providers` (quantize.providers; None:
-    CPU), torch ones on the accelerator if any."""
+    """Metrics for one variant, plus extras (answers for the report, confusion matrix).
+
+    A causal LM's answers are scored as `chatforge serve` shows them (`serve_answers`: confidence
+    threshold, retrieval in the loop, fallback): the plain keys (bleu_zh, slot_carry, ...) are the
+    served answers; `model_*` are the model's own generations (what the chain's retention gates
+    compare); calibration_t* rows show what each threshold would do to the model alone. With
+    `questions` and a `judge`, the paraphrase set is answered the same way (paraphrase_on_intent_*).
+    A trained torch variant (not `base`) with slot placeholders is scored again on raw prompts
+    (raw_prompt_scores: raw_bleu_zh, raw_slot_carry ...). ONNX variants run on the execution
+    `providers` (quantize.providers; None: CPU), torch ones on the accelerator if any."""
     weights = weights_file(folder, name)
     common = {"params": parameter_count(weights), "size_mb": weights.stat().st_size / 1e6}
     family = family_of(folder)
@@ -238,28 +295,49 @@ def evaluate_variant(
         from chatforge.serving.backends import ClassifierBackend
 
         result = evaluate_classifier(
-            ClassifierBackend(folder, backend=backend_name, providers=providers), convs, threshold=threshold
+            ClassifierBackend(folder, backend=backend_name, providers=providers), convs, threshold=serving.threshold
         )
         return {**common, **result["metrics"]}, {"confusion": result["confusion"]}
     from chatforge.modeling.generate import load_generator
 
     generator = load_generator(folder, backend=backend_name, providers=providers)
     ppl_convs = list(convs)[: params.max_ppl_conversations]
-    scores, answers = answer_quality(generator, samples, max_new_tokens_cap=params.max_new_tokens,
-                                     batch_size=params.batch_size, gazetteer=gazetteer, desc=f"{name} answers",
-                                     confidence_tokens=confidence_tokens)
+    scores, generated = answer_quality(generator, samples, max_new_tokens_cap=params.max_new_tokens,
+                                       batch_size=params.batch_size, gazetteer=gazetteer, desc=f"{name} answers",
+                                       confidence_tokens=serving.confidence_tokens)
+    answers, sources = serve_answers(generator, folder, [s.prompt for s in samples], [s.lang for s in samples],
+                                     generated, serving, desc=f"{name} served")
+    below = calibration(samples, generated, threshold=serving.threshold, gazetteer=gazetteer)
     out = {
         **common,
-        **scores,
-        **calibration(samples, answers, threshold=threshold, gazetteer=gazetteer),
+        **score_answers(samples, answers, gazetteer=gazetteer),
+        "max_new_tokens": scores["max_new_tokens"],
+        **{f"model_{k}": scores[k] for k in MODEL_KEYS},
+        **below,
+        "low_confidence_rate": below["fallback_rate"],
+        **source_shares(sources),
         **assistant_perplexity(generator, ppl_convs, max_seq_len=max_seq_len),
         **generation_latency(
             generator, [s.prompt for s in samples[:8]], new_tokens=params.latency_new_tokens, runs=params.latency_runs
         ),
     }
+    extra: dict[str, Any] = {"answers": [a.text for a in answers], "finish": [a.finish_reason for a in answers],
+                             "sources": sources}
+    if questions and judge is not None:
+        asked = [Sample(q.id, q.lang, q.intent, q.prompt, "") for q in questions]
+        p_generated = generate_answers(generator, asked, max_new_tokens=int(scores["max_new_tokens"]),
+                                       batch_size=params.batch_size, desc=f"{name} paraphrases",
+                                       confidence_tokens=serving.confidence_tokens)
+        p_answers, p_sources = serve_answers(generator, folder, [q.prompt for q in questions],
+                                             [q.lang for q in questions], p_generated, serving, desc=f"{name} paraphrases served")
+        out |= paraphrase_scores([a.text for a in p_answers], questions, judge)
+        out["paraphrase_answered_by_retrieval"] = source_shares(p_sources)["answered_by_retrieval"]
+        extra["paraphrases"] = [{"id": q.id, "answer": a.text, "source": src,
+                                 "on_intent": judge.on_intent(a.text, q.intent, lang=q.lang)}
+                                for q, a, src in zip(questions, p_answers, p_sources, strict=True)]
     if backend_name == "torch" and samples and name != "base":  # base: the untrained start, never exported
         out |= raw_prompt_scores(folder, samples, params, gazetteer=gazetteer, providers=providers)
-    return out, {"answers": [a.text for a in answers], "finish": [a.finish_reason for a in answers]}
+    return out, extra
 
 
 def raw_prompt_scores(folder: Path, samples: Sequence[Sample], params: EvaluateParams, *,
@@ -281,9 +359,11 @@ def raw_prompt_scores(folder: Path, samples: Sequence[Sample], params: EvaluateP
 
 
 def evaluate_retrieval(train: pl.DataFrame, samples: Sequence[Sample], *,
-                       gazetteer: Mapping[str, Sequence[str]] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+                       gazetteer: Mapping[str, Sequence[str]] | None = None, questions: Sequence[Question] = (),
+                       judge: IntentJudge | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """The retrieval FAQ bot (chatforge.modeling.retrieval) fit on the train split's original
-    conversations and scored on the same samples with the same metrics; latency per answer."""
+    conversations and scored on the same samples with the same metrics; latency per answer; the
+    paraphrase set's on-intent rates when `questions` and a `judge` are given."""
     from chatforge.modeling.retrieval import RetrievalBot
 
     bot = RetrievalBot(conversations(train.filter(pl.col("method") == "original")))
@@ -294,7 +374,25 @@ def evaluate_retrieval(train: pl.DataFrame, samples: Sequence[Sample], *,
         seconds.append(time.perf_counter() - t0)
     out = {"params": 0, "size_mb": bot.size_bytes() / 1e6, "entries": len(bot.entries),
            **score_answers(samples, answers, gazetteer=gazetteer), **metrics.latency_stats(seconds)}
-    return out, {"answers": [a.text for a in answers], "finish": [a.finish_reason for a in answers]}
+    extra: dict[str, Any] = {"answers": [a.text for a in answers], "finish": [a.finish_reason for a in answers]}
+    if questions and judge is not None:
+        p_answers = [bot.answer(q.prompt, lang=q.lang) for q in questions]
+        out |= paraphrase_scores(p_answers, questions, judge)
+        extra["paraphrases"] = [{"id": q.id, "answer": a, "source": "retrieval",
+                                 "on_intent": judge.on_intent(a, q.intent, lang=q.lang)}
+                                for q, a in zip(questions, p_answers, strict=True)]
+    return out, extra
+
+
+def reference_scores(samples: Sequence[Sample]) -> dict[str, float]:
+    """The test references' own diversity: reference_top_answer_share_zh/_en and
+    reference_distinct_2_zh/_en (a FAQ repeats answers by nature; the collapse limit scales with it)."""
+    out: dict[str, float] = {}
+    for lang in LANGS:
+        refs = [s.reference for s in samples if s.lang == lang]
+        out[f"reference_top_answer_share_{lang}"] = metrics.top_answer_share(refs)
+        out[f"reference_distinct_2_{lang}"] = metrics.distinct_n(refs, lang=lang)
+    return out
 
 
 def align_answers(extra: dict[str, Any], asked: Sequence[Sample], shown: Sequence[Sample]) -> dict[str, Any]:
@@ -304,8 +402,8 @@ def align_answers(extra: dict[str, Any], asked: Sequence[Sample], shown: Sequenc
         return extra
     where = {id(s): i for i, s in enumerate(asked)}
     pick = [where.get(id(s)) for s in shown]
-    return {**extra, "answers": [None if i is None else extra["answers"][i] for i in pick],
-            "finish": [None if i is None else extra["finish"][i] for i in pick]}
+    return {**extra, **{key: [None if i is None else extra[key][i] for i in pick]
+                        for key in ("answers", "finish", "sources") if key in extra}}
 
 
 def served_variant(serve_model: str | None, folders: Mapping[str, Path]) -> str | None:
@@ -343,6 +441,11 @@ GATE_HINTS = {
     "served_degenerate_rate": "train longer (train.max_steps); evaluate.max_new_tokens caps answer length; "
                               "evaluate.gates.max_degenerate_rate lowers the bar",
     "served_wrong_lang": "check the language mix of the train data (reports/ingest.json); evaluate.gates.max_wrong_lang",
+    "served_paraphrase_on_intent": "the paraphrase answers in reports/evaluate_details.json show what went wrong: "
+                                   "a pretrained base (model.base), retrieval in the loop (serve.hybrid, "
+                                   "serve.confidence_threshold); evaluate.gates.min_paraphrase_margin lowers the bar",
+    "served_collapse": "the model says one sentence to many questions: a pretrained base (model.base), more data, "
+                       "serve.hybrid; evaluate.gates.collapse_floor / collapse_factor raise the limit",
     "served_fallback_rate": "the calibration_t* rows of the served variant in reports/evaluate.json show the fallback rate "
                             "per threshold: lower serve.confidence_threshold, or train longer; evaluate.gates.max_fallback_rate",
     "distill_retention": "distill.steps, distill.student_layers, distill.lr; evaluate.gates.min_retention",
@@ -354,11 +457,15 @@ GATE_HINTS = {
 
 
 def compute_gates(variants: dict[str, dict[str, Any]], reports: dict[str, dict[str, Any]], params: EvaluateParams,
-                  *, served: str | None = None) -> dict[str, dict[str, Any]]:
+                  *, served: str | None = None, references: Mapping[str, float] | None = None) -> dict[str, dict[str, Any]]:
     """Every gate with its value, limit and status (pass | fail | warn | missing). Answer gates
-    compare the served variant with the retrieval baseline; retention gates compare each step of
-    the chain (teacher -> student -> pruned -> int8) with its parent on answer quality."""
+    compare the served variant with the retrieval baseline (BLEU on the test split, on-intent rate
+    on the paraphrase set) and bound its degenerate and top-answer shares (the collapse limit
+    scales with the `references`' own top-answer share, reference_scores); retention gates compare
+    each step of the chain (teacher -> student -> pruned -> int8) with its parent on the models' own
+    answers (model_* keys)."""
     g = params.gates
+    references = references or {}
     out: dict[str, dict[str, Any]] = {}
     srv, base = variants.get(served or "", {}), variants.get("retrieval", {})
     if "bleu_zh" in srv or served is None:
@@ -377,6 +484,18 @@ def compute_gates(variants: dict[str, dict[str, Any]], reports: dict[str, dict[s
             wrong = srv.get(f"wrong_lang_{lang}")
             out[f"served_wrong_lang_{lang}"] = gate(wrong, ok=None if _missing(wrong) else wrong <= g.max_wrong_lang,
                                                     limit=f"<= {g.max_wrong_lang}")
+        for lang in LANGS:
+            value, bar = srv.get(f"paraphrase_on_intent_{lang}"), base.get(f"paraphrase_on_intent_{lang}")
+            ok = None if _missing(value) or _missing(bar) else value >= bar + g.min_paraphrase_margin - 1e-9
+            limit = f">= retrieval ({'?' if _missing(bar) else f'{bar:.3f}'}) + {g.min_paraphrase_margin}"
+            out[f"served_paraphrase_on_intent_{lang}"] = gate(value, ok=ok, limit=limit)
+        for lang in LANGS:
+            share = srv.get(f"top_answer_share_{lang}")
+            ref = references.get(f"reference_top_answer_share_{lang}", float("nan"))
+            cap = metrics.collapse_limit(ref, floor=g.collapse_floor, factor=g.collapse_factor)
+            out[f"served_collapse_{lang}"] = gate(share, ok=None if _missing(share) else share <= cap,
+                                                  limit=f"<= {cap:.4f} = max({g.collapse_floor}, {g.collapse_factor} x "
+                                                        f"references' {'?' if _missing(ref) else f'{ref:.4f}'})")
         fallback = srv.get("fallback_rate")
         out["served_fallback_rate"] = gate(fallback, ok=None if _missing(fallback) else fallback <= g.max_fallback_rate,
                                            limit=f"<= {g.max_fallback_rate}")
@@ -397,7 +516,7 @@ def compute_gates(variants: dict[str, dict[str, Any]], reports: dict[str, dict[s
         if "macro_f1" in p and "macro_f1" in c:
             value = metrics.retention(c["macro_f1"], p["macro_f1"])
         elif p and c:
-            value = retention(c, p)["retention_answers"]
+            value = retention(_own(c), _own(p))["retention_answers"]
         else:
             value = None
         value = None if value is None or _nan(value) else value
@@ -425,6 +544,11 @@ def gate_failures(gates: Mapping[str, Mapping[str, Any]]) -> list[str]:
         shown = f"{value:.4g}" if isinstance(value, float) else str(value)
         lines.append(f"gate {name} failed: {shown}, needs {g['limit']}" + (f". Look at: {hint}" if hint else ""))
     return lines
+
+
+def _own(variant: Mapping[str, Any]) -> dict[str, Any]:
+    """A variant's scores on its model's own answers (model_<key>, else <key>): what retention compares."""
+    return {k: variant.get(f"model_{k}", variant.get(k)) for k in RETENTION_KEYS}
 
 
 def _missing(x: Any) -> bool:

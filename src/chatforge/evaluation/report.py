@@ -206,6 +206,58 @@ def variant_table(evaluation: Mapping[str, Any]) -> str:
     return table(["variant", *cols], [[v, *(evaluation[v].get(c) for c in cols)] for v in names])
 
 
+def generalisation_table(evaluation: Mapping[str, Any]) -> str:
+    """Away from the test split's templates: paraphrase on-intent rate (new phrasings), and mode
+    collapse on the test answers (top-answer share, distinct-2) per variant and for the references;
+    a variant above the collapse limit (evaluate.gates.collapse_*) is flagged."""
+    summary = evaluation.get("summary", {})
+    gates = evaluation.get("gates", {})
+    limits = {}
+    for lang in ("zh", "en"):
+        ref = summary.get(f"reference_top_answer_share_{lang}")
+        floor = 0.05
+        limits[lang] = max(floor, 1.5 * ref) if isinstance(ref, (int, float)) else floor
+        text = str(gates.get(f"served_collapse_{lang}", {}).get("limit", ""))
+        if text.startswith("<= "):  # the limit the gate used (its params), when evaluate wrote one
+            limits[lang] = float(text[3:].split(" ")[0])
+    names = [v for v in ("retrieval", *VARIANTS) if "bleu_zh" in evaluation.get(v, {})]
+    if not names:
+        return "_no answers were scored (classifier build, or evaluate has not run)._"
+    rows = []
+    for v in names:
+        r = evaluation[v]
+        flags = [lang for lang in ("zh", "en") if _num(r.get(f"top_answer_share_{lang}")) > limits[lang]]
+        rows.append([v, r.get("paraphrase_on_intent_zh"), r.get("paraphrase_on_intent_en"),
+                     r.get("top_answer_share_zh"), r.get("top_answer_share_en"), r.get("distinct_2_zh"),
+                     r.get("distinct_2_en"), r.get("answered_by_retrieval"),
+                     ("⚠️ collapsed (" + ", ".join(flags) + ")") if flags else "ok"])
+    rows.append(["references", None, None, summary.get("reference_top_answer_share_zh"),
+                 summary.get("reference_top_answer_share_en"), summary.get("reference_distinct_2_zh"),
+                 summary.get("reference_distinct_2_en"), None, f"limit zh {limits['zh']:.3f}, en {limits['en']:.3f}"])
+    note = (f"Paraphrase set: {summary.get('paraphrase_questions_zh', 0)} zh and {summary.get('paraphrase_questions_en', 0)} "
+            "en questions none of which occur in the corpus; an answer is on-intent when its nearest training answer "
+            "belongs to the question's intent (chatforge.evaluation.paraphrase). Answered by retrieval: the share of "
+            "test answers below the confidence threshold replaced by a past answer (serve.hybrid).")
+    return table(["variant", "on-intent zh", "on-intent en", "top answer zh", "top answer en", "distinct-2 zh",
+                  "distinct-2 en", "by retrieval", "collapse"], rows) + "\n\n" + note
+
+
+def paraphrase_section(details: Mapping[str, Any], *, per_lang: int = 5) -> str:
+    """The first paraphrase questions per language with the served variant's and retrieval's answers."""
+    questions = details.get("paraphrases", [])
+    served = details.get("served_variant")
+    variants = details.get("variants", {})
+    mine = {name: {p["id"]: p for p in variants.get(name, {}).get("paraphrases", [])} for name in (served, "retrieval")}
+    rows = []
+    for lang in ("zh", "en"):
+        for q in [q for q in questions if q["lang"] == lang][:per_lang]:
+            for name in (served, "retrieval"):
+                a = mine.get(name, {}).get(q["id"])
+                if a:
+                    rows.append([q["id"], q["intent"], q["question"], name, a["answer"], "✅" if a["on_intent"] else "❌"])
+    return table(["id", "intent", "question", "variant", "answer", "on-intent"], rows) if rows else "_no paraphrase set._"
+
+
 def gates_table(gates: Mapping[str, Mapping[str, Any]]) -> str:
     icon = {"pass": "✅ pass", "fail": "❌ fail", "warn": "⚠️ warn", "missing": "– not measured"}
     return table(["gate", "value", "limit", "result"], [[k, g.get("value"), g.get("limit"), icon.get(g.get("status"), g.get("status"))] for k, g in gates.items()])
@@ -299,6 +351,8 @@ def render(
                 + f"gates failed: {summary.get('gates_failed', 0)}.", ""]
     out += ["## Answers: served model vs retrieval baseline", "", headline_table(ev), ""]
     out += ["## Five test conversations", "", sample_section(details), ""]
+    out += ["## Generalisation: new phrasings and mode collapse", "", generalisation_table(ev), ""]
+    out += ["## Paraphrase questions (served variant and retrieval)", "", paraphrase_section(details), ""]
     out += ["## Confidence threshold (served variant; serve.confidence_threshold, serve.confidence_tokens)", "",
             calibration_table(ev), ""]
     out += ["## Gates", "", gates_table(ev["gates"]) if "gates" in ev else "_evaluate has not run._", ""]

@@ -15,6 +15,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 MANIFEST_NAME = "chatforge.json"
+# what a derived folder takes over from its parent: a classifier's answers, a chat model's exchanges
+# (retrieval in the loop, chatforge.runtime.hybrid.INDEX_NAME)
+CARRIED_FILES = ("responses.json", "retrieval.jsonl")
 Family = Literal["causal_lm", "classifier", "translator"]
 
 
@@ -53,8 +56,8 @@ def publish_derived(out_dir: Path, model: Any, tokenizer: Any, *, parent_dir: Pa
                     details: dict[str, Any]) -> None:
     """Atomically publish a model derived from the folder `parent_dir` (distilled, pruned, ...).
 
-    The folder gets the weights, the tokenizer, the parent's `responses.json` (classifiers answer
-    with it) and a manifest that inherits the parent's and records `variant`, the parent and
+    The folder gets the weights, the tokenizer, the parent's CARRIED_FILES (`responses.json`, which
+    classifiers answer with; `retrieval.jsonl`, the exchanges of retrieval in the loop) and a manifest that inherits the parent's and records `variant`, the parent and
     `details` (merged into the parent's details under their own keys).
     """
     from chatforge.io import atomic_path
@@ -63,7 +66,8 @@ def publish_derived(out_dir: Path, model: Any, tokenizer: Any, *, parent_dir: Pa
     with atomic_path(out_dir) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        if (parent_dir / "responses.json").exists():
-            (tmp / "responses.json").write_bytes((parent_dir / "responses.json").read_bytes())
+        for name in CARRIED_FILES:
+            if (parent_dir / name).exists():
+                (tmp / name).write_bytes((parent_dir / name).read_bytes())
         update = {"variant": variant, "parent": str(parent_dir), "details": {**parent.details, **details}}
         write_manifest(tmp, parent.model_copy(update=update))

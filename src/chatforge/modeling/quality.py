@@ -127,7 +127,8 @@ def calibration(samples: Sequence[Sample], answers: Sequence[Answer], *, thresho
 def score_answers(samples: Sequence[Sample], answers: Sequence[Answer], *,
                   gazetteer: Mapping[str, Sequence[str]] | None = None) -> dict[str, float]:
     """Per language (`_zh`, `_en`) and overall: bleu, chrf, exact_match, slot_carry,
-    degenerate_rate (plus degenerate_<reason> counts), wrong_lang; answer_chars. Overall BLEU and
+    degenerate_rate (plus degenerate_<reason> counts), wrong_lang; per language distinct_2 and
+    top_answer_share (mode collapse, chatforge.metrics); answer_chars. Overall BLEU and
     chrF are the sample-weighted means of the per-language scores (zh and en need different
     tokenisers); rates are over all samples. `gazetteer` maps a language to entity surfaces
     counted as slots (cities, products ...). Empty languages score nan."""
@@ -152,6 +153,8 @@ def score_answers(samples: Sequence[Sample], answers: Sequence[Answer], *,
         out[f"slot_carry_{lang}"] = metrics.slot_carry(slots)
         out[f"slots_expected_{lang}"] = float(sum(n for _, n in slots))
         out[f"degenerate_rate_{lang}"] = float(np.mean([r is not None for r in reasons])) if idx else float("nan")
+        out[f"distinct_2_{lang}"] = metrics.distinct_n(hyps, lang=lang, n=2)
+        out[f"top_answer_share_{lang}"] = metrics.top_answer_share(hyps)
         spoken = [h for h in hyps if h]
         out[f"wrong_lang_{lang}"] = float(np.mean([detect_lang(h) != lang for h in spoken])) if spoken else float("nan")
         out[f"samples_{lang}"] = float(len(idx))

@@ -28,6 +28,7 @@ class Entry:
     user: str  # the user turn
     context: str  # the messages before it, joined
     answer: str  # the assistant turn that followed
+    messages: tuple[dict[str, str], ...] = ()  # the dialogue up to and including the user turn
 
 
 def _entries(convs: Sequence[Conversation]) -> list[Entry]:
@@ -37,7 +38,8 @@ def _entries(convs: Sequence[Conversation]) -> list[Entry]:
         for i in range(1, len(msgs)):
             if msgs[i]["role"] == "assistant" and msgs[i - 1]["role"] == "user" and msgs[i]["content"].strip():
                 context = "\n".join(m["content"] for m in msgs[: i - 1])
-                out.append(Entry(conv.conversation_id, conv.lang, msgs[i - 1]["content"], context, msgs[i]["content"]))
+                out.append(Entry(conv.conversation_id, conv.lang, msgs[i - 1]["content"], context, msgs[i]["content"],
+                                 tuple(msgs[:i])))
     return out
 
 
@@ -83,6 +85,17 @@ class RetrievalBot:
             sim = np.where(same, sim, -np.inf)
         best = int(np.argmax(sim))  # first maximum: ties go to the earlier entry
         return self.entries[best], float(sim[best])
+
+    def top(self, prompt: Sequence[dict[str, str]], *, k: int, lang: str | None = None) -> list[tuple[Entry, float]]:
+        """The `k` best entries with their similarities, best first (ties: earlier entry first);
+        `lang` restricts candidates as in `match`. `match` is `top(k=1)[0]`."""
+        sim = self.scores(prompt)
+        lang = lang or detect_lang(prompt[-1]["content"])
+        same = self.langs == lang
+        if same.any():
+            sim = np.where(same, sim, -np.inf)
+        order = np.argsort(-sim, kind="stable")[:k]
+        return [(self.entries[int(i)], float(sim[int(i)])) for i in order if np.isfinite(sim[int(i)])]
 
     def answer(self, prompt: Sequence[dict[str, str]], *, lang: str | None = None) -> str:
         return self.match(prompt, lang=lang)[0].answer

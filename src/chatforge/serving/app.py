@@ -187,7 +187,7 @@ class ChatService:
             return UpstreamBackend(variant.upstream, confidence_tokens=p.confidence_tokens, variant=variant.name)
         assert variant.model is not None  # ServeVariant has exactly one of model / upstream
         return open_backend(variant.model, backend=variant.backend, max_batch_size=p.batch.max_batch_size,
-                            max_wait_ms=p.batch.max_wait_ms, providers=self.config.providers)
+                            max_wait_ms=p.batch.max_wait_ms, providers=self.config.providers, hybrid=p.hybrid)
 
     def _cache_failed(self, op: str) -> None:
         self.metrics.cache_errors.labels(op=op).inc()
@@ -466,8 +466,7 @@ class ChatService:
             text, n, finish = self._shown(t.backend, p.filter.blocked_message[t.lang], t.gen.max_new_tokens,
                                           "content_filter")
         elif self.confidence(answer) < p.confidence_threshold:
-            text, n, finish = self._shown(t.backend, p.fallback[t.lang], t.gen.max_new_tokens, "stop")
-            fallback = True
+            text, n, finish, fallback = self.unsure(t)
         else:
             text, n, finish = out.text, answer.completion_tokens, answer.finish_reason
             tokens = answer.tokens() if out.action == "none" else None
@@ -476,6 +475,25 @@ class ChatService:
             self.cache.set(t.cache_key, answer.to_json())
         return self.record(t, text=text, completion_tokens=n, finish=finish, answer=answer, cached=cached,
                            fallback=fallback, output_action=out.action, tokens=tokens)
+
+    def unsure(self, t: Turn) -> tuple[str, int, str, bool]:
+        """What is shown for an answer below serve.confidence_threshold (chatforge.runtime.hybrid):
+        the past answer the model reranks best (retrieval in the loop, when the folder carries its
+        exchanges and serve.hybrid is on; through the output filter like any answer), else the
+        fallback message. (text, completion tokens, finish reason, whether it is the fallback)."""
+        from chatforge.runtime.hybrid import served_answer
+
+        p = self.params
+        text, source = served_answer("", 0.0, threshold=p.confidence_threshold, prompt=t.messages, lang=t.lang,
+                                     loop=getattr(t.backend, "loop", None), fallback=p.fallback[t.lang])
+        if source == "retrieval":
+            out = self.filter.apply(text)
+            if out.action != "blocked":
+                self.metrics.retrieval_answers.labels(variant=t.variant).inc()
+                shown, n, finish = self._shown(t.backend, out.text, t.gen.max_new_tokens, "stop")
+                return shown, n, finish, False
+        shown, n, finish = self._shown(t.backend, p.fallback[t.lang], t.gen.max_new_tokens, "stop")
+        return shown, n, finish, True
 
     def streams_live(self, t: Turn) -> bool:
         """Whether this request's answer streams as it is decoded (a cache miss on a causal LM of
@@ -551,7 +569,7 @@ class ChatService:
             self.metrics.filter_actions.labels(stage="output", action=output_action).inc()
         fallback = outcome == "fallback"
         if fallback:
-            text, n, finish = self._shown(t.backend, p.fallback[t.lang], t.gen.max_new_tokens, "stop")
+            text, n, finish, fallback = self.unsure(t)
             for piece in chunks(text):
                 yield sse.delta(piece)
         elif outcome == "blocked":  # what was sent stays; the rest is withheld, as OpenAI's content_filter

@@ -94,10 +94,13 @@ class CausalLMBackend(_Tokens):
     family = "causal_lm"
 
     def __init__(self, folder: Path | str, *, backend: BackendName = "auto", max_batch_size: int = 8,
-                 max_wait_ms: float = 2.0, providers: Sequence[str] | None = None) -> None:
+                 max_wait_ms: float = 2.0, providers: Sequence[str] | None = None, hybrid: Any = None) -> None:
+        from chatforge.runtime.hybrid import RetrievalInTheLoop
         from chatforge.serving.batching import DecodeScheduler
 
         self.generator = load_generator(folder, backend=backend, providers=providers)
+        # retrieval in the loop (serve.hybrid; None: off): what an unsure answer is replaced by
+        self.loop = RetrievalInTheLoop.open(Path(folder), self.generator, hybrid) if hybrid is not None else None
         self.tokenizer = self.generator.tokenizer  # type: ignore[attr-defined]
         self.fingerprint = self.generator.fingerprint
         self.scheduler = DecodeScheduler(self.generator, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms)
@@ -212,7 +215,8 @@ class ClassifierBackend(_Tokens):
 def open_backend(folder: Path | str, *, backend: BackendName = "auto", providers: Sequence[str] | None = None,
                  **causal: Any) -> ModelBackend:
     """Open any model folder the pipeline built; the family comes from chatforge.json (or config.json).
-    `causal` (max_batch_size, max_wait_ms) configures a causal LM's batching; ONNX files run on the
+    `causal` (max_batch_size, max_wait_ms, hybrid: serve.hybrid) configures a causal LM's batching
+    and retrieval in the loop; ONNX files run on the
     execution `providers` (quantize.providers; None: CPU), torch weights on the accelerator if any."""
     folder = Path(folder)
     if not folder.is_dir():

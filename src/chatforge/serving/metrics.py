@@ -52,6 +52,12 @@ class ServeMetrics:
             ["variant"],
             registry=r,
         )
+        self.retrieval_answers = Counter(
+            "chatforge_retrieval_answers",
+            "Low-confidence answers replaced by a past answer (retrieval in the loop, serve.hybrid)",
+            ["variant"],
+            registry=r,
+        )
         self.filter_actions = Counter(
             "chatforge_filter_actions", "Sensitive-word filter actions", ["stage", "action"], registry=r
         )

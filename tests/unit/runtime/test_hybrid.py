@@ -1,0 +1,103 @@
+"""Retrieval in the loop (chatforge.runtime.hybrid) with a tiny random model: which candidate it
+serves, how slot values move into the dialogue, and when it gives up."""
+
+import shutil
+
+import numpy as np
+import pytest
+
+from chatforge.modeling.data import Conversation
+from chatforge.modeling.generate import load_generator
+from chatforge.modeling.quality import sequence_logprobs
+from chatforge.modeling.slots import enable, slot_config
+from chatforge.params import ServeHybrid
+from chatforge.runtime.hybrid import INDEX_NAME, RetrievalInTheLoop, read_index, served_answer, write_index
+
+
+def conv(cid, user, answer, lang="en", intent="x"):
+    return Conversation(cid, lang, intent, [{"role": "user", "content": user}, {"role": "assistant", "content": answer}])
+
+
+CONVS = [
+    conv("c1", "where is my order 2024010100001", "Order 2024010100001 is on its way."),
+    conv("c2", "where is my order please", "Please share your order number."),
+    conv("c3", "I want a refund", "Your refund was sent."),
+    conv("c4", "查询北京天气", "今日北京晴", lang="zh"),
+]
+
+
+@pytest.fixture()
+def folder(tiny_causal_lm, tmp_path):
+    out = tmp_path / "m"
+    shutil.copytree(tiny_causal_lm, out)
+    assert write_index(out, CONVS) == 4
+    return out
+
+
+def test_index_round_trips_sorted(folder):
+    assert [c.conversation_id for c in read_index(folder)] == ["c1", "c2", "c3", "c4"]
+    assert read_index(folder)[3] == CONVS[3]
+    assert read_index(folder.parent) is None  # no retrieval.jsonl: no loop
+
+
+def test_index_names_a_broken_line(folder):
+    (folder / INDEX_NAME).write_text('{"conversation_id": "c1"}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"retrieval.jsonl:1: not a retrieval record"):
+        read_index(folder)
+
+
+def test_the_candidate_served_is_the_one_the_model_scores_highest(folder):
+    gen = load_generator(folder, backend="torch")
+    loop = RetrievalInTheLoop.open(folder, gen, ServeHybrid(top_k=3, min_similarity=0.0))
+    prompt = [{"role": "user", "content": "where is my order"}]
+    choice = loop.choose(prompt, lang="en")
+    prompt_ids = gen.prompt_ids(prompt)
+    eos = gen.tokenizer.eos_token_id
+    scores = {}
+    for c in CONVS[:3]:  # the three English candidates (top_k = 3); the zh one is another language
+        answer = c.messages[1]["content"]
+        ids = [*prompt_ids, *gen.tokenizer(answer, add_special_tokens=False)["input_ids"], eos]
+        scores[answer] = float(np.mean(sequence_logprobs(gen, ids)[len(prompt_ids) - 1:]))
+    best = max(scores, key=scores.get)
+    assert choice.text == best
+    assert choice.score == pytest.approx(scores[best], abs=1e-5)
+
+
+def test_nothing_similar_enough_gives_the_fallback(folder):
+    gen = load_generator(folder, backend="torch")
+    loop = RetrievalInTheLoop.open(folder, gen, ServeHybrid(top_k=3, min_similarity=0.99))
+    prompt = [{"role": "user", "content": "qqq zzz"}]
+    assert loop.choose(prompt, lang="en") is None
+    assert served_answer("model text", 0.1, threshold=0.7, prompt=prompt, lang="en", loop=loop,
+                         fallback="Sorry.") == ("Sorry.", "fallback")
+    # confident answers are served as generated, whatever retrieval holds
+    assert served_answer("model text", 0.9, threshold=0.7, prompt=prompt, lang="en", loop=loop,
+                         fallback="Sorry.") == ("model text", "model")
+    assert served_answer("model text", float("nan"), threshold=0.7, prompt=prompt, lang="en", loop=None,
+                         fallback="Sorry.") == ("model text", "model")
+    assert RetrievalInTheLoop.open(folder, gen, ServeHybrid(enabled=False)) is None
+
+
+def test_slot_values_move_into_this_dialogue_and_unfillable_candidates_are_left_out(folder):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    enable(tok, slot_config(["number"], max_per_kind=2, gazetteer={}))
+    tok.save_pretrained(folder)
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    model.resize_token_embeddings(len(tok))
+    model.save_pretrained(folder)
+    gen = load_generator(folder, backend="torch")
+    only_c1 = ServeHybrid(top_k=1, min_similarity=0.0)
+    loop = RetrievalInTheLoop.open(folder, gen, only_c1)
+    with_number = [{"role": "user", "content": "where is my order 2024999999999"}]
+    choice = loop.choose(with_number, lang="en")
+    assert choice.conversation_id == "c1"
+    assert choice.text == "Order 2024999999999 is on its way."  # c1's number replaced by this dialogue's
+    # a dialogue that never gave a number cannot take c1's answer: with c1 the only candidate, no choice
+    write_index(folder, [CONVS[0]])
+    loop = RetrievalInTheLoop.open(folder, gen, only_c1)
+    assert loop.choose([{"role": "user", "content": "where is my order"}], lang="en") is None
+    assert loop.choose(with_number, lang="en").text == "Order 2024999999999 is on its way."
