@@ -383,8 +383,13 @@ def export(
     persona: Annotated[str | None, typer.Option(help="Modelfile sampling + system prompt from serve.personas (default: greedy, as served without one).")] = None,
     params: ParamsOpt = Path("params.yaml"),
     reports: Annotated[Path, typer.Option(help="Pipeline reports the model card summarises.")] = Path("reports"),
+    below_retrieval: Annotated[bool, typer.Option("--allow-below-retrieval", help="Export even when the model alone (as llama.cpp runs it) answers worse than the retrieval baseline.")] = False,
 ) -> None:
-    """Write MODEL_DIR as GGUF (chat template embedded), an Ollama Modelfile and a model card README.md into OUT_DIR."""
+    """Write MODEL_DIR as GGUF (chat template embedded), an Ollama Modelfile and a model card README.md into OUT_DIR.
+
+    llama.cpp and Ollama run the model alone: without chatforge's slot placeholders and retrieval in
+    the loop. When reports/evaluate.json shows the model alone below the retrieval baseline, the
+    export refuses (exit 2) and says by how much, unless --allow-below-retrieval."""
     import re
 
     from chatforge.compress import gguf_export as gx
@@ -414,6 +419,16 @@ def export(
             typer.echo(f"unknown persona {persona!r}; choose one of: {', '.join(sorted(personas)) or 'none configured'} ({params} serve.personas)", err=True)
             raise typer.Exit(code=2)
     name = name or f"chatforge-{plan.variant}"
+    losses = mc.standalone_below_retrieval(reports, plan.variant)
+    if losses is None:
+        typer.echo(f"warning: {reports}/evaluate.json has no scores for {plan.variant!r} and the retrieval baseline: "
+                   "how the exported model answers on its own is not measured (run `dvc repro evaluate`).", err=True)
+    elif losses and not below_retrieval:
+        typer.echo(f"export: {model_dir} answers worse on its own than the retrieval baseline ({'; '.join(losses)}; "
+                   f"{reports}/evaluate.json). llama.cpp and Ollama run the model alone: `chatforge serve` adds slot "
+                   "placeholders and retrieval in the loop, which they cannot. Serve it with `chatforge serve`, build a "
+                   "stronger model (README, \"Choosing a base\"), or pass --allow-below-retrieval to export anyway.", err=True)
+        raise typer.Exit(code=2)
     _, license_id = mc.base_model_and_license(plan.base)
     written = []
     for gguf_type in types:

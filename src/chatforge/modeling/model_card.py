@@ -100,6 +100,28 @@ def variant_metrics(reports_dir: Path | str, variant: str) -> dict[str, float]:
     return {k: float(row[k]) for k in keys if isinstance(row.get(k), int | float)}
 
 
+def standalone_below_retrieval(reports_dir: Path | str, variant: str) -> list[str] | None:
+    """What a GGUF export of `variant` would lose against the retrieval baseline, from
+    reports/evaluate.json. llama.cpp and Ollama run the model alone: no slot placeholders, no
+    retrieval in the loop, no confidence threshold, so the comparable scores are the raw-prompt
+    ones (raw_bleu_zh/_en, for a model trained with placeholders) or else the model's own
+    (model_bleu_zh/_en). Returns one line per language where they are below retrieval's BLEU,
+    [] when they are not, None when evaluate has not measured them."""
+    evaluate = _read_json(Path(reports_dir) / "evaluate.json") or {}
+    row, bar = evaluate.get(variant), evaluate.get("retrieval")
+    if not isinstance(row, dict) or not isinstance(bar, dict):
+        return None
+    lines = []
+    for lang in ("zh", "en"):
+        own = next((row[k] for k in (f"raw_bleu_{lang}", f"model_bleu_{lang}") if isinstance(row.get(k), int | float)), None)
+        ref = bar.get(f"bleu_{lang}")
+        if own is None or not isinstance(ref, int | float):
+            return None
+        if own < ref:
+            lines.append(f"BLEU {lang} {own:.1f} on its own against retrieval's {ref:.1f}")
+    return lines
+
+
 def base_model_and_license(base: str | None) -> tuple[str | None, str]:
     """(hub id for front matter `base_model`, license id): None and the project license for scratch
     or a local folder; the hub id itself and "other" for an unknown hub model (check its license)."""

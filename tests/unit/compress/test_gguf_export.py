@@ -204,7 +204,9 @@ def test_model_card_reads_reports_and_persona(tiny_causal_lm: Path, tmp_path: Pa
     assert "| conversations read | 12 (en: 5, zh: 7) |" in card
     assert "| train / val / test conversations | 8 / 2 / 2 |" in card
     assert "| BLEU (all) | 61.25 |" in card and "| chrF | 70 |" in card
-    assert "Slot placeholders" not in card and "warning" not in result.output  # no slots in this model
+    assert "Slot placeholders" not in card and "slot placeholders" not in result.output  # no slots in this model
+    # no retrieval row in evaluate.json: how the model does alone is not measured, and export says so
+    assert "how the exported model answers on its own is not measured" in result.output
 
 
 def test_a_model_with_slot_placeholders_says_what_llama_cpp_loses(tiny_causal_lm: Path, tmp_path: Path) -> None:
@@ -222,10 +224,16 @@ def test_a_model_with_slot_placeholders_says_what_llama_cpp_loses(tiny_causal_lm
     reports.mkdir()
     (reports / "evaluate.json").write_text(json.dumps({"teacher": {
         "bleu_zh": 71.76, "bleu_en": 66.43, "slot_carry": 1.0, "raw_bleu_zh": 40.21, "raw_bleu_en": 40.03,
-        "raw_slot_carry": 0.0}}))
+        "raw_slot_carry": 0.0}, "retrieval": {"bleu_zh": 65.6, "bleu_en": 39.0}}))
     out = tmp_path / "out"
-    result = CliRunner().invoke(app, ["export", str(folder), str(out), "--reports", str(reports),
-                                      "--params", str(tmp_path / "none.yaml")])
+    args = ["export", str(folder), str(out), "--reports", str(reports), "--params", str(tmp_path / "none.yaml")]
+    # alone (as llama.cpp runs it) the model is below retrieval in zh: refused, saying by how much
+    refused = CliRunner().invoke(app, args)
+    assert refused.exit_code == 2
+    assert ("answers worse on its own than the retrieval baseline (BLEU zh 40.2 on its own against retrieval's 65.6;"
+            in " ".join(refused.output.split()))
+    assert not out.exists() and "Traceback" not in refused.output
+    result = CliRunner().invoke(app, [*args, "--allow-below-retrieval"])
     assert result.exit_code == 0, result.output
     assert ("was trained with slot placeholders, which llama.cpp and Ollama do not apply, so there it answers "
             "worse: on the test split BLEU 40.2 zh / 40.0 en, slot carry 0.00 (served: 71.8 / 66.4, 1.00)") in result.output
