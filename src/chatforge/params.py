@@ -177,6 +177,7 @@ class BalanceParams(Section):
 PIP_SHIPPED_BASES: dict[str, str] = {
     # name -> the family it serves (the folders ship inside pip packages; nothing is downloaded)
     "smollm2-135m-instruct": "causal_lm",
+    "gemma3-270m": "causal_lm",  # Gemma 3 270M pretrained (multilingual, reads/writes Chinese); Gemma Terms of Use
     "minilm-l6": "classifier",
 }
 
@@ -221,7 +222,7 @@ class SlotParams(Section):
 class ModelParams(Section):
     # causal_lm: a chat model fine-tuned on conversations; classifier: an intent classifier + responses
     family: Literal["causal_lm", "classifier"] = "causal_lm"
-    # smollm2-135m-instruct | minilm-l6 | scratch | a local folder | a hub id (needs network or a cache)
+    # smollm2-135m-instruct | gemma3-270m | minilm-l6 | scratch | a local folder | a hub id (needs network or a cache)
     base: str = Field(default="scratch", min_length=1)
     revision: str | None = None  # hub revision, only for hub ids
     trust_remote_code: bool = False  # only for hub/local folders whose code you have read

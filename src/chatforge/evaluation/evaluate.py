@@ -20,11 +20,11 @@ import numpy as np
 import polars as pl
 
 from chatforge import metrics
+from chatforge.evaluation.paraphrase import IntentJudge, Question
 from chatforge.io import progress
 from chatforge.knobs import Reached
 from chatforge.modeling.data import Conversation, conversations
 from chatforge.modeling.manifest import MANIFEST_NAME, read_manifest
-from chatforge.evaluation.paraphrase import IntentJudge, Question
 from chatforge.modeling.quality import (
     LANGS,
     RETENTION_KEYS,
@@ -45,7 +45,8 @@ log = logging.getLogger("chatforge.evaluate")
 RAW_PROMPT_KEYS = ("bleu", "bleu_zh", "bleu_en", "chrf", "slot_carry", "degenerate_rate")
 
 # the model's own answer scores kept beside the served ones, as model_<key> (retention compares them)
-MODEL_KEYS = (*RETENTION_KEYS, "bleu", "chrf", "degenerate_rate", "top_answer_share_zh", "top_answer_share_en")
+MODEL_KEYS = (*RETENTION_KEYS, "bleu", "chrf", "chrf_zh", "chrf_en", "degenerate_rate", "top_answer_share_zh",
+              "top_answer_share_en")
 
 # which weights file stands for a variant's size, by backend
 INT8_FILE = "model.int8.onnx"
@@ -331,6 +332,8 @@ def evaluate_variant(
         p_answers, p_sources = serve_answers(generator, folder, [q.prompt for q in questions],
                                              [q.lang for q in questions], p_generated, serving, desc=f"{name} paraphrases served")
         out |= paraphrase_scores([a.text for a in p_answers], questions, judge)
+        # the model's own paraphrase answers, before the threshold and retrieval in the loop
+        out |= {f"model_{k}": v for k, v in judge.on_intent_rates([a.text for a in p_generated], questions).items()}
         out["paraphrase_answered_by_retrieval"] = source_shares(p_sources)["answered_by_retrieval"]
         extra["paraphrases"] = [{"id": q.id, "answer": a.text, "source": src,
                                  "on_intent": judge.on_intent(a.text, q.intent, lang=q.lang)}

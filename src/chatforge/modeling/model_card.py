@@ -17,6 +17,9 @@ from typing import Any
 # model.base values whose upstream hub id and license are known
 KNOWN_BASES: dict[str, tuple[str, str]] = {
     "smollm2-135m-instruct": ("HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0"),
+    # Gemma Terms of Use (ai.google.dev/gemma/terms): a redistributed derivative passes on its use
+    # restrictions and a notice that Gemma is provided under and subject to those terms
+    "gemma3-270m": ("google/gemma-3-270m", "gemma"),
 }
 PROJECT_LICENSE = "apache-2.0"  # chatforge's own license (pyproject), for models trained from scratch
 
