@@ -42,7 +42,7 @@ from chatforge.modeling.manifest import Manifest, write_manifest
 from chatforge.modeling.quality import answer_samples
 from chatforge.modeling.train import train
 from chatforge.params import EvaluateParams, ModelParams, ServeParams, TrainParams
-from chatforge.runtime.hybrid import write_index
+from chatforge.runtime.index import write_index
 
 ROOT = Path(__file__).resolve().parents[1]
 ROW_KEYS = ("bleu_zh", "bleu_en", "chrf_zh", "chrf_en", "slot_carry", "degenerate_rate", "top_answer_share_zh",

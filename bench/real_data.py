@@ -51,6 +51,9 @@ def copy_project(dest: Path) -> None:
                            capture_output=True, text=True).stdout.splitlines()
     for rel in files:
         src = ROOT / rel
+        # .dvc/ config and state come from `dvc init`; custom plot templates are project files
+        if rel.startswith(".dvc/") and not rel.startswith(".dvc/plots/"):
+            continue
         if src.is_file() and not rel.startswith(("data/raw/demo/", "reports/")):
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / rel)
@@ -100,9 +103,17 @@ def prepare(dest: Path, overrides: list[str]) -> dict[str, Any]:
     dvc_yaml = dvc_yaml.replace(" --paraphrases data/eval/demo_paraphrases.jsonl", "")
     dvc_yaml = dvc_yaml.replace("      - data/eval/demo_paraphrases.jsonl\n", "")
     (dest / "dvc.yaml").write_text(dvc_yaml, encoding="utf-8")
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.email=bench@chatforge", "-c", "user.name=bench", "commit", "-qm", "bench"],
-                [str(BIN / "dvc"), "init", "-q"]):
+    plots = dest / ".dvc" / "plots"
+    if plots.exists():  # dvc init refuses a folder that has .dvc/ already
+        shutil.move(str(plots), str(dest / "plots.tmp"))
+        shutil.rmtree(dest / ".dvc")
+    for cmd in (["git", "init", "-q"], [str(BIN / "dvc"), "init", "-q"], [str(BIN / "dvc"), "config", "core.analytics", "false"]):
+        subprocess.run(cmd, cwd=dest, check=True)
+    if (dest / "plots.tmp").exists():
+        shutil.rmtree(dest / ".dvc" / "plots", ignore_errors=True)
+        shutil.move(str(dest / "plots.tmp"), str(dest / ".dvc" / "plots"))
+    for cmd in (["git", "add", "-A"],
+                ["git", "-c", "user.email=bench@chatforge", "-c", "user.name=bench", "commit", "-qm", "bench"]):
         subprocess.run(cmd, cwd=dest, check=True)
     return params
 

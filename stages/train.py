@@ -68,7 +68,7 @@ def main(
             write_json(outcome.responses, tmp / "responses.json")
         if index_data is not None and mp.family == "causal_lm":
             from chatforge.modeling.data import conversations
-            from chatforge.runtime.hybrid import write_index
+            from chatforge.runtime.index import write_index
 
             original = pl.read_parquet(index_data).filter(pl.col("method") == "original")
             log.info("retrieval in the loop: %d train conversations", write_index(tmp, conversations(original)))

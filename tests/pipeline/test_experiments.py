@@ -14,6 +14,7 @@ pytestmark = pytest.mark.pipeline
 
 REPORT_SECTIONS = ["## Answers: served model vs retrieval baseline", "## Data", "### Ingest", "### Clean", "### Split", "### Balance", "### Augmentation", "## Training",
                    "## Variants (test split)", "## Gates", "## Five test conversations", "## Stage wall times",
+                   "## Generalisation: new phrasings and mode collapse", "## Paraphrase questions (served variant and retrieval)",
                    "## Environment", "## Provenance (dvc.lock)"]
 
 
@@ -40,7 +41,14 @@ def test_full_tiny_pipeline_runs_every_stage(built):
     assert summary["served_variant"] == "int8"  # serve.variants[0] is models/onnx
     assert summary["samples_zh"] == 4 and summary["samples_en"] == 4
     assert set(metrics["gates"]) >= {"served_bleu_zh", "served_bleu_en", "served_slot_carry", "served_degenerate_rate",
-                                     "served_fallback_rate", "distill_retention", "prune_retention", "int8_retention", "int8_size_reduction"}
+                                     "served_fallback_rate", "distill_retention", "prune_retention", "int8_retention", "int8_size_reduction",
+                                     "served_paraphrase_on_intent_zh", "served_paraphrase_on_intent_en", "served_collapse_zh",
+                                     "served_collapse_en"}
+    # the paraphrase set is asked of every variant and of retrieval, judged by the same rule
+    for variant in ("retrieval", "teacher", "int8"):
+        for key in ("paraphrase_on_intent_zh", "paraphrase_on_intent_en", "top_answer_share_zh", "distinct_2_en"):
+            assert 0.0 <= metrics[variant][key] <= 1.0, (variant, key)
+    assert summary["paraphrase_questions_zh"] == 112 and summary["paraphrase_questions_en"] == 112
     # the bars are lowered in the tiny profile, so nothing fails and the build passes
     assert summary["gates_failed"] == 0, metrics["gates"]
 
@@ -63,7 +71,7 @@ def test_default_answer_gates_fail_the_tiny_build_at_evaluate(built):
     # lowering the bar again, visibly in params.yaml, lets the same models pass
     project.set_param("evaluate.gates", {"min_bleu_vs_retrieval": 0.0, "min_slot_carry": 0.0, "max_degenerate_rate": 1.0,
                                          "max_wrong_lang": 1.0, "min_retention": 0.01, "min_int8_size_reduction": 0.5,
-                                         "max_fallback_rate": 1.0})
+                                         "max_fallback_rate": 1.0, "min_paraphrase_margin": -1.0, "collapse_floor": 1.0})
     again = project.repro()
     assert "evaluate" in again.ran and "train" not in again.ran
 

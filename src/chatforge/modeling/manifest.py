@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 MANIFEST_NAME = "chatforge.json"
 # what a derived folder takes over from its parent: a classifier's answers, a chat model's exchanges
-# (retrieval in the loop, chatforge.runtime.hybrid.INDEX_NAME)
+# (retrieval in the loop, chatforge.runtime.index.INDEX_NAME)
 CARRIED_FILES = ("responses.json", "retrieval.jsonl")
 Family = Literal["causal_lm", "classifier", "translator"]
 

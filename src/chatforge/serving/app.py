@@ -465,8 +465,8 @@ class ChatService:
         if out.action == "blocked":
             text, n, finish = self._shown(t.backend, p.filter.blocked_message[t.lang], t.gen.max_new_tokens,
                                           "content_filter")
-        elif self.confidence(answer) < p.confidence_threshold:
-            text, n, finish, fallback = self.unsure(t)
+        elif (replaced := self.replaced(t, answer)) is not None:
+            text, n, finish, fallback = replaced
         else:
             text, n, finish = out.text, answer.completion_tokens, answer.finish_reason
             tokens = answer.tokens() if out.action == "none" else None
@@ -476,16 +476,21 @@ class ChatService:
         return self.record(t, text=text, completion_tokens=n, finish=finish, answer=answer, cached=cached,
                            fallback=fallback, output_action=out.action, tokens=tokens)
 
-    def unsure(self, t: Turn) -> tuple[str, int, str, bool]:
-        """What is shown for an answer below serve.confidence_threshold (chatforge.runtime.hybrid):
-        the past answer the model reranks best (retrieval in the loop, when the folder carries its
-        exchanges and serve.hybrid is on; through the output filter like any answer), else the
-        fallback message. (text, completion tokens, finish reason, whether it is the fallback)."""
+    def replaced(self, t: Turn, answer: Answer | None) -> tuple[str, int, str, bool] | None:
+        """What is shown instead of the model's answer (chatforge.runtime.hybrid.served_answer), or
+        None to show it: below serve.confidence_threshold, or confident but unlike every past answer to
+        similar questions (serve.hybrid.min_agreement), the past answer the model reranks best (when
+        the folder carries its exchanges and serve.hybrid is on; through the output filter like any
+        answer), else the fallback message for an unconfident answer. `answer` None: the stream was
+        judged unconfident on its first tokens. (text, completion tokens, finish reason, fallback?)."""
         from chatforge.runtime.hybrid import served_answer
 
         p = self.params
-        text, source = served_answer("", 0.0, threshold=p.confidence_threshold, prompt=t.messages, lang=t.lang,
-                                     loop=getattr(t.backend, "loop", None), fallback=p.fallback[t.lang])
+        text, confidence = (answer.text, self.confidence(answer)) if answer is not None else ("", 0.0)
+        text, source = served_answer(text, confidence, threshold=p.confidence_threshold, prompt=t.messages,
+                                     lang=t.lang, loop=getattr(t.backend, "loop", None), fallback=p.fallback[t.lang])
+        if source == "model":
+            return None
         if source == "retrieval":
             out = self.filter.apply(text)
             if out.action != "blocked":
@@ -500,7 +505,10 @@ class ChatService:
         this server or an upstream; logprobs requests and cache hits send the finished answer in
         chunks)."""
         live_backend = hasattr(t.backend, "scheduler") or hasattr(t.backend, "stream")
-        return (t.input_action != "blocked" and live_backend and not t.req.logprobs
+        # retrieval in the loop with the agreement check judges the whole answer before it is shown
+        loop = getattr(t.backend, "loop", None)
+        whole = loop is not None and loop.settings.min_agreement > 0
+        return (t.input_action != "blocked" and live_backend and not t.req.logprobs and not whole
                 and self.params.confidence_tokens is not None)
 
     def stream(self, t: Turn, include_usage: bool, stop: threading.Event | None = None) -> Iterator[str]:
@@ -569,7 +577,7 @@ class ChatService:
             self.metrics.filter_actions.labels(stage="output", action=output_action).inc()
         fallback = outcome == "fallback"
         if fallback:
-            text, n, finish, fallback = self.unsure(t)
+            text, n, finish, fallback = self.replaced(t, None) or ("", 0, "stop", True)
             for piece in chunks(text):
                 yield sse.delta(piece)
         elif outcome == "blocked":  # what was sent stays; the rest is withheld, as OpenAI's content_filter

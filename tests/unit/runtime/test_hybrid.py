@@ -11,7 +11,8 @@ from chatforge.modeling.generate import load_generator
 from chatforge.modeling.quality import sequence_logprobs
 from chatforge.modeling.slots import enable, slot_config
 from chatforge.params import ServeHybrid
-from chatforge.runtime.hybrid import INDEX_NAME, RetrievalInTheLoop, read_index, served_answer, write_index
+from chatforge.runtime.hybrid import RetrievalInTheLoop, served_answer
+from chatforge.runtime.index import INDEX_NAME, read_index, write_index
 
 
 def conv(cid, user, answer, lang="en", intent="x"):
@@ -101,3 +102,21 @@ def test_slot_values_move_into_this_dialogue_and_unfillable_candidates_are_left_
     loop = RetrievalInTheLoop.open(folder, gen, only_c1)
     assert loop.choose([{"role": "user", "content": "where is my order"}], lang="en") is None
     assert loop.choose(with_number, lang="en").text == "Order 2024999999999 is on its way."
+
+
+def test_a_confident_answer_unlike_every_past_answer_is_replaced(folder):
+    gen = load_generator(folder, backend="torch")
+    loop = RetrievalInTheLoop.open(folder, gen, ServeHybrid(top_k=3, min_similarity=0.0, min_agreement=0.5))
+    prompt = [{"role": "user", "content": "I want a refund"}]
+    # close to a past answer (c3's): kept as generated
+    assert loop.agreement("Your refund was sent!", prompt, lang="en") > 0.9
+    assert served_answer("Your refund was sent!", 0.95, threshold=0.7, prompt=prompt, lang="en", loop=loop,
+                         fallback="Sorry.") == ("Your refund was sent!", "model")
+    # confident, but like none of the three past answers: the reranked past answer is shown instead
+    assert loop.agreement("汉堡包", prompt, lang="en") == 0.0
+    text, source = served_answer("汉堡包", 0.95, threshold=0.7, prompt=prompt, lang="en", loop=loop, fallback="Sorry.")
+    assert source == "retrieval" and text == loop.choose(prompt, lang="en").text
+    # min_agreement 0 turns the check off
+    off = RetrievalInTheLoop.open(folder, gen, ServeHybrid(top_k=3, min_similarity=0.0, min_agreement=0.0))
+    assert served_answer("汉堡包", 0.95, threshold=0.7, prompt=prompt, lang="en", loop=off,
+                         fallback="Sorry.") == ("汉堡包", "model")
