@@ -1,6 +1,8 @@
 """`chatforge chat`: talk to any built variant in a terminal (torch or ONNX, both families).
 
 Commands inside the chat: /reset (forget the conversation), /persona NAME, /temperature X, /exit.
+A causal LM answers as `chatforge serve` answers (threshold, retrieval in the loop, fallback) unless
+--raw asks for the model's own tokens as they come.
 """
 
 from __future__ import annotations
@@ -21,6 +23,16 @@ class Persona:
     system_prompt: str | None
 
 
+@dataclass(frozen=True)
+class Served:
+    """What `chatforge serve` does to a causal LM's answer (serve.confidence_threshold,
+    serve.confidence_tokens, serve.fallback; retrieval in the loop comes with the backend)."""
+
+    threshold: float
+    confidence_tokens: int | None
+    fallback: dict[str, str]
+
+
 def chat_loop(
     backend: Any,
     lines: Iterable[str],
@@ -29,8 +41,14 @@ def chat_loop(
     config: GenerationConfig,
     persona: Persona | None = None,
     personas: dict[str, Persona] | None = None,
+    served: Served | None = None,
 ) -> list[dict[str, str]]:
-    """Read user lines, write answers; returns the conversation (for tests and transcripts)."""
+    """Read user lines, write answers; returns the conversation (for tests and transcripts).
+
+    With `served`, a causal LM's answer is shown as `chatforge serve` shows it
+    (chatforge.runtime.hybrid.served_answer: the confidence threshold, retrieval in the loop, the
+    fallback), whole once decided, followed by where it came from; without, tokens stream as the
+    model writes them."""
     personas = personas or {}
     messages: list[dict[str, str]] = []
 
@@ -68,6 +86,19 @@ def chat_loop(
         prompt = system() + messages
         write("bot> ")
         generator = getattr(backend, "generator", None)
+        if generator is not None and served is not None:  # causal LM as served: decided on the whole answer
+            from chatforge.metrics import answer_confidence
+            from chatforge.runtime.hybrid import served_answer
+
+            lang = detect_lang(line)
+            gen = generator.generate(prompt, config)
+            confidence = answer_confidence(gen.token_logprobs, first=served.confidence_tokens)
+            text, source = served_answer(gen.text, confidence, threshold=served.threshold, prompt=prompt, lang=lang,
+                                         loop=getattr(backend, "loop", None), fallback=served.fallback[lang])
+            write(text)
+            write(f"\n     (confidence {confidence:.2f}; {source})\n")
+            messages.append({"role": "assistant", "content": text})
+            continue
         if generator is not None:  # causal LM: print tokens as they come
             for delta in generator.stream(prompt, config):
                 write(delta)

@@ -42,24 +42,37 @@ def chat(
     top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
     max_tokens: Annotated[int, typer.Option(min=1, max=2048)] = 128,
     params_path: Annotated[Path, typer.Option("--params", help="params.yaml with serve.personas.")] = Path("params.yaml"),
+    raw: Annotated[bool, typer.Option("--raw", help="Stream the model's own tokens: no confidence threshold, no retrieval in the loop.")] = False,
 ) -> None:
-    """Chat with a built model in the terminal. Type /persona NAME, /temperature X, /reset or /exit."""
+    """Chat with a built model in the terminal, answering as `chatforge serve` does (confidence
+    threshold, retrieval in the loop, fallback; --raw: the model alone). Type /persona NAME,
+    /temperature X, /reset or /exit."""
     import sys
 
     from chatforge.chat import Persona, chat_loop
     from chatforge.modeling.generate import GenerationConfig
     from chatforge.serving.backends import open_backend
 
+    from chatforge.chat import Served
+    from chatforge.params import ServeParams
+
     presets: dict[str, Persona] = {}
+    fields = ServeParams.model_fields  # without a params file: serve's defaults for the answer rules
+    hybrid, served = fields["hybrid"].get_default(call_default_factory=True), None
+    rules = (fields["confidence_threshold"].default, fields["confidence_tokens"].default,
+             fields["fallback"].get_default(call_default_factory=True))
     if params_path.exists():
         from chatforge.params import ParamsError, load_section
 
         try:
             serve = load_section("serve", path=params_path)
             presets = {n: Persona(n, p.temperature, p.top_p, p.system_prompt) for n, p in serve.personas.items()}
+            hybrid, rules = serve.hybrid, (serve.confidence_threshold, serve.confidence_tokens, serve.fallback)
         except ParamsError as exc:
             typer.echo(str(exc), err=True)
             raise typer.Exit(2) from None
+    if not raw:
+        served = Served(rules[0], rules[1], dict(rules[2]))
     if persona is not None and persona not in presets:
         typer.echo(f"unknown persona {persona!r}; choose one of: {', '.join(sorted(presets)) or 'none configured'}", err=True)
         raise typer.Exit(2)
@@ -70,7 +83,7 @@ def chat(
         top_p=chosen.top_p if chosen else top_p,
     )
     try:
-        model = open_backend(model_dir, backend=backend)  # type: ignore[arg-type]
+        model = open_backend(model_dir, backend=backend, hybrid=None if raw else hybrid)  # type: ignore[arg-type]
     except (FileNotFoundError, ValueError) as exc:
         typer.echo(f"chat: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -83,7 +96,8 @@ def chat(
             except EOFError:
                 return
 
-    chat_loop(model, lines(), lambda s: (sys.stdout.write(s), sys.stdout.flush()), config=config, persona=chosen, personas=presets)
+    chat_loop(model, lines(), lambda s: (sys.stdout.write(s), sys.stdout.flush()), config=config, persona=chosen,
+              personas=presets, served=served)
 
 # ---- serving (issue 7): serve, keys add, feedback export, ab report
 keys_app = typer.Typer(help="Manage the API keys `chatforge serve` accepts (stored hashed).", no_args_is_help=True)

@@ -29,3 +29,25 @@ def test_chat_with_classifier_answers_in_user_language_and_switches_persona(tmp_
     assert "persona friendly: temperature 1.0" in text
     assert "今日北京晴" in text and "Sunny today" in text and "(conversation reset)" in text
     assert convo == [{"role": "user", "content": "weather?"}, {"role": "assistant", "content": "Sunny today"}]
+
+
+def test_chat_answers_as_serve_does_unless_raw(tmp_path):
+    """With the serve rules, an untrained model (never confident) shows the fallback and says so; a
+    folder with exchanges shows the past answer the model reranks best instead."""
+    from chatforge.chat import Served
+    from chatforge.modeling.data import Conversation
+    from chatforge.params import ServeHybrid
+    from chatforge.runtime.index import write_index
+
+    folder = build_tiny_causal_lm(tmp_path / "lm")
+    served = Served(0.99, 4, {"zh": "抱歉。", "en": "Sorry, not sure."})
+    out: list[str] = []
+    convo = chat_loop(open_backend(folder, backend="torch"), ["where is my order?"], out.append,
+                      config=GenerationConfig(max_new_tokens=5), served=served)
+    assert convo[1]["content"] == "Sorry, not sure." and "; fallback)" in "".join(out)
+    write_index(folder, [Conversation("c1", "en", "order", [{"role": "user", "content": "where is my order?"},
+                                                             {"role": "assistant", "content": "It ships today."}])])
+    backend = open_backend(folder, backend="torch", hybrid=ServeHybrid())
+    out = []
+    convo = chat_loop(backend, ["where is my order?"], out.append, config=GenerationConfig(max_new_tokens=5), served=served)
+    assert convo[1]["content"] == "It ships today." and "; retrieval)" in "".join(out)
