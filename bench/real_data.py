@@ -173,9 +173,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("-S", "--set", dest="overrides", action="append", default=[], help="params override key=value")
     ap.add_argument("--keep", type=Path, default=None, help="run in this folder and keep it (default: a temp dir)")
+    ap.add_argument("--resume", action="store_true", help="with --keep: go on with the kept copy's `dvc repro`")
     ap.add_argument("--out", type=Path, default=ROOT / "reports" / "bench" / "real_data.json")
     args = ap.parse_args()
-    if args.keep:
+    if args.keep and args.resume:
+        dest, cleanup = args.keep, None
+    elif args.keep:
         if args.keep.exists():
             shutil.rmtree(args.keep)
         args.keep.mkdir(parents=True)
@@ -183,7 +186,10 @@ def main() -> None:
     else:
         cleanup = tempfile.TemporaryDirectory(prefix="chatforge-real-")
         dest = Path(cleanup.name)
-    params = prepare(dest, args.overrides)
+    if args.resume:  # a kept copy whose `dvc repro` stopped: run it on, same data and params
+        params = yaml.safe_load((dest / "params.yaml").read_text(encoding="utf-8"))
+    else:
+        params = prepare(dest, args.overrides)
     t0 = time.perf_counter()
     times, rc = run_pipeline(dest)
     minutes = (time.perf_counter() - t0) / 60
