@@ -61,9 +61,9 @@ class RetrievalInTheLoop:
     be moved into the dialogue."""
 
     def __init__(self, convs: Sequence[Conversation], generator: Any, settings: ServeHybrid) -> None:
-        from chatforge.modeling.retrieval import RetrievalBot
-
         from sklearn.feature_extraction.text import TfidfVectorizer
+
+        from chatforge.modeling.retrieval import RetrievalBot
 
         self.bot = RetrievalBot(convs)
         self.generator = generator
