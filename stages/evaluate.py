@@ -44,7 +44,7 @@ def main(
 
     from chatforge.data.entities import GazetteerError, read_gazetteers
     from chatforge.evaluation import evaluate as ev
-    from chatforge.io import setup_logging, write_json, write_text
+    from chatforge.io import setup_logging, sha256_tree, write_json, write_text
     from chatforge.knobs import report_knobs
     from chatforge.evaluation.paraphrase import IntentJudge, ParaphraseError, read_paraphrases
     from chatforge.modeling.data import conversations
@@ -100,7 +100,10 @@ def main(
                "variants_missing": ",".join(missing) or "none", "variants_skipped": ",".join(skipped) or "none",
                "gates_failed": sum(g["status"] == "fail" for g in gates.values())}
     knobs = report_knobs(ev.sample_knobs(convs, params, sample_counts), log)
-    write_json({**results, "skipped": skipped, "gates": gates, "summary": summary, "knobs": knobs}, metrics_path)
+    # which folder each number is about: `chatforge export` trusts a row only for the folder with this hash
+    models = {name: {"folder": str(folder), "sha256": sha256_tree(folder)} for name, folder in present.items()}
+    write_json({**results, "skipped": skipped, "gates": gates, "summary": summary, "knobs": knobs, "models": models},
+               metrics_path)
     write_json(details, details_path)
     write_text(ev.variants_csv(results), plot_path)
     for name, g in gates.items():

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from chatforge.io import sha256_tree
+
 # model.base values whose upstream hub id and license are known
 KNOWN_BASES: dict[str, tuple[str, str]] = {
     "smollm2-135m-instruct": ("HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0"),
@@ -93,25 +95,37 @@ def training_summary(reports_dir: Path | str) -> dict[str, Any]:
     return {k: v for k, v in out.items() if v is not None}
 
 
-def variant_metrics(reports_dir: Path | str, variant: str) -> dict[str, float]:
-    """The CARD_METRICS of `variant` in reports/evaluate.json ({} when the report or variant is absent)."""
+def evaluated_row(reports_dir: Path | str, variant: str, folder: Path | str) -> dict[str, Any] | None:
+    """`variant`'s block of reports/evaluate.json when evaluate measured this very folder, else None.
+
+    evaluate records each variant's folder hash (`models.<variant>.sha256`, chatforge.io.sha256_tree
+    over every file); a folder with other contents (another build, a pip base under the same
+    variant name, weights changed after evaluate ran) gets None: its numbers are not measured.
+    """
     evaluate = _read_json(Path(reports_dir) / "evaluate.json") or {}
-    row = evaluate.get(variant)
-    if not isinstance(row, dict):
-        return {}
+    row, models = evaluate.get(variant), evaluate.get("models")
+    if not isinstance(row, dict) or not isinstance(models, dict) or not isinstance(models.get(variant), dict):
+        return None
+    return row if models[variant].get("sha256") == sha256_tree(folder) else None
+
+
+def variant_metrics(reports_dir: Path | str, variant: str, folder: Path | str) -> dict[str, float]:
+    """The CARD_METRICS of `variant` in reports/evaluate.json ({} when the report, the variant or
+    this folder's measurement is absent: see evaluated_row)."""
+    row = evaluated_row(reports_dir, variant, folder) or {}
     keys = [k for k, _ in CARD_METRICS] + [f"raw_{k}" for k, _ in CARD_METRICS]
     return {k: float(row[k]) for k in keys if isinstance(row.get(k), int | float)}
 
 
-def standalone_below_retrieval(reports_dir: Path | str, variant: str) -> list[str] | None:
+def standalone_below_retrieval(reports_dir: Path | str, variant: str, folder: Path | str) -> list[str] | None:
     """What a GGUF export of `variant` would lose against the retrieval baseline, from
     reports/evaluate.json. llama.cpp and Ollama run the model alone: no slot placeholders, no
     retrieval in the loop, no confidence threshold, so the comparable scores are the raw-prompt
     ones (raw_bleu_zh/_en, for a model trained with placeholders) or else the model's own
     (model_bleu_zh/_en). Returns one line per language where they are below retrieval's BLEU,
-    [] when they are not, None when evaluate has not measured them."""
+    [] when they are not, None when evaluate has not measured them for this folder (evaluated_row)."""
     evaluate = _read_json(Path(reports_dir) / "evaluate.json") or {}
-    row, bar = evaluate.get(variant), evaluate.get("retrieval")
+    row, bar = evaluated_row(reports_dir, variant, folder), evaluate.get("retrieval")
     if not isinstance(row, dict) or not isinstance(bar, dict):
         return None
     lines = []

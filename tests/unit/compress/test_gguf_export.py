@@ -27,6 +27,7 @@ from chatforge.compress.gguf_export import (
     render_chat_template,
     token_agreement,
 )
+from chatforge.io import sha256_tree
 from chatforge.modeling.manifest import Manifest, write_manifest
 from chatforge.modeling.tokenizer import train_bpe_tokenizer
 
@@ -186,7 +187,8 @@ def test_model_card_reads_reports_and_persona(tiny_causal_lm: Path, tmp_path: Pa
     (reports / "ingest.json").write_text(json.dumps({"conversations": 12, "conversations_by_lang": {"zh": 7, "en": 5}}))
     (reports / "split.json").write_text(json.dumps({"conversations": {"train": 8, "val": 2, "test": 2}}))
     (reports / "evaluate.json").write_text(json.dumps({"teacher": {"bleu": 61.25, "chrf": 70.0, "params": 1},
-                                                       "student": {"bleu": 1.0}}))
+                                                       "student": {"bleu": 1.0},
+                                                       "models": {"teacher": {"sha256": sha256_tree(tiny_causal_lm)}}}))
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"serve": {"personas": {"calm": {"temperature": 0.8, "top_p": 0.9,
                                                                       "system_prompt": "Be calm."}},
@@ -224,7 +226,8 @@ def test_a_model_with_slot_placeholders_says_what_llama_cpp_loses(tiny_causal_lm
     reports.mkdir()
     (reports / "evaluate.json").write_text(json.dumps({"teacher": {
         "bleu_zh": 71.76, "bleu_en": 66.43, "slot_carry": 1.0, "raw_bleu_zh": 40.21, "raw_bleu_en": 40.03,
-        "raw_slot_carry": 0.0}, "retrieval": {"bleu_zh": 65.6, "bleu_en": 39.0}}))
+        "raw_slot_carry": 0.0}, "retrieval": {"bleu_zh": 65.6, "bleu_en": 39.0},
+        "models": {"teacher": {"sha256": sha256_tree(folder)}}}))
     out = tmp_path / "out"
     args = ["export", str(folder), str(out), "--reports", str(reports), "--params", str(tmp_path / "none.yaml")]
     # alone (as llama.cpp runs it) the model is below retrieval in zh: refused, saying by how much
@@ -242,6 +245,27 @@ def test_a_model_with_slot_placeholders_says_what_llama_cpp_loses(tiny_causal_lm
     assert "| BLEU zh | 71.76 | 40.21 |\n| BLEU en | 66.43 | 40.03 |\n| slot carry | 1 | 0 |" in card
     assert ("(measured: BLEU 40.2 zh / 40.0 en and slot carry 0.00, against 71.8 / 66.4 and 1.00 served)"
             in " ".join(card.split()))
+
+
+def test_numbers_of_another_folder_under_the_same_variant_name_are_not_used(tiny_causal_lm: Path, tmp_path: Path) -> None:
+    """evaluate.json's `teacher` row is about the folder evaluate hashed; another folder that calls
+    itself teacher (another build, a pip base, weights changed since) is neither refused nor carded
+    with those numbers: export says they are not measured for it."""
+    folder = tmp_path / "other"
+    shutil.copytree(tiny_causal_lm, folder)
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    (reports / "evaluate.json").write_text(json.dumps({
+        "teacher": {"bleu": 12.5, "bleu_zh": 0.0, "bleu_en": 0.0, "model_bleu_zh": 0.0, "model_bleu_en": 0.0},
+        "retrieval": {"bleu_zh": 65.6, "bleu_en": 61.9}, "models": {"teacher": {"sha256": sha256_tree(folder)}}}))
+    args = ["export", str(folder), str(tmp_path / "out"), "--reports", str(reports), "--params", str(tmp_path / "none.yaml")]
+    assert CliRunner().invoke(app, args).exit_code == 2  # the measured folder, below retrieval alone: refused
+    (folder / "generation_config.json").write_text(json.dumps({"max_new_tokens": 7}))  # now another folder
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "has no scores for this 'teacher' folder (its hash is not the one evaluate measured" in " ".join(result.output.split())
+    card = (tmp_path / "out" / "README.md").read_text(encoding="utf-8")
+    assert "12.5" not in card and "No evaluation of variant `teacher` was found" in card
 
 
 def test_untied_head_and_q8_0_fallback(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import torch
 
 from chatforge.data.schema import conform
 from chatforge.evaluation import evaluate as ev
+from chatforge.io import sha256_tree
 from chatforge.modeling import quality
 from chatforge.modeling.generate import load_generator
 from chatforge.modeling.quality import answer_samples
@@ -332,4 +333,6 @@ def test_stage_skips_the_untouched_classifier_base_and_reports_languages(tmp_pat
     assert metrics["skipped"]["base"].startswith(f"{base} has no classification head and no responses.json")
     assert {"accuracy_zh", "accuracy_en", "fallback_rate_zh", "fallback_rate_en"} <= set(metrics["teacher"])
     assert metrics["knobs"]["evaluate.max_samples_per_lang (en)"]["reached"] == 1
+    # which folder the numbers are about (export trusts a row only for this hash); the skipped base has none
+    assert metrics["models"] == {"teacher": {"folder": str(teacher), "sha256": sha256_tree(teacher)}}
     assert "variant base skipped" in proc.stderr
