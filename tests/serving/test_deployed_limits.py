@@ -8,8 +8,10 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -139,3 +141,45 @@ def test_the_rate_limit_holds_across_two_workers_sharing_redis(tmp_path, base_pa
     with serve(tmp_path, base_params | LIMITS | {"redis_url": redis_server.url}, api_key[0], workers=2) as (url, pid):
         assert len(psutil.Process(pid).children()) >= 2  # uvicorn's two workers (and its helpers)
         assert count_allowed([url], api_key[1], 60) == 20
+
+
+def test_sixteen_requests_at_max_chars_keep_memory_bounded(tmp_path, base_params, api_key):
+    """Issue 22, serving row 1, as deployed: 16 concurrent requests of serve.limits.max_chars (8,000)
+    characters are refused at once (their prompts cannot fit the model's 1,024-token context), and
+    16 concurrent requests that fill the context are answered; the server's RSS stays under its
+    baseline + 300 MB (README, "Request bounds") and it serves on afterwards."""
+    params = base_params | {"limits": base_params["limits"] | {"max_chars": 8000},
+                            "batch": {"max_batch_size": 8, "max_wait_ms": 50},
+                            "rate_limit": {"requests_per_minute": 600, "burst": 100}}
+    with serve(tmp_path, params, api_key[0]) as (url, pid):
+        headers = {"Authorization": f"Bearer {api_key[1]}"}
+
+        def ask(content: str, **extra: Any) -> httpx.Response:
+            return httpx.post(f"{url}/v1/chat/completions", headers=headers, timeout=300,
+                              json={"model": "lm", "messages": [{"role": "user", "content": content}], **extra})
+
+        assert ask("hello").status_code == 200
+        before, peak, done = rss(pid), [rss(pid)], threading.Event()
+
+        def watch() -> None:
+            while not done.is_set():
+                peak.append(rss(pid))
+                time.sleep(0.02)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        longest = "where is my order " * 444 + "x" * 7  # 7,999 characters
+        filling = "order " * 240  # about 1,000 tokens of the tiny tokenizer: answered with the room left
+        with ThreadPoolExecutor(32) as pool:
+            refused = list(pool.map(lambda _: ask(longest), range(16)))
+            answered = list(pool.map(lambda _: ask(filling, max_tokens=4), range(16)))
+        done.set()
+        watcher.join()
+        assert [r.status_code for r in refused] == [400] * 16
+        assert {r.json()["error"]["code"] for r in refused} == {"context_length_exceeded"}
+        assert [r.status_code for r in answered] == [200] * 16, answered[0].text
+        assert answered[0].json()["usage"]["prompt_tokens"] <= 1024 - 4
+        grown = max(peak) - before
+        print(f"RSS before {before / 1e6:.0f} MB, peak {max(peak) / 1e6:.0f} MB")
+        assert grown < 300e6, f"RSS grew {grown / 1e6:.0f} MB"
+        assert ask("hello").status_code == 200

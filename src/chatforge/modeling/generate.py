@@ -225,10 +225,13 @@ class _Decoder:
 
     family = "causal_lm"
 
-    def __init__(self, tokenizer: Any, eos_ids: set[int], fingerprint: str) -> None:
+    def __init__(self, tokenizer: Any, eos_ids: set[int], fingerprint: str, context_tokens: int | None = None) -> None:
         self.tokenizer = tokenizer
         self.eos_ids = eos_ids
         self.fingerprint = fingerprint
+        # the positions the model was built for (config.max_position_embeddings): prompt + answer
+        # must fit, or attention memory grows with the square of the length (serving checks this)
+        self.context_tokens = context_tokens
         self.last: Generation | None = None
 
     def _session(self) -> _Session:
@@ -411,7 +414,7 @@ class _TorchBatchSession:
 
 class TorchGenerator(_Decoder):
     def __init__(self, model: Any, tokenizer: Any, *, fingerprint: str) -> None:
-        super().__init__(tokenizer, _eos_ids(model.config, tokenizer), fingerprint)
+        super().__init__(tokenizer, _eos_ids(model.config, tokenizer), fingerprint, context_length(model.config))
         self.model = model.eval()
 
     def _session(self) -> _Session:
@@ -543,7 +546,7 @@ class OnnxGenerator(_Decoder):
 
         from chatforge.modeling.device import onnx_session
 
-        super().__init__(tokenizer, _eos_ids(config, tokenizer), fingerprint)
+        super().__init__(tokenizer, _eos_ids(config, tokenizer), fingerprint, context_length(config))
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = onnx_session(model_path, providers=providers, options=options)  # quantize.providers (default CPU)
@@ -574,6 +577,16 @@ class OnnxGenerator(_Decoder):
 
 
 # ------------------------------------------------------------------------------------- loading
+def context_length(config: Any) -> int | None:
+    """The model's context in tokens (max_position_embeddings, or GPT-2's n_positions); None when
+    the config names none."""
+    for name in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 def _eos_ids(config: Any, tokenizer: Any) -> set[int]:
     ids: set[int] = set()
     for source in (config.eos_token_id, getattr(tokenizer, "eos_token_id", None)):

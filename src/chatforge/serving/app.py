@@ -39,7 +39,7 @@ from chatforge.modeling.generate import GenerationConfig
 from chatforge.params import ServeVariant
 from chatforge.serving.ab import assign_variant
 from chatforge.serving.auth import KeyRing, read_keys
-from chatforge.serving.backends import Answer, ModelBackend, open_backend
+from chatforge.serving.backends import Answer, ModelBackend, PromptError, open_backend
 from chatforge.serving.cache import AnswerCache, LRUCache, RedisCache, cache_key
 from chatforge.serving.config import ServeConfig
 from chatforge.serving.errors import APIError, error_body
@@ -340,6 +340,41 @@ class ChatService:
             raise APIError(400, "stop must be up to 4 non-empty strings", param="stop")
         return asked or lim.default_max_tokens
 
+    @staticmethod
+    def fit_context(backend: ModelBackend, messages: list[dict[str, str]], max_new_tokens: int, *, asked: bool) -> int:
+        """The request's answer budget after its prompt is rendered and measured, before it joins a batch.
+
+        A causal LM's prompt (chat template applied) plus its answer must fit the model's context
+        (config.max_position_embeddings): beyond it the model has no trained positions and attention
+        memory grows with the square of the length, so one long message could take the server's
+        memory. A prompt with no room left, or an asked max_tokens beyond the room, is a 400 naming
+        the sizes (OpenAI's `context_length_exceeded`); an unasked default is lowered to the room.
+        A template that refuses the messages is a 400 naming `messages`. Classifiers (which
+        truncate their input) and upstream APIs are not measured here."""
+        measure = getattr(backend, "measure", None)
+        if measure is None:
+            return max_new_tokens
+        try:
+            prompt = int(measure(messages))
+        except PromptError as exc:
+            raise APIError(400, f"messages: this model's chat template refuses them ({exc}); send one system "
+                                "message, first, and alternate user and assistant turns", param="messages") from None
+        context = getattr(backend, "context_tokens", None)
+        if not context:
+            return max_new_tokens
+        room = context - prompt
+        if room < 1:
+            raise APIError(400, f"messages: the prompt is {prompt} tokens after the chat template and this model's "
+                                f"context is {context} tokens, which leaves no room for an answer; send a shorter "
+                                "history or message", code="context_length_exceeded", param="messages")
+        if max_new_tokens > room:
+            if asked:
+                raise APIError(400, f"max_tokens: the prompt's {prompt} tokens plus {max_new_tokens} answer tokens "
+                                    f"exceed this model's context of {context} tokens; ask for at most {room} or send "
+                                    "a shorter history", code="context_length_exceeded", param="max_tokens")
+            return room
+        return max_new_tokens
+
     def _shown(self, backend: ModelBackend, text: str, max_tokens: int, finish: str) -> tuple[str, int, str]:
         """A text the service shows instead of the model's (fallback, blocked message), cut to the
         request's max_tokens: (text, its tokens, finish_reason) so usage counts what was received."""
@@ -389,6 +424,8 @@ class ChatService:
         persona = p.personas.get(persona_name) if persona_name else None
         if persona and persona.system_prompt and messages[0]["role"] != "system":
             messages.insert(0, {"role": "system", "content": persona.system_prompt})
+        asked = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+        max_new_tokens = self.fit_context(backend, messages, max_new_tokens, asked=asked is not None)
         temperature = (
             req.temperature if req.temperature is not None else (persona.temperature if persona else 0.0)
         )

@@ -86,6 +86,11 @@ class _Tokens:
         return str(self.tokenizer.decode(ids, skip_special_tokens=True)).rstrip("\ufffd")
 
 
+class PromptError(ValueError):
+    """The model's chat template refused these messages (its own rule: Gemma- and Qwen-family
+    templates allow one system message, first; some require user/assistant to alternate)."""
+
+
 class CausalLMBackend(_Tokens):
     """A causal LM behind a DecodeScheduler: requests that arrive together are decoded as one batch
     on the scheduler's thread (serving.batching). Its confidence is over the whole answer; the
@@ -105,8 +110,25 @@ class CausalLMBackend(_Tokens):
         self.fingerprint = self.generator.fingerprint
         self.scheduler = DecodeScheduler(self.generator, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms)
 
+    @property
+    def context_tokens(self) -> int | None:
+        """Prompt + answer tokens the model was built for (config.max_position_embeddings)."""
+        return self.generator.context_tokens  # type: ignore[attr-defined,no-any-return]
+
     def prompt_tokens(self, messages: list[dict[str, str]]) -> int:
         return len(self.generator.prompt_ids(messages))  # type: ignore[attr-defined]
+
+    def measure(self, messages: list[dict[str, str]]) -> int:
+        """The prompt's tokens after the chat template, rendered before the request joins a batch.
+
+        Raises PromptError when the template refuses the messages (its message, at most 200
+        characters: it is the model's text, not the client's)."""
+        from jinja2 import TemplateError
+
+        try:
+            return self.prompt_tokens(messages)
+        except (TemplateError, ValueError, TypeError, KeyError) as exc:
+            raise PromptError(str(exc)[:200] or type(exc).__name__) from None
 
     def answer(self, messages: list[dict[str, str]], config: GenerationConfig, *, lang: str) -> Answer:
         generation = self.scheduler.generate(messages, config)
@@ -238,4 +260,4 @@ def open_backend(folder: Path | str, *, backend: BackendName = "auto", providers
     return CausalLMBackend(folder, backend=backend, providers=providers, **causal)
 
 
-__all__ = ["Answer", "CausalLMBackend", "ClassifierBackend", "ModelBackend", "open_backend"]
+__all__ = ["Answer", "CausalLMBackend", "ClassifierBackend", "ModelBackend", "PromptError", "open_backend"]

@@ -29,6 +29,14 @@ log = logging.getLogger("chatforge.serving.batching")
 class _Job:
     request: BatchRequest
     future: Future[Generation] = field(default_factory=Future)
+    started_output: bool = False
+
+    def shown(self, callback: Callable[..., None]) -> Callable[..., None]:
+        def call(*args: Any) -> None:
+            self.started_output = True
+            callback(*args)
+
+        return call
 
 
 class DecodeScheduler:
@@ -47,7 +55,11 @@ class DecodeScheduler:
     def submit(self, messages: list[dict[str, str]], config: GenerationConfig, *,
                on_text: Callable[[str], None] | None = None, on_token: Callable[[int, float], None] | None = None,
                cancelled: Callable[[], bool] | None = None) -> Future[Generation]:
-        job = _Job(BatchRequest(messages, config, on_text=on_text, cancelled=cancelled, on_token=on_token))
+        job = _Job(BatchRequest(messages, config, cancelled=cancelled))
+        # what reached the client is remembered, so a job whose batch failed is decoded again alone
+        # only while it has shown nothing (a replay could differ in float rounding from what was sent)
+        job.request.on_text = None if on_text is None else job.shown(on_text)
+        job.request.on_token = None if on_token is None else job.shown(on_token)
         self._queue.put(job)
         return job.future
 
@@ -72,15 +84,27 @@ class DecodeScheduler:
                 continue
             if self.on_batch is not None:
                 self.on_batch(len(jobs))
-            try:
-                results = self.generator.generate_batch([j.request for j in jobs])
-            except Exception as exc:  # handed to every waiting request; the thread lives on
-                log.exception("decoding a batch of %d failed", len(jobs))
-                for job in jobs:
+            self._decode(jobs)
+
+    def _decode(self, jobs: list[_Job]) -> None:
+        """Decode `jobs` as one batch; when the batch fails, every job that has shown nothing yet is
+        decoded alone, so one failing request never fails another (each gets its own exception)."""
+        try:
+            results = self.generator.generate_batch([j.request for j in jobs])
+        except Exception as exc:  # the thread lives on
+            if len(jobs) == 1:
+                log.exception("decoding a request failed")
+                jobs[0].future.set_exception(exc)
+                return
+            log.warning("decoding a batch of %d failed (%s); decoding its requests one by one", len(jobs), type(exc).__name__)
+            for job in jobs:
+                if job.started_output:
                     job.future.set_exception(exc)
-                continue
-            for job, result in zip(jobs, results, strict=True):
-                job.future.set_result(result)
+                else:
+                    self._decode([job])
+            return
+        for job, result in zip(jobs, results, strict=True):
+            job.future.set_result(result)
 
 
 __all__ = ["DecodeScheduler"]

@@ -53,3 +53,23 @@ def test_a_failing_batch_fails_its_requests_and_the_scheduler_lives_on(tiny_mode
     with pytest.raises(ValueError, match="messages is empty"):
         bad.result(timeout=60)
     assert scheduler.generate(PROMPTS[0], CONFIGS[0]).text == generator.generate(PROMPTS[0], CONFIGS[0]).text
+
+
+def test_one_failing_request_never_fails_the_others_in_its_batch(tiny_models: dict[str, Any]):
+    """Five good requests and one the generator refuses arrive together (one batch of 6): the bad
+    one gets its own error, the five get exactly the answers they get alone, streamed text included."""
+    generator = load_generator(tiny_models["lm"], backend="torch")
+    good = [PROMPTS[i % 4] for i in range(5)]
+    config = GenerationConfig(max_new_tokens=6)
+    alone = [generator.generate(p, config).text for p in good]
+    batches: list[int] = []
+    scheduler = DecodeScheduler(generator, max_batch_size=8, max_wait_ms=300, on_batch=batches.append)
+    streamed: list[list[str]] = [[] for _ in good]
+    futures = [scheduler.submit(p, config, on_text=streamed[i].append) for i, p in enumerate(good[:2])]
+    bad = scheduler.submit([], config)  # no messages: encode_prompt refuses, before any token
+    futures += [scheduler.submit(p, config, on_text=streamed[i + 2].append) for i, p in enumerate(good[2:])]
+    with pytest.raises(ValueError, match="messages is empty"):
+        bad.result(timeout=60)
+    assert [f.result(timeout=60).text for f in futures] == alone
+    assert ["".join(parts) for parts in streamed] == alone  # each streamed once, nothing doubled
+    assert batches == [6]
