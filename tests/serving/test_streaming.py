@@ -84,3 +84,44 @@ def test_a_client_that_goes_away_stops_the_decoding(live_server):
         backend.scheduler.submit = submit
     assert generation.finish_reason == "stop"
     assert len(generation.token_ids) < 16, generation.token_ids  # stopped well before max_tokens
+
+
+def test_a_stream_the_client_leaves_is_recorded_with_what_was_sent(live_server):
+    """Issue 22: the client hangs up after its first content chunk; the conversation is stored
+    under the completion id the client holds, with the text it was sent, and can be rated."""
+    import time
+
+    from chatforge.serving.store import Conversation
+
+    service = live_server.app.state.service
+    backend = service.backends["lm"]
+    backend.generator.eos_ids = set()  # the reply would run to max_tokens
+    headers = {"Authorization": f"Bearer {live_server.key}"}
+    received, completion_id = "", None
+    with httpx.stream("POST", f"{live_server.url}/v1/chat/completions", timeout=60, headers=headers,
+                      json={"model": "chatforge", "messages": [{"role": "user", "content": "where is my order?"}],
+                            "max_tokens": 16, "stream": True}) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                chunk = json.loads(line[6:])
+                completion_id = chunk["id"]
+                last = chunk["choices"][0]["delta"].get("content") or ""
+                received += last
+                if received:
+                    break  # the first content chunk: hang up
+    assert completion_id and received
+    deadline, conv = time.monotonic() + 30, None
+    while time.monotonic() < deadline and conv is None:
+        with service.sessions() as s:
+            conv = s.get(Conversation, completion_id)
+            stored = (conv.finish_reason, conv.messages[-1].content, conv.completion_tokens) if conv else None
+        time.sleep(0.1)
+    assert stored is not None, "the abandoned stream was never recorded"
+    assert stored[0] == "abandoned"
+    # what the server sent before it saw the hang-up: what the client read, give or take the chunks
+    # in flight (sent but unread, or in the relay when the client left), and never the whole answer
+    sent, read = stored[1], received
+    assert sent.startswith(read[: len(read) - len(last)]) and (read.startswith(sent) or sent.startswith(read))
+    assert stored[2] < 16  # decoding stopped: not the 16 tokens the full answer has
+    r = httpx.post(f"{live_server.url}/v1/feedback", headers=headers, json={"completion_id": completion_id, "rating": -1})
+    assert r.status_code == 200, r.text

@@ -63,6 +63,7 @@ from chatforge.serving.wire import (
     LiveStream,
     chunks,
     public_param,
+    shown_field,
 )
 
 log = logging.getLogger("chatforge.serving")
@@ -119,6 +120,37 @@ def _open_word(text: str) -> str:
 
 
 # --------------------------------------------------------------------------------------- app
+def unsupported_fields(req: ChatCompletionRequest) -> list[tuple[str, str]]:
+    """(field, why) for each request field this server does not honour as asked, in a fixed order:
+    OpenAI fields beyond their neutral value (a penalty of 0, an empty logit_bias, text-only
+    modalities, the default service tier are honoured exactly), then fields OpenAI does not define."""
+    out = []
+    for name in ("frequency_penalty", "presence_penalty"):
+        if getattr(req, name):
+            out.append((name, "repetition penalties are not applied by this server; omit it or send 0"))
+    if req.logit_bias:
+        out.append(("logit_bias", "token biases are not applied by this server; omit it or send {}"))
+    if req.modalities is not None and [m for m in req.modalities if m != "text"]:
+        out.append(("modalities", "this model answers in text only; omit modalities or send [\"text\"]"))
+    if req.audio is not None:
+        out.append(("audio", "this model answers in text only; omit audio"))
+    if req.functions:
+        out.append(("functions", "function calling is not supported by this model; omit functions"))
+    if req.function_call not in (None, "none", "auto"):
+        out.append(("function_call", "function calling is not supported by this model; omit function_call"))
+    if req.metadata:
+        out.append(("metadata", "this server does not store request metadata; omit it"))
+    if req.service_tier not in (None, "auto", "default"):
+        out.append(("service_tier", "this server has one service tier; omit service_tier or send 'auto'"))
+    for name in ("reasoning_effort", "prediction", "web_search_options"):
+        if getattr(req, name) is not None:
+            out.append((name, "not supported by this model; omit it"))
+    for name in sorted(req.model_extra or {}):
+        out.append((shown_field(name), "unknown field: not an OpenAI chat completion field this server takes (README, "
+                           "\"OpenAI request fields\"); remove it"))
+    return out
+
+
 class ChatService:
     """Everything one app instance holds: models, cache, store, filter, keys, limits, metrics."""
 
@@ -302,6 +334,8 @@ class ChatService:
                 code=UNSUPPORTED,
                 param="response_format",
             )
+        for name, reason in unsupported_fields(req):
+            raise APIError(400, f"{name}: {reason}", code=UNSUPPORTED, param=name)
         if req.top_logprobs is not None and not req.logprobs:
             raise APIError(400, "top_logprobs needs logprobs: true", code="invalid_value",
                            param="top_logprobs")
@@ -410,14 +444,15 @@ class ChatService:
         last_user = next(m["content"] for m in reversed(messages) if m["role"] == "user")
         lang = detect_lang(last_user)
 
+        # every message the client sends is screened (system and earlier assistant turns too): all of
+        # it reaches the model and the store, and a stored history is what feedback export writes
         input_action, terms = "none", set()
         for m in messages:
-            if m["role"] == "user":
-                result = self.filter.apply(m["content"])
-                if result.action != "none":
-                    terms.update(result.terms)
-                    m["content"] = result.text
-                    input_action = result.action
+            result = self.filter.apply(m["content"])
+            if result.action != "none":
+                terms.update(result.terms)
+                m["content"] = result.text
+                input_action = "blocked" if "blocked" in (input_action, result.action) else result.action
         if input_action != "none":
             self.metrics.filter_actions.labels(stage="input", action=input_action).inc()
 
@@ -604,11 +639,24 @@ class ChatService:
                     safe = len(stable) if done else self.filter.pending_start(stable)
                     if safe > sent:
                         yield sse.delta(shown[sent:safe])
+                        if stop_decoding.is_set():  # resumed after the client left: that delta was not sent
+                            outcome = "abandoned"
+                            break
                         sent = safe
+                if stop_decoding.is_set():  # the client went away (_relay): nothing more is sent
+                    outcome = "abandoned"
+                    break
                 if done:
                     break
         finally:
             stop_decoding.set()  # the client went away, or the answer was decided against: stop decoding
+        if outcome == "abandoned":
+            # recorded with what the client was sent, under the id it already holds, so it can be rated
+            answer = future.result()
+            self.record(t, text=shown[:sent], completion_tokens=len(t.backend.token_ids(shown[:sent])),
+                        finish="abandoned", answer=answer, output_action=output_action, completion_id=sse.id,
+                        created=sse.created)
+            return
         answer = future.result()
         if output_action != "none":
             self.metrics.filter_actions.labels(stage="output", action=output_action).inc()
@@ -665,7 +713,8 @@ class ChatService:
                cached: bool = False, fallback: bool = False, output_action: str = "none",
                tokens: list[tuple[str, float, list[tuple[str, float]]]] | None = None,
                completion_id: str | None = None, created: int | None = None) -> Completion:
-        """The Completion a client receives, counted in the metrics and stored (PII masked)."""
+        """The Completion a client receives, counted in the metrics and stored (PII masked) unless
+        the request says `store: false`."""
         if fallback:
             self.metrics.fallbacks.labels(variant=t.variant).inc()
         actions = (t.input_action, output_action)
@@ -689,34 +738,35 @@ class ChatService:
         self.metrics.variant_requests.labels(variant=t.variant).inc()
         self.metrics.tokens.labels(kind="prompt", variant=t.variant).inc(completion.prompt_tokens)
         self.metrics.tokens.labels(kind="completion", variant=t.variant).inc(completion.completion_tokens)
-        try:
-            record_conversation(
-                self.sessions,
-                messages=t.messages,
-                answer=text,
-                mask=self.mask,
-                id=completion.id,
-                user=t.req.user,
-                api_key_id=t.key_id,
-                variant=t.variant,
-                model_fingerprint=t.backend.fingerprint,
-                persona=t.persona,
-                lang=t.lang,
-                intent=answer.intent if answer else None,
-                latency_ms=(time.perf_counter() - t.started) * 1000,
-                confidence=completion.confidence,
-                fallback=fallback,
-                input_filter=t.input_action,
-                output_filter=output_action,
-                filter_terms=",".join(sorted(t.terms)) or None,
-                cached=cached,
-                finish_reason=finish,
-                prompt_tokens=completion.prompt_tokens,
-                completion_tokens=completion.completion_tokens,
-            )
-        except Exception:  # the answer still goes out; the store failure is logged and counted
-            log.exception("could not record conversation %s", completion.id)
-            self.metrics.errors.labels(type="store").inc()
+        if t.req.store is not False:  # store: false is honoured: nothing of the request is kept
+            try:
+                record_conversation(
+                    self.sessions,
+                    messages=t.messages,
+                    answer=text,
+                    mask=self.mask,
+                    id=completion.id,
+                    user=t.req.user,
+                    api_key_id=t.key_id,
+                    variant=t.variant,
+                    model_fingerprint=t.backend.fingerprint,
+                    persona=t.persona,
+                    lang=t.lang,
+                    intent=answer.intent if answer else None,
+                    latency_ms=(time.perf_counter() - t.started) * 1000,
+                    confidence=completion.confidence,
+                    fallback=fallback,
+                    input_filter=t.input_action,
+                    output_filter=output_action,
+                    filter_terms=",".join(sorted(t.terms)) or None,
+                    cached=cached,
+                    finish_reason=finish,
+                    prompt_tokens=completion.prompt_tokens,
+                    completion_tokens=completion.completion_tokens,
+                )
+            except Exception:  # the answer still goes out; the store failure is logged and counted
+                log.exception("could not record conversation %s", completion.id)
+                self.metrics.errors.labels(type="store").inc()
         return completion
 
     def feedback(self, req: FeedbackRequest, key_id: str | None) -> dict[str, Any]:
@@ -798,7 +848,11 @@ def create_app(config: ServeConfig, *, backends: dict[str, ModelBackend] | None 
             if e.get("type") == "json_invalid":  # the guard answers these first; kept for safety
                 problems.append("the request body is not valid JSON")
                 continue
-            where = public_param(tuple(e.get("loc", ())))
+            loc = tuple(e.get("loc", ()))
+            where = public_param(loc)
+            if e.get("type") == "extra_forbidden" and loc:  # the unknown field itself, as the client named it
+                name = shown_field(str(loc[-1]))
+                where = f"{public_param(loc[:-1])}.{name}" if public_param(loc[:-1]) else name
             param = param or where
             if e.get("type") == "missing":
                 problems.append(f"{where}: required field is missing")
@@ -817,13 +871,15 @@ def create_app(config: ServeConfig, *, backends: dict[str, ModelBackend] | None 
             404: "not found: GET /openapi.json lists the routes",
             405: "method not allowed on this route",
         }.get(exc.status_code, str(exc.detail))
-        return error_response(exc.status_code, error_body(message, "invalid_request_error", str(exc.status_code)))
+        # a 405 names the methods the route has (Starlette passes them as the Allow header)
+        return error_response(exc.status_code, error_body(message, "invalid_request_error", str(exc.status_code)),
+                              dict(exc.headers or {}))
 
     def authorised(request: Request) -> str | None:
         # the guard checked the key (and the rate limit) before the body was read
         return request.scope.get("state", {}).get("key_id")
 
-    @app.get("/healthz", tags=["ops"])
+    @app.api_route("/healthz", tags=["ops"], methods=["GET", "HEAD"])
     def healthz() -> dict[str, Any]:
         """Liveness and what this instance serves; the only route without an API key."""
         cache_up = service.cache.available if isinstance(service.cache, RedisCache) else True
@@ -834,14 +890,14 @@ def create_app(config: ServeConfig, *, backends: dict[str, ModelBackend] | None 
             "cache_up": cache_up,
         }
 
-    @app.get("/metrics", tags=["ops"])
+    @app.api_route("/metrics", tags=["ops"], methods=["GET", "HEAD"])
     def prometheus(_: str | None = Depends(authorised)) -> Response:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     def model_object(name: str) -> dict[str, Any]:
         return {"id": name, "object": "model", "created": 0, "owned_by": "chatforge"}
 
-    @app.get("/v1/models", tags=["openai"])
+    @app.api_route("/v1/models", tags=["openai"], methods=["GET", "HEAD"])
     def models(_: str | None = Depends(authorised)) -> dict[str, Any]:
         return {
             "object": "list",
@@ -849,7 +905,7 @@ def create_app(config: ServeConfig, *, backends: dict[str, ModelBackend] | None 
             "personas": {name: persona.model_dump() for name, persona in service.params.personas.items()},
         }
 
-    @app.get("/v1/models/{model_id:path}", tags=["openai"])
+    @app.api_route("/v1/models/{model_id:path}", tags=["openai"], methods=["GET", "HEAD"])
     def model(model_id: str, _: str | None = Depends(authorised)) -> dict[str, Any]:
         if model_id not in service.model_names():
             raise APIError(
@@ -884,7 +940,7 @@ def create_app(config: ServeConfig, *, backends: dict[str, ModelBackend] | None 
     def openapi_schema(_: str | None = Depends(authorised)) -> JSONResponse:
         return JSONResponse(app.openapi())
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", include_in_schema=False, methods=["GET", "HEAD"])
     def index() -> FileResponse:
         return FileResponse(STATIC / "index.html")
 
@@ -900,7 +956,29 @@ async def _relay(events: Iterator[str], stop: threading.Event) -> AsyncIterator[
         while (event := await anyio.to_thread.run_sync(next, events, None, abandon_on_cancel=True)) is not None:
             yield event
     finally:
-        stop.set()
+        if not stop.is_set():
+            stop.set()
+            # the stream's own end (recording what was sent) runs on a thread nobody waits for
+            threading.Thread(target=_finish, args=(events,), name="chatforge-abandoned", daemon=True).start()
+
+
+def _finish(events: Iterator[str]) -> None:
+    """Run an abandoned stream to its end (decoding stops at its next token, then it records what
+    was sent). The abandoned `next` may still be running inside it: wait for it to leave."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            next(events)
+        except StopIteration:
+            return
+        except ValueError as exc:  # "generator already executing": the abandoned call is inside it
+            if "already executing" not in str(exc):
+                log.exception("an abandoned stream failed to finish")
+                return
+            time.sleep(0.01)
+        except Exception:
+            log.exception("an abandoned stream failed to finish")
+            return
 
 
 def app_from_env() -> FastAPI:

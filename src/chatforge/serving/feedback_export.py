@@ -5,7 +5,8 @@ superseded ratings are history). It is exported when that row is positive (the a
 or carries a correction that passed review (the correction replaces the answer: it is what the user
 wanted said). Corrections are held back while pending review (unless `include_unreviewed`), when
 the sensitive-word filter flagged them ("held") and when a reviewer rejected them; the export says
-how many of each. Answers the user never saw from the model (fallbacks, filter blocks) are exported
+how many of each. A conversation whose messages (any role) the filter blocked is never exported:
+its stored history holds the term as sent. Answers the user never saw from the model (fallbacks, filter blocks) are exported
 only with a correction. Rows are sorted by id so exporting the same database twice writes the same
 bytes: DVC then sees ingest's input change only when there really is new feedback.
 """
@@ -20,7 +21,9 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from chatforge.serving.store import Conversation
 
-HELD_BACK_REASONS = ("held", "pending", "rejected")  # review statuses a correction can be held back for
+# review statuses a correction can be held back for, and "blocked_input": a conversation whose
+# messages the sensitive-word filter blocked (its history holds the term as sent) is never exported
+HELD_BACK_REASONS = ("held", "pending", "rejected", "blocked_input")
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,9 @@ def export_feedback(sessions: sessionmaker[Session], *, include_unreviewed: bool
                 continue
             latest = max(current, key=lambda f: f.id)
             corrected = latest.correction is not None and latest.correction.strip() != ""
+            if conv.input_filter == "blocked" and (corrected or latest.rating > 0):
+                held_back["blocked_input"] += 1  # its history holds a lexicon term verbatim (block mode)
+                continue
             if corrected and latest.review not in allowed:
                 # a correction replaces the answer; when it may not be used, the answer shown is not
                 # what the user wanted either, so nothing of this conversation is exported
@@ -94,6 +100,9 @@ def describe_held_back(held_back: dict[str, int]) -> str | None:
         parts.append(f"{held_back['pending']} awaiting review (`chatforge feedback review`)")
     if held_back.get("rejected"):
         parts.append(f"{held_back['rejected']} rejected")
+    if held_back.get("blocked_input"):
+        n = held_back["blocked_input"]
+        parts.append(f"{n} conversation{'s' if n != 1 else ''} whose messages the sensitive-word filter blocked")
     return "held back: " + ", ".join(parts) if parts else None
 
 

@@ -160,6 +160,10 @@ class RequestGuard:
                 code="request_header_fields_too_large",
             )
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if sum(k.lower() == b"authorization" for k, _ in scope["headers"]) > 1:
+            # a proxy that reads the first header and this app would disagree about who is calling
+            raise APIError(401, "send one Authorization header: this request has several",
+                           code="invalid_api_key")
         if not is_public(scope["path"]):
             key_id = await run_in_threadpool(self.authenticate, headers)
             scope.setdefault("state", {})["key_id"] = key_id

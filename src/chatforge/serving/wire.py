@@ -3,10 +3,11 @@
 Requests accept every field current OpenAI clients send. Fields this server honours: model,
 messages (roles system, developer = system, user, assistant), temperature, top_p, max_tokens /
 max_completion_tokens, stop, seed, n = 1, stream (+ stream_options.include_usage), logprobs and
-top_logprobs (0-20), user, and chatforge's persona. Fields it cannot honour (tools, a tool_choice
-that requires a tool, tool-call histories, response_format json_object / json_schema) are refused
-by the service with a 400 naming the field; fields that do not change an answer's content
-(presence_penalty, logit_bias, metadata, ...) are ignored, as OpenAI-compatible servers do.
+top_logprobs (0-20), user, store, and chatforge's persona. Fields it cannot honour (tools, a
+tool_choice that requires a tool, tool-call histories, response_format json_object / json_schema,
+non-zero frequency/presence penalties, logit_bias, audio, legacy functions, metadata, ...) and
+fields OpenAI does not define are refused by the service with a 400 naming the field: a client never
+gets a quiet default (README, "OpenAI request fields").
 
 Responses follow the OpenAI chat.completion / chat.completion.chunk shapes, plus a `chatforge`
 object (variant, persona, confidence, fallback, cached, filter).
@@ -51,8 +52,9 @@ class StreamOptions(BaseModel):
 
 
 class ChatCompletionRequest(BaseModel):
-    # OpenAI clients send fields this server does not use (presence_penalty, logit_bias, ...): ignored
-    model_config = ConfigDict(extra="ignore")
+    # every field is honoured or refused by the service with a 400 naming it (README, "OpenAI request
+    # fields"); a field OpenAI does not define is kept here (model_extra) so it can be refused by name
+    model_config = ConfigDict(extra="allow")
     model: str = Field(min_length=1, max_length=256, examples=["chatforge"])
     messages: list[ChatMessage] = Field(min_length=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
@@ -70,6 +72,20 @@ class ChatCompletionRequest(BaseModel):
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
+    store: bool | None = None  # false: the conversation is not stored (and cannot be rated)
+    # OpenAI fields this model cannot honour beyond their neutral value: the service refuses the rest
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    logit_bias: dict[str, float] | None = None
+    modalities: list[str] | None = None
+    audio: dict[str, Any] | None = None
+    functions: list[dict[str, Any]] | None = None
+    function_call: str | dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = None
+    service_tier: str | None = Field(default=None, max_length=32)
+    reasoning_effort: str | None = Field(default=None, max_length=32)
+    prediction: dict[str, Any] | None = None
+    web_search_options: dict[str, Any] | None = None
     user: str | None = Field(default=None, max_length=256)  # sticky A/B assignment key
     persona: str | None = Field(default=None, max_length=128)  # or "chatforge:<persona>" as model
 
@@ -87,6 +103,12 @@ REQUEST_FIELDS = frozenset(
     for model in (TextPart, ChatMessage, StreamOptions, ChatCompletionRequest, FeedbackRequest)
     for name in model.model_fields
 )
+
+
+def shown_field(name: str) -> str:
+    """A field name a client chose, as an error message shows it: at most 64 characters, anything
+    unprintable escaped (an error never echoes unbounded input)."""
+    return name if len(name) <= 64 and name.isprintable() else name[:64].encode("unicode_escape").decode("ascii")
 
 
 def public_param(loc: tuple[Any, ...]) -> str | None:
@@ -242,4 +264,5 @@ __all__ = [
     "TextPart",
     "chunks",
     "public_param",
+    "shown_field",
 ]

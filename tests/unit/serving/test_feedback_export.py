@@ -76,7 +76,7 @@ def test_corrections_are_exported_only_once_approved(tmp_path):
         ("c1", "Tomorrow."),
         ("c7", "It shipped."),
     ]
-    assert exported.held_back == {"held": 2, "pending": 2, "rejected": 1}
+    assert exported.held_back == {"held": 2, "pending": 2, "rejected": 1, "blocked_input": 0}
     assert describe_held_back(exported.held_back) == (
         "held back: 2 corrections flagged by the sensitive-word filter, "
         "2 awaiting review (`chatforge feedback review`), 1 rejected"
@@ -89,7 +89,7 @@ def test_corrections_are_exported_only_once_approved(tmp_path):
         ("c3", "Later."),
         ("c7", "It shipped."),
     ]
-    assert unreviewed.held_back == {"held": 2, "pending": 0, "rejected": 1}
+    assert unreviewed.held_back == {"held": 2, "pending": 0, "rejected": 1, "blocked_input": 0}
     assert feedback_rows(sessions, include_unreviewed=True) == unreviewed.rows
     assert describe_held_back({"held": 1, "pending": 0, "rejected": 0}) == (
         "held back: 1 correction flagged by the sensitive-word filter"
