@@ -375,14 +375,16 @@ class ChatService:
         return asked or lim.default_max_tokens
 
     @staticmethod
-    def fit_context(backend: ModelBackend, messages: list[dict[str, str]], max_new_tokens: int, *, asked: bool) -> int:
+    def fit_context(backend: ModelBackend, messages: list[dict[str, str]], max_new_tokens: int, *,
+                    asked: str | None) -> int:
         """The request's answer budget after its prompt is rendered and measured, before it joins a batch.
 
         A causal LM's prompt (chat template applied) plus its answer must fit the model's context
         (config.max_position_embeddings): beyond it the model has no trained positions and attention
         memory grows with the square of the length, so one long message could take the server's
         memory. A prompt with no room left, or an asked max_tokens beyond the room, is a 400 naming
-        the sizes (OpenAI's `context_length_exceeded`); an unasked default is lowered to the room.
+        the sizes (OpenAI's `context_length_exceeded`; `asked` is the field the client used:
+        max_tokens or max_completion_tokens); an unasked default is lowered to the room.
         A template that refuses the messages is a 400 naming `messages`. Classifiers (which
         truncate their input) and upstream APIs are not measured here."""
         measure = getattr(backend, "measure", None)
@@ -403,9 +405,9 @@ class ChatService:
                                 "history or message", code="context_length_exceeded", param="messages")
         if max_new_tokens > room:
             if asked:
-                raise APIError(400, f"max_tokens: the prompt's {prompt} tokens plus {max_new_tokens} answer tokens "
+                raise APIError(400, f"{asked}: the prompt's {prompt} tokens plus {max_new_tokens} answer tokens "
                                     f"exceed this model's context of {context} tokens; ask for at most {room} or send "
-                                    "a shorter history", code="context_length_exceeded", param="max_tokens")
+                                    "a shorter history", code="context_length_exceeded", param=asked)
             return room
         return max_new_tokens
 
@@ -459,8 +461,9 @@ class ChatService:
         persona = p.personas.get(persona_name) if persona_name else None
         if persona and persona.system_prompt and messages[0]["role"] != "system":
             messages.insert(0, {"role": "system", "content": persona.system_prompt})
-        asked = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-        max_new_tokens = self.fit_context(backend, messages, max_new_tokens, asked=asked is not None)
+        asked = ("max_completion_tokens" if req.max_completion_tokens is not None
+                 else "max_tokens" if req.max_tokens is not None else None)
+        max_new_tokens = self.fit_context(backend, messages, max_new_tokens, asked=asked)
         temperature = (
             req.temperature if req.temperature is not None else (persona.temperature if persona else 0.0)
         )

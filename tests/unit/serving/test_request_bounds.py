@@ -97,6 +97,8 @@ def test_asked_max_tokens_beyond_the_room_is_a_400_and_the_default_is_lowered(ti
     err = r.json()["error"]
     assert (err["param"], err["code"]) == ("max_tokens", "context_length_exceeded")
     assert f"the prompt's {prompt} tokens plus {room + 1} answer tokens exceed this model's context of 1024 tokens; ask for at most {room}" in err["message"]
+    r = ask(client, messages, max_completion_tokens=room + 1)
+    assert (r.status_code, r.json()["error"]["param"]) == (400, "max_completion_tokens")
     # not asked: the default (6) is lowered to the room, and the answer ends on length there at most
     r = ask(client, messages)
     assert r.status_code == 200, r.text
