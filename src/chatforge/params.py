@@ -73,6 +73,7 @@ class SourceOptions(Section):
     response_column: str = "response"
     intent_column: str | None = "intent"
     conversation_column: str | None = None  # rows sharing a value form one multi-turn conversation
+    delimiter: str | None = Field(default=None, min_length=1, max_length=1)  # csv/tsv field separator; null = , (csv) / TAB (tsv)
     # dailydialog: label columns after the text (topic/act/emotion); topic becomes the intent
     topic_names: dict[str, str] = Field(default_factory=dict)
     limit: int | None = Field(default=None, ge=1)  # read at most this many conversations

@@ -39,6 +39,7 @@ import polars as pl
 from chatforge.data.lang import lang_expr
 from chatforge.data.readers import (
     LONE_SURROGATE,
+    READER_REJECT_REASONS,
     READERS,
     ConversationColumns,
     RawConversation,
@@ -74,6 +75,7 @@ REJECT_REASONS = (
     "duplicate_id",  # a conversation id seen before in the same source
     "unsupported_lang",  # a declared language other than zh / en
     "unreadable_file",  # a file that cannot be opened at all (an empty or truncated .zip, a broken parquet)
+    *READER_REJECT_REASONS,  # unclosed_quote, field_too_large, too_deep, yaml_aliases (bounds, see readers)
 )
 
 DEFAULT_ROLE_MAP: dict[str, str] = {
@@ -647,6 +649,10 @@ def read_source(
             except TableLayoutError as exc:
                 raise IngestError(f"{where}: {exc} (ingest.sources[{index}].options)") from None
             except SourceReadError as exc:
+                if hub_id and source.optional:  # optional: a hub id that cannot be loaded is absent
+                    log.warning("%s: optional source %s is absent; skipped (%s)", where, source.path, exc)
+                    collector.stats.missing = 1
+                    return collector.frame().pipe(conform), pl.DataFrame(schema=REJECTS_SCHEMA), collector.stats
                 raise IngestError(f"{where}: {exc} (ingest.sources[{index}])") from None
             except OSError as exc:
                 raise IngestError(f"{where}: cannot read {label}: {exc}") from None

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ast
 import codecs
+import contextlib
 import csv
 import functools
 import io
@@ -40,6 +41,16 @@ from chatforge.params import SourceFormat, SourceOptions
 
 RAW_PREFIX_CHARS = 300  # the record excerpt a reject row's `raw` shows
 QUOTE_CHARS = 80  # an input value (a role name, a column name, an id) quoted inside a message
+# bounds on what one record may hold, each with its reject reason (README "What ingest promises"):
+MAX_JSON_DEPTH = 100  # nested JSON arrays/objects per document or JSONL line: deeper is `too_deep`
+MAX_CELL_CHARS = 1 << 20  # characters in one CSV/TSV cell (1,048,576): larger is `field_too_large`
+# reject reasons the readers give for input that breaks a bound or a format's syntax (ingest counts them)
+READER_REJECT_REASONS = (
+    "unclosed_quote",  # a CSV/TSV quoted field that opens and never closes where a field can end
+    "field_too_large",  # a CSV/TSV cell over MAX_CELL_CHARS characters
+    "too_deep",  # JSON nested deeper than MAX_JSON_DEPTH (or YAML too deep to parse)
+    "yaml_aliases",  # a YAML alias (*name): chatterbot corpora need none, and they can expand without bound
+)
 
 
 class RawConversation(NamedTuple):
@@ -85,12 +96,34 @@ def quoted_keys(record: dict[Any, Any], limit: int = 12) -> str:
     return "[" + ", ".join(keys) + more + "]"
 
 
+def utf16_encoding(data: bytes) -> str | None:
+    """The UTF-16/32 codec `data` is written in, when it says so with a byte order mark (FF FE, FE FF,
+    FF FE 00 00, 00 00 FE FF) or, without one, when NUL bytes fill every other byte of its start
+    (ASCII text saved as UTF-16, e.g. by Excel's "Unicode text" or PowerShell); else None."""
+    if data[:4] in (codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE):
+        return "utf-32"
+    if data[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
+        return "utf-16"
+    head = data[:4096]
+    if len(head) >= 8 and head.count(0) * 3 >= len(head):
+        even, odd = head[0::2].count(0), head[1::2].count(0)
+        if odd * 4 >= len(head) // 2 * 3 and even * 8 < odd:
+            return "utf-16-le"
+        if even * 4 >= len(head) // 2 * 3 and odd * 8 < even:
+            return "utf-16-be"
+    return None
+
+
 def source_encoding(data: bytes, options: SourceOptions, default: str = "utf-8") -> str:
-    """The codec to read `data` with: options.encoding, else the format's `default`; with
-    `encoding: auto`, utf-8 when the bytes decode as utf-8, else what charset-normalizer detects
-    (on the first MiB), else `default`."""
+    """The codec to read `data` with: options.encoding, else UTF-16/32 when the bytes say so
+    (`utf16_encoding`), else the format's `default`; with `encoding: auto`, utf-8 when the bytes
+    decode as utf-8, else what charset-normalizer detects (on the first MiB), else `default`."""
+    if options.encoding is None:
+        return utf16_encoding(data) or default
     if options.encoding != "auto":
-        return options.encoding or default
+        return options.encoding
+    if (wide := utf16_encoding(data)) is not None:
+        return wide
     try:
         data.decode("utf-8")
         return "utf-8"
@@ -145,6 +178,38 @@ def holds_surrogates(*values: Any) -> bool:
         elif isinstance(value, list) and holds_surrogates(*value):
             return True
     return False
+
+
+# ------------------------------------------------------------------------------------ depth
+# a JSON string (escapes included): brackets inside one do not nest
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+
+
+def json_depth_exceeds(text: str, limit: int = MAX_JSON_DEPTH) -> int | None:
+    """The nesting depth of the JSON `text` when it is over `limit`, else None; found from the
+    brackets outside strings before anything parses it (so neither json nor msgspec recurses into
+    a 10,000-level document), in C-speed passes: text with at most `limit` brackets is not scanned."""
+    if text.count("[") + text.count("{") <= limit:
+        return None
+    import numpy as np
+
+    brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text)).encode("ascii")
+    if len(brackets) <= limit:
+        return None
+    codes = np.frombuffer(brackets, dtype=np.uint8)
+    steps = np.where((codes == ord("[")) | (codes == ord("{")), 1, -1)
+    depth = int(np.cumsum(steps).max())
+    return depth if depth > limit else None
+
+
+def _too_deep(location: str, depth: int | str, what: str = "document") -> RawReject:
+    return RawReject(
+        location,
+        "too_deep",
+        f"{what} nests {depth} levels of arrays/objects; at most {MAX_JSON_DEPTH} are read "
+        "(a conversation needs 3): flatten it or remove it from the source",
+    )
 
 
 # ------------------------------------------------------------------------------------ decoding
@@ -278,10 +343,14 @@ def _conversations_document(
     holds an escape that may decode to a lone surrogate; or a reject for the file."""
     data = path.read_bytes()
     text, lenient = decode_document(data, source_encoding(data, options))
+    if (depth := json_depth_exceeds(text)) is not None:
+        return _too_deep(label, depth)
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
         return _malformed_json(label, text, exc)
+    except RecursionError:
+        return _too_deep(label, f"over {MAX_JSON_DEPTH}")
     conversations = doc.get("conversations") if isinstance(doc, dict) else doc
     if not isinstance(conversations, list):
         found = f"an object with keys {quoted_keys(doc)}" if isinstance(doc, dict) else type(doc).__name__
@@ -499,6 +568,11 @@ def conversations_json_columns(
     left to `item_at`, which builds exactly what the row-wise reader yields.
     """
     data = path.read_bytes()
+    if b"[" in data and json_depth_exceeds(data.decode("utf-8", errors="ignore")) is not None:
+        # msgspec is not asked: the row-wise reader's document check gives the `too_deep` reject
+        return ConversationColumns.from_items(
+            list(read_conversations_json(path, options=options, label=label, id_prefix=id_prefix))
+        )
     typed = _typed_columns(data, options=options, label=label, id_prefix=id_prefix, max_items=max_items)
     if typed is not None:
         return typed
@@ -562,10 +636,16 @@ def _jsonl_records(
         number, line = item
         if not line.strip():
             continue  # blank lines separate nothing in JSONL; not a record
+        if (depth := json_depth_exceeds(line)) is not None:
+            yield _too_deep(f"{label}:{number}", depth, "line")
+            continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             yield RawReject(f"{label}:{number}", "malformed_json", f"{exc.msg}: " + raw_prefix(line))
+            continue
+        except RecursionError:
+            yield _too_deep(f"{label}:{number}", f"over {MAX_JSON_DEPTH}", "line")
             continue
         if not isinstance(obj, dict):
             yield RawReject(
@@ -594,10 +674,16 @@ def _json_records(
         yield from _jsonl_records(path, options, label, data)
         return
     text, lenient = decode_document(data, encoding)
+    if (depth := json_depth_exceeds(text)) is not None:
+        yield _too_deep(label, depth)
+        return
     try:
         records = json.loads(text)
     except json.JSONDecodeError as exc:
         yield _malformed_json(label, text, exc)
+        return
+    except RecursionError:
+        yield _too_deep(label, f"over {MAX_JSON_DEPTH}")
         return
     escapes = _SURROGATE_ESCAPE.search(text) is not None
     for index, obj in enumerate(records):
@@ -858,10 +944,16 @@ def read_crosswoz(path: Path, *, options: SourceOptions, label: str, id_prefix: 
             continue
         doc_label, data = document
         text, lenient = decode_document(data, source_encoding(data, options))
+        if (depth := json_depth_exceeds(text)) is not None:
+            yield _too_deep(doc_label, depth)
+            continue
         try:
             doc = json.loads(text)
         except json.JSONDecodeError as exc:
             yield _malformed_json(doc_label, text, exc)
+            continue
+        except RecursionError:
+            yield _too_deep(doc_label, f"over {MAX_JSON_DEPTH}")
             continue
         if not isinstance(doc, dict):
             yield RawReject(
@@ -903,10 +995,36 @@ def read_crosswoz(path: Path, *, options: SourceOptions, label: str, id_prefix: 
 
 # ---------------------------------------------------------------------------- line-based formats
 _EOU = re.compile(r"\s*__eou__\s*")
+_LAST_EOU = re.compile(r"__eou__(?!.*__eou__)", re.S)
+_LABEL_IDS = re.compile(r"\d+(?: +\d+)*")
+
+
+def _dailydialog_labels(labels: list[str], utterances: int) -> str | None:
+    """What is wrong with a line's label fields (topic [, acts, emotions]), or None: one topic
+    token, then one act and one emotion number per utterance, as the dataset's files align them."""
+    if len(labels) > 3:
+        return f"{len(labels)} TAB-separated fields after the last __eou__, expected at most 3 (topic, acts, emotions)"
+    topic = labels[0].strip()
+    if not topic or len(topic.split()) != 1:
+        return f"the topic field after the last __eou__ is {quoted(topic)}, expected one label such as 1"
+    for name, field in zip(("acts", "emotions"), labels[1:]):
+        ids = field.strip()
+        if not _LABEL_IDS.fullmatch(ids) or len(ids.split()) != utterances:
+            return (
+                f"the {name} field is {quoted(ids)}, expected {utterances} space-separated numbers "
+                "(one per utterance)"
+            )
+    return None
 
 
 def read_dailydialog(path: Path, *, options: SourceOptions, label: str, id_prefix: str) -> Iterator[Item]:
-    """`utt __eou__ utt __eou__ [TAB topic TAB acts TAB emotions]`; speakers alternate, first is the user."""
+    """`utt __eou__ utt __eou__ [TAB topic [TAB acts TAB emotions]]`; speakers alternate, first is the user.
+
+    The label fields start at the first TAB after the last `__eou__`: a TAB before it is whitespace
+    inside an utterance. Labels that do not parse (more than 3 fields, a topic that is not one
+    token, acts/emotions that are not one number per utterance) make the line a `malformed_line`
+    reject rather than a garbage intent.
+    """
     data = path.read_bytes()
     for item in iter_lines(data, source_encoding(data, options), label):
         if isinstance(item, RawReject):
@@ -915,11 +1033,22 @@ def read_dailydialog(path: Path, *, options: SourceOptions, label: str, id_prefi
         number, line = item
         if not line.strip():
             continue
-        text, *labels = line.split("\t")
+        last = _LAST_EOU.search(line)
+        tab = line.find("\t", last.end() if last else 0)
+        text, labels = (line, []) if tab < 0 else (line[:tab], line[tab + 1 :].split("\t"))
         utterances = _EOU.split(text.strip())
         if utterances and utterances[-1] == "":
             utterances.pop()  # the closing __eou__ ends the last utterance, it does not start a new one
         utterances = [u.strip() for u in utterances]
+        problem = _dailydialog_labels(labels, len(utterances)) if labels else None
+        if problem is not None:
+            yield RawReject(
+                f"{label}:{number}",
+                "malformed_line",
+                f"{problem}; a line is `utt __eou__ utt __eou__` then optionally TAB topic TAB acts TAB "
+                "emotions: " + raw_prefix(line),
+            )
+            continue
         topic = labels[0].strip() if labels else ""
         intent = (options.topic_names.get(topic) or f"topic_{topic}") if topic else None
         roles = ["user" if i % 2 == 0 else "assistant" for i in range(len(utterances))]
@@ -1057,18 +1186,142 @@ def _exchange_items(
         yield RawConversation(key, location, roles, contents, None, None, intents, raws, lenient, True)
 
 
+def _table_records(text: str, delimiter: str, label: str) -> Iterator[tuple[int, list[str]] | RawReject]:
+    """(physical line the record starts on, cells) per CSV/TSV record of `text`, header first, or a reject.
+
+    Parsed strictly, so that a quote that opens and never closes where a field can end is found:
+    the rest of the file would otherwise become one cell. A multi-line record that fails so is an
+    `unclosed_quote` reject at the line it started on, and the lines after that one are read again
+    as rows; a one-line record that fails only strictly (`"a"b`) is read leniently as before. A
+    cell over MAX_CELL_CHARS is a `field_too_large` reject for its row.
+    """
+    lines = list(io.StringIO(text, newline=""))
+    start = 0  # index of the next line to parse
+    while start < len(lines):
+        reader = csv.reader(itertools.islice(lines, start, None), delimiter=delimiter, strict=True)
+        first = start  # index of the line the current record starts on
+        try:
+            for row in reader:
+                yield first + 1, row
+                first = start + reader.line_num
+            return
+        except csv.Error as exc:
+            last = start + reader.line_num  # 1-based number of the line the error was found on
+            message = str(exc)
+            if "field larger than field limit" in message:
+                yield RawReject(
+                    f"{label}:{first + 1}",
+                    "field_too_large",
+                    f"a cell of the row starting on line {first + 1} is over {MAX_CELL_CHARS:,} characters; "
+                    "split or shorten it (or remove the row)",
+                )
+                start = last  # the rest of that line is lost with the cell; a quoted cell's lines are skipped
+                continue
+            if last - first > 1 or "unexpected end of data" in message:
+                yield RawReject(
+                    f"{label}:{first + 1}",
+                    "unclosed_quote",
+                    f"line {first + 1} opens a quoted field that does not close where a field can end "
+                    f"(read on to line {last}: {message}); close the quote, or double a quote inside a "
+                    'quoted field ("") - the lines after it were read as rows again: '
+                    + raw_prefix(lines[first]),
+                )
+            else:  # one line, wrong only strictly (text after a closing quote): read as csv always did
+                yield first + 1, next(csv.reader([lines[first]], delimiter=delimiter))
+            start = first + 1
+
+
+def _cells_over_bound(row: list[str]) -> bool:
+    return any(len(cell) > MAX_CELL_CHARS for cell in row)
+
+
+def _field_limit(text: str) -> Any:
+    """csv's field limit raised to hold any cell of `text` (a cell over MAX_CELL_CHARS is then
+    rejected by its row, not by a csv.Error that would end the file), restored afterwards."""
+
+    @contextlib.contextmanager
+    def raised() -> Iterator[None]:
+        old = csv.field_size_limit()
+        csv.field_size_limit(max(old, len(text) + 1))  # the text is in memory already
+        try:
+            yield
+        finally:
+            csv.field_size_limit(old)
+
+    return raised()
+
+
+def _workbook_kind(data: bytes) -> str | None:
+    """'an Excel workbook (.xlsx)' and the like when `data` is a spreadsheet file, not delimited text."""
+    if data[:4] == b"PK\x03\x04":
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as archive:
+                names = set(archive.namelist())
+        except UNREADABLE_ERRORS:
+            return "a zip archive"
+        if "xl/workbook.xml" in names:
+            return "an Excel workbook (.xlsx)"
+        if "content.xml" in names:
+            return "an OpenDocument spreadsheet (.ods)"
+        return "a zip archive"
+    if data[:8] == b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1":
+        return "an Excel 97-2003 workbook (.xls)"
+    return None
+
+
+def _delimiter_hint(header_line: str, delimiter: str, wanted: list[str]) -> str | None:
+    """'looks `;`-separated: set options.delimiter: ";"' when the header line splits on another
+    separator into the configured columns (or, failing that, csv.Sniffer names another one)."""
+    for other in (";", "\t", ",", "|"):
+        if other == delimiter:
+            continue
+        cells = [c.strip().strip('"') for c in header_line.rstrip("\r\n").split(other)]
+        if len(cells) > 1 and all(w in cells for w in wanted):
+            break
+    else:
+        try:
+            other = csv.Sniffer().sniff(header_line, delimiters=";\t,|").delimiter
+        except csv.Error:
+            return None
+        if other == delimiter or len(header_line.split(other)) < 2:
+            return None
+    shown = "\\t" if other == "\t" else other
+    return f"The header looks {shown!r}-separated: set options.delimiter: {json.dumps(other)} for this source."
+
+
 def _read_table(
     path: Path, *, options: SourceOptions, label: str, id_prefix: str, delimiter: str
 ) -> Iterator[Item]:
     """One row per exchange (utterance -> response); rows sharing `conversation_column` form one dialogue."""
     data = path.read_bytes()
+    workbook = _workbook_kind(data)
+    if workbook is not None:
+        yield RawReject(
+            label,
+            "unreadable_file",
+            f"{workbook}, not {'comma' if delimiter == ',' else 'TAB'}-separated text: open it in "
+            "Excel or LibreOffice and save it as \"CSV UTF-8 (comma delimited)\" (.csv, format csv), "
+            "then point path at that file",
+        )
+        return
+    delimiter = options.delimiter or delimiter
     encoding = source_encoding(data, options)
     text, lenient = decode_document(data, encoding)
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    header = next(reader, None)
-    if header is None:
+    with _field_limit(text):
+        records = list(_table_records(text, delimiter, label))
+    if not records:
         return
-    header = [h.strip() for h in header]
+    first = records[0]
+    if isinstance(first, RawReject):  # the header itself never closes its quote
+        yield first
+        records = records[1:]
+        first = next((r for r in records if not isinstance(r, RawReject)), None)
+        if first is None:
+            yield from records
+            return
+        records = records[records.index(first):]
+    header = [h.strip() for h in first[1]]
+    records = records[1:]
     wanted = {"utterance_column": options.utterance_column, "response_column": options.response_column}
     if options.conversation_column:
         wanted["conversation_column"] = options.conversation_column
@@ -1077,16 +1330,30 @@ def _read_table(
         undecodable = None
         if lenient:  # the header (or a row) holds bytes that are not `encoding`: say so first
             undecodable = first_bad_line(data, encoding)
-        raise TableLayoutError(label, absent, header, encoding=encoding, undecodable_line=undecodable)
+        hint = _delimiter_hint(text.split("\n", 1)[0], delimiter, list(wanted.values()))
+        raise TableLayoutError(
+            label, absent, header, encoding=encoding, undecodable_line=undecodable, hint=hint
+        )
     u, r = header.index(options.utterance_column), header.index(options.response_column)
     i = header.index(options.intent_column) if options.intent_column in header else None
     c = header.index(options.conversation_column) if options.conversation_column else None
     needed = max(x for x in (u, r, i, c) if x is not None)
 
     def exchanges() -> Iterator[Exchange | RawReject]:
-        for row in reader:
-            number = reader.line_num
+        for record in records:
+            if isinstance(record, RawReject):
+                yield record
+                continue
+            number, row = record
             if not any(cell.strip() for cell in row):
+                continue
+            if _cells_over_bound(row):
+                yield RawReject(
+                    f"{label}:{number}",
+                    "field_too_large",
+                    f"a cell of this row is over {MAX_CELL_CHARS:,} characters "
+                    f"({max(map(len, row)):,}); split or shorten it (or remove the row)",
+                )
                 continue
             if len(row) <= needed:
                 yield RawReject(
@@ -1122,6 +1389,7 @@ class TableLayoutError(ValueError):
         encoding: str | None = None,
         undecodable_line: int | None = None,
         what: str = "header",
+        hint: str | None = None,
     ) -> None:
         keys = ", ".join(f"options.{k} = {quoted(v)}" for k, v in absent.items())
         shown = [quoted(h, 40) for h in header[:20]]
@@ -1144,6 +1412,8 @@ class TableLayoutError(ValueError):
                     f" (Line {undecodable_line} is not valid {encoding} either: set options.encoding, "
                     "or auto to detect it.)"
                 )
+        if hint:
+            message += " " + hint
         super().__init__(message)
 
 
@@ -1158,6 +1428,23 @@ def read_csv(path: Path, *, options: SourceOptions, label: str, id_prefix: str) 
 
 def read_tsv(path: Path, *, options: SourceOptions, label: str, id_prefix: str) -> Iterator[Item]:
     yield from _read_table(path, options=options, label=label, id_prefix=id_prefix, delimiter="\t")
+
+
+class _NoAliasLoader(yaml.BaseLoader):
+    """YAML's BaseLoader (every scalar a string) that refuses aliases (`*name`, `<<: *name`): a
+    chatterbot corpus needs none, and a few hundred bytes of nested aliases stand for billions of
+    items ("billion laughs"). Anchors alone are harmless and read."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            raise _YamlAlias(self.peek_event().start_mark)
+        return super().compose_node(parent, index)
+
+
+class _YamlAlias(Exception):
+    def __init__(self, mark: Any) -> None:
+        super().__init__(mark)
+        self.mark = mark
 
 
 def read_chatterbot_yaml(path: Path, *, options: SourceOptions, label: str, id_prefix: str) -> Iterator[Item]:
@@ -1175,7 +1462,18 @@ def read_chatterbot_yaml(path: Path, *, options: SourceOptions, label: str, id_p
         return
     text = data.decode(encoding).removeprefix("\ufeff")
     try:
-        doc = yaml.load(text, Loader=yaml.BaseLoader)  # BaseLoader builds only str/list/dict
+        doc = yaml.load(text, Loader=_NoAliasLoader)  # BaseLoader builds only str/list/dict
+    except _YamlAlias as exc:
+        yield RawReject(
+            f"{label}:{exc.mark.line + 1}",
+            "yaml_aliases",
+            "the file uses a YAML alias (*name); chatterbot corpora need none and aliases can expand a "
+            "small file into billions of items: write the text out in full instead of *name",
+        )
+        return
+    except RecursionError:
+        yield RawReject(label, "too_deep", "the YAML nests too deep to read; flatten it or remove it from the source")
+        return
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         yield RawReject(f"{label}:{mark.line + 1}" if mark else label, "malformed_yaml", raw_prefix(str(exc)))
@@ -1376,7 +1674,8 @@ def _hf_rows(
             )
             return loaded.column_names, loaded.to_list()
     try:
-        loaded = datasets.load_dataset(label, split=options.split)
+        with _hub_offline_unless_reachable(datasets):
+            loaded = datasets.load_dataset(label, split=options.split)
     except Exception as exc:  # noqa: BLE001 - offline: ConnectionError, OfflineModeIsEnabled, DatasetNotFoundError, ...
         raise SourceReadError(
             f"{label}: no such local path, and as a hub dataset id it could not be loaded "
@@ -1387,6 +1686,43 @@ def _hf_rows(
     if isinstance(loaded, datasets.DatasetDict):  # pragma: no cover - split is always given
         loaded = loaded[options.split]
     return loaded.column_names, loaded.to_list()
+
+
+HUB_PROBE_SECONDS = 2.0  # how long a hub id waits for the hub to answer before only its cache is read
+
+
+def hub_reachable(timeout: float = HUB_PROBE_SECONDS) -> bool:
+    """Whether the hub (HF_ENDPOINT, else huggingface.co) accepts a TCP connection within `timeout`:
+    a quick check, so that an offline machine does not spend ~25 s in the hub client's retries."""
+    import os
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        with socket.create_connection(
+            (url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)), timeout
+        ):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _hub_offline_unless_reachable(datasets: Any) -> Iterator[None]:
+    """Offline mode (only the hub cache is read) for the load, unless it is off and the hub answers."""
+    import huggingface_hub.constants as hub_constants
+
+    if datasets.config.HF_HUB_OFFLINE or hub_reachable():
+        yield
+        return
+    from unittest import mock
+
+    with (
+        mock.patch.object(datasets.config, "HF_HUB_OFFLINE", True),
+        mock.patch.object(hub_constants, "HF_HUB_OFFLINE", True),
+    ):
+        yield
 
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")

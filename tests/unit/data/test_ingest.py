@@ -14,7 +14,7 @@ import polars as pl
 import pytest
 
 from chatforge.data.ingest import REJECT_REASONS, IngestError, ingest, read_source
-from chatforge.data.readers import _typed_columns
+from chatforge.data.readers import READER_REJECT_REASONS, _typed_columns
 from chatforge.data.schema import TURNS_SCHEMA
 from chatforge.io import write_jsonl, write_parquet
 from chatforge.params import IngestParams, ParamsError, Source, validate_section
@@ -970,6 +970,7 @@ def test_vectorised_matches_row_wise_on_bad_input(tmp_path: Path, layout: str, s
             "bad_encoding",
             "dangling_reference",
             "unreadable_file",
+            *READER_REJECT_REASONS,
         }
         if same_role == "merge":
             unreachable.add("same_role_sequence")
