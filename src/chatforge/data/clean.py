@@ -63,7 +63,12 @@ turns mixing Chinese into other text). `reports/clean.json` counts the rows each
                    (com, cn, net, org, ...; COMMON_TLDS), spaces around @ and the dots and the
                    spelled-out [at] (at) [dot] (dot) forms ("tom @ example . com", "tom [at] example
                    [dot] com"). Not masked: dates (2024-05-20, 2024.05.20), times (12:30), prices
-                   (1999.00), 7-digit local numbers (447-9626). The patterns are written in the
+                   (1999.00), 7-digit local numbers (447-9626). Taiwan / Hong Kong (Python `re`
+                   on candidate rows): TW national IDs and HK IDs -> <ID>, TW 09xx mobiles and HK
+                   8-digit numbers -> <PHONE> (REGIONAL_ID, REGIONAL_PHONE below for the exact forms).
+                   Masking folds width itself: a turn holding full-width digits, letters or ＠ is
+                   matched on a width-folded copy and the spans are masked in the original, so
+                   `nfkc: false` masks the same numbers (mask_text_wide). The patterns are written in the
                    syntax Rust's regex and Python's `re` share (bench/baseline_clean.py reuses them).
 
 Then conversation-level drops (each conversation counted under the first reason that applies, and
