@@ -63,7 +63,12 @@ turns mixing Chinese into other text). `reports/clean.json` counts the rows each
                    (com, cn, net, org, ...; COMMON_TLDS), spaces around @ and the dots and the
                    spelled-out [at] (at) [dot] (dot) forms ("tom @ example . com", "tom [at] example
                    [dot] com"). Not masked: dates (2024-05-20, 2024.05.20), times (12:30), prices
-                   (1999.00), 7-digit local numbers (447-9626). The patterns are written in the
+                   (1999.00), 7-digit local numbers (447-9626). Taiwan / Hong Kong (Python `re`
+                   on candidate rows): TW national IDs and HK IDs -> <ID>, TW 09xx mobiles and HK
+                   8-digit numbers -> <PHONE> (REGIONAL_ID, REGIONAL_PHONE below for the exact forms).
+                   Masking folds width itself: a turn holding full-width digits, letters or ＠ is
+                   matched on a width-folded copy and the spans are masked in the original, so
+                   `nfkc: false` masks the same numbers (mask_text_wide). The patterns are written in the
                    syntax Rust's regex and Python's `re` share (bench/baseline_clean.py reuses them).
 
 Then conversation-level drops (each conversation counted under the first reason that applies, and
@@ -524,6 +529,158 @@ def mask_numbers(content: pl.Series, *, ids: bool = True, cards: bool = True) ->
     return out, int(joined["is_id"].sum()), int(joined["is_card"].sum())
 
 
+# ----------------------------------------------------------- rule 8: Taiwan / Hong Kong forms
+# Written for Python's `re` (lookarounds, a check per match); only the few rows holding a candidate run it.
+_NOT_AFTER = "(?<![0-9A-Za-z+＋])"
+_NOT_BEFORE = "(?![0-9A-Za-z])"
+_HK_SPACE = "[ \u00a0\u3000]"
+# TW mobiles 09xx: 0912-345-678, 0912 345 678, 0912345678, 0912-345678 (+886 912 345 678 is an
+# international number above). HK 8-digit numbers starting 2,3,5,6,7,9 only in the space form 9123 4567
+# standing apart from other digit groups (not inside "2024 0520 1234 5678"), or after an 852 prefix in
+# parentheses or with 00 ((852) 9123-4567, 00852 9123 4567; +852 ... is international above). The
+# hyphen form 9123-4567 alone is NOT masked: it reads as a range (2023-2024, 3000-5000).
+REGIONAL_PHONE = (
+    rf"{_NOT_AFTER}(?:"
+    rf"09\d{{2}}(?:{SEP}?\d{{3}}{SEP}?\d{{3}}|{SEP}?\d{{6}})"
+    rf"|(?:{_OPEN}{_PLUS}?852{_CLOSE}|00852){SEP}?[235679]\d{{3}}{SEP}?\d{{4}}"
+    rf"|(?<!\d{_HK_SPACE})(?<!\d{_HK_SPACE}{{2}})(?<!\d{_DASH_DOT})[235679]\d{{3}}{_HK_SPACE}{{1,2}}\d{{4}}"
+    rf"(?!{_HK_SPACE}{{1,2}}\d)(?!{_DASH_DOT}\d)"
+    rf"){_NOT_BEFORE}"
+)
+REGIONAL_PHONE_CANDIDATE = rf"09\d{{2}}|[235679]\d{{3}}{_HK_SPACE}{{1,2}}\d{{4}}|852"
+# TW national IDs A123456789 (letter, 1 or 2, 8 digits, valid check digit); HK IDs A123456(7) or
+# AB123456(A) with the check character in (ASCII or full-width) parentheses, or written without them
+# (A1234563) when the check character is valid.
+REGIONAL_ID = (
+    "(?<![0-9A-Za-z])(?:(?P<tw>[A-Za-z][12]\\d{8})|(?P<hk>[A-Za-z]{1,2}\\d{6})(?:[(（](?P<hkp>[0-9Aa])[)）]|(?P<hkc>[0-9Aa])(?![0-9A-Za-z])))"
+    "(?![0-9A-Za-z])"
+)
+REGIONAL_ID_CANDIDATE = "[A-Za-z][0-9]{6}"
+_TW_LETTERS = "ABCDEFGHJKLMNPQRSTUVXYWZIO"  # A=10, B=11, ... in the official order
+
+
+def is_tw_id(text: str) -> bool:
+    """Letter + [12] + 8 digits with the ROC national ID check digit (A123456789 is valid)."""
+    code = _TW_LETTERS.index(text[0].upper()) + 10
+    digits = [code // 10, code % 10, *map(int, text[1:])]
+    return sum(d * w for d, w in zip(digits, (1, 9, 8, 7, 6, 5, 4, 3, 2, 1, 1), strict=True)) % 10 == 0
+
+
+def hk_check_char(body: str) -> str:
+    """The check character of an HK ID body (1-2 letters + 6 digits): A123456 -> "3"."""
+    letters = body[:-6].upper().rjust(2)
+    values = [36 if c == " " else ord(c) - 55 for c in letters] + [int(c) for c in body[-6:]]
+    remainder = sum(v * w for v, w in zip(values, range(9, 1, -1), strict=True)) % 11
+    return "0" if remainder == 0 else "A" if remainder == 1 else str(11 - remainder)
+
+
+_REGIONAL_ID = re.compile(REGIONAL_ID)
+_REGIONAL_PHONE = re.compile(REGIONAL_PHONE)
+
+
+def _regional_id_spans(text: str) -> list[tuple[int, int]]:
+    spans = []
+    for m in _REGIONAL_ID.finditer(text):
+        if m["tw"]:
+            ok = is_tw_id(m["tw"])
+        elif m["hkp"]:
+            ok = True  # the parenthesised check character marks an HK ID whatever its value
+        else:
+            ok = hk_check_char(m["hk"]) == m["hkc"].upper()
+        if ok:
+            spans.append(m.span())
+    return spans
+
+
+def _replace_spans(text: str, spans: list[tuple[int, int]], tag: str) -> str:
+    for start, end in reversed(spans):
+        text = text[:start] + tag + text[end:]
+    return text
+
+
+def mask_regional_ids(content: pl.Series) -> pl.Series:
+    """TW national IDs and HK IDs -> <ID> (see REGIONAL_ID)."""
+    return _on_rows(
+        content,
+        content.str.contains(REGIONAL_ID_CANDIDATE).arg_true(),
+        lambda part: pl.Series(
+            [_replace_spans(t, _regional_id_spans(t), "<ID>") for t in part.to_list()], dtype=pl.String
+        ),
+    )
+
+
+def mask_regional_phones(content: pl.Series) -> pl.Series:
+    """TW mobiles and HK 8-digit numbers -> <PHONE> (see REGIONAL_PHONE)."""
+    return _on_rows(
+        content,
+        content.str.contains(REGIONAL_PHONE_CANDIDATE).arg_true(),
+        lambda part: part.map_elements(lambda t: _REGIONAL_PHONE.sub("<PHONE>", t), return_dtype=pl.String),
+    )
+
+
+# ------------------------------------------------------- rule 8 on full-width text (nfkc off)
+# Masking does not depend on the nfkc switch: a turn holding full-width digits, letters or ＠ is matched
+# on a width-folded copy (same length, ＡＢＣ１２３＠ -> ABC123@) and the spans found are masked in
+# the original, which keeps its full-width characters elsewhere.
+WIDE_PII_CHAR = "[０-９Ａ-Ｚａ-ｚ＠]"
+_FOLD_WIDTH = str.maketrans({chr(c): chr(c - 0xFEE0) for c in range(0xFF01, 0xFF5F)})
+_EMAIL_RE = re.compile(EMAIL)
+_PHONE_RE = re.compile(rf"{_NOT_AFTER}(?:{_PHONE_FORMS}){_NOT_BEFORE}")
+_NUMBER_TOKENS_RE = re.compile(NUMBER_TOKENS)
+_ALNUM = re.compile("[0-9A-Za-z]")
+
+
+def _number_spans(text: str, *, ids: bool, cards: bool) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """(ID spans, card spans): mask_numbers' token rule on one text."""
+    tokens = [(m.group(), m.span()) for m in _NUMBER_TOKENS_RE.finditer(text)]
+    plausible = []
+    for k, (tok, span) in enumerate(tokens):
+        before = tokens[k - 1][0][-1:] if k else ""
+        after = tokens[k + 1][0][:1] if k + 1 < len(tokens) else ""
+        if (
+            not _ALNUM.match(before)
+            and not _ALNUM.match(after)
+            and 13 <= len(tok) <= 48
+            and tok[:1].isascii()
+            and tok[:1].isdigit()
+        ):
+            plausible.append((tok, span))
+    if not plausible:
+        return [], []
+    toks = pl.Series([t for t, _ in plausible], dtype=pl.String)
+    is_id = (is_id_number(toks) & ids).to_list()
+    is_card = (is_card_number(toks) & cards).to_list()
+    id_spans = [span for (_, span), i in zip(plausible, is_id, strict=True) if i]
+    card_spans = [span for (_, span), i, c in zip(plausible, is_id, is_card, strict=True) if c and not i]
+    return id_spans, card_spans
+
+
+def mask_text_wide(text: str, kinds: set[str]) -> tuple[str, set[str]]:
+    """Rule 8 on one text, matched on its width-folded copy; returns (masked text, kinds masked)."""
+    original, folded = text, text.translate(_FOLD_WIDTH)
+    masked: set[str] = set()
+
+    def apply(kind: str, spans: list[tuple[int, int]], tag: str) -> None:
+        nonlocal original, folded
+        if spans:
+            original, folded = _replace_spans(original, spans, tag), _replace_spans(folded, spans, tag)
+            masked.add(kind)
+
+    if "email" in kinds:
+        apply("email", [m.span() for m in _EMAIL_RE.finditer(folded)], "<EMAIL>")
+    if kinds & {"id_number", "card"}:
+        id_spans, card_spans = _number_spans(folded, ids="id_number" in kinds, cards="card" in kinds)
+        spans = sorted([(s, "<ID>") for s in id_spans] + [(s, "<CARD>") for s in card_spans])
+        for span, tag in reversed(spans):
+            apply("id_number" if tag == "<ID>" else "card", [span], tag)
+    if "id_number" in kinds:
+        apply("id_number", _regional_id_spans(folded), "<ID>")
+    if "phone" in kinds:
+        apply("phone", [m.span() for m in _PHONE_RE.finditer(folded)], "<PHONE>")
+        apply("phone", [m.span() for m in _REGIONAL_PHONE.finditer(folded)], "<PHONE>")
+    return original, masked
+
+
 # ------------------------------------------------------------------------------------- dedup
 FOLD = r"[\p{P}\p{S}\p{Z}\p{C}\s]+"
 
@@ -588,6 +745,11 @@ def clean_turns(
         apply("changed_synonyms", normalize_synonyms(content, synonyms=synonyms))
     if params.mask_pii:
         kinds = set(params.pii_kinds)
+        # turns with full-width digits/letters are masked one by one on a folded copy (rule 8, nfkc off)
+        wide = content.str.contains(WIDE_PII_CHAR).arg_true()
+        wide_texts = content.gather(wide).to_list()
+        if len(wide):
+            content = content.clone().scatter(wide, pl.Series([""] * len(wide), dtype=pl.String))
         if "email" in kinds:
             apply("masked_email", mask_emails(content))
         if kinds & {"id_number", "card"}:
@@ -596,8 +758,18 @@ def clean_turns(
             )
             log.info("masked_id_number: %d rows", counts["masked_id_number"])
             log.info("masked_card: %d rows", counts["masked_card"])
+        if "id_number" in kinds:
+            regional = mask_regional_ids(content)
+            counts["masked_id_number"] += int(((regional != content) & (~content.str.contains("<ID>"))).sum())
+            content = regional
         if "phone" in kinds:
-            apply("masked_phone", mask_phones(content))
+            apply("masked_phone", mask_regional_phones(mask_phones(content)))
+        if len(wide):
+            results = [mask_text_wide(t, kinds) for t in wide_texts]
+            content = content.clone().scatter(wide, pl.Series([r[0] for r in results], dtype=pl.String))
+            for key, kind in (("masked_email", "email"), ("masked_id_number", "id_number"),
+                              ("masked_card", "card"), ("masked_phone", "phone")):  # fmt: skip
+                counts[key] += sum(kind in r[1] for r in results)
 
     frame = frame.with_columns(content=content)
     n = pl.col("content").str.len_chars()
@@ -633,6 +805,9 @@ __all__ = [
     "mask_emails",
     "mask_numbers",
     "mask_phones",
+    "mask_regional_ids",
+    "mask_regional_phones",
+    "mask_text_wide",
     "normalize_synonyms",
     "normalize_width",
     "protect_near_han",

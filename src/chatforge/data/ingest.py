@@ -16,6 +16,21 @@ Intent: user turns carry their own intent when the format has one per turn (Cros
 intent column); every other row carries the conversation's intent (declared, else its first user
 turn intent, else `options.intent`).
 
+Conversation ids are `<source>:<id>` with the source name escaped (`%` -> `%25`, `:` -> `%3A`), so
+the first `:` always ends the source part and two sources can never produce the same id (source
+`shop` with id `a:1` is `shop:a:1`, source `shop:a` with id `1` is `shop%3Aa:1`). The id after the
+first `:` is kept as the source wrote it (ids inside one source are unique: `duplicate_id`). Should
+two sources still yield one id, the later conversation is rejected as `duplicate_id`, never merged.
+
+A conversation with no declared language whose text is mostly in another script (kana, hangul,
+Cyrillic, Arabic, ...; `chatforge.data.lang.unsupported_script`) is rejected as `unsupported_lang`
+naming the script, rather than labelled zh or en (t2s would then rewrite Japanese kanji).
+
+In a source folder, what is not read is logged (one warning per kind with its count and an example
+path) and counted per source in reports/ingest.json (`skipped_files`): symlinked folders (not
+followed), files the format does not read (a .zip beside .jsonl files), broken links; hidden files
+(.gitkeep) are counted and logged at info level.
+
 A source that yields no conversation at all is logged as a warning with its reject reasons and its
 first reject (a build would otherwise only fail later, at split, with "no rows").
 """
@@ -23,10 +38,12 @@ first reject (a build would otherwise only fail later, at split, with "no rows")
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import functools
 import gc
 import logging
 import operator
+import os
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -36,7 +53,7 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 
-from chatforge.data.lang import lang_expr
+from chatforge.data.lang import UNSUPPORTED_CHAR_PATTERN, lang_expr, unsupported_script
 from chatforge.data.readers import (
     LONE_SURROGATE,
     READER_REJECT_REASONS,
@@ -73,7 +90,7 @@ REJECT_REASONS = (
     "too_few_turns",  # fewer than min_turns messages, or no user / no assistant message
     "dangling_reference",  # a Cornell conversation naming a line id movie_lines.txt lacks
     "duplicate_id",  # a conversation id seen before in the same source
-    "unsupported_lang",  # a declared language other than zh / en
+    "unsupported_lang",  # a declared language other than zh / en, or text mostly in another script (kana, hangul, ...)
     "unreadable_file",  # a file that cannot be opened at all (an empty or truncated .zip, a broken parquet)
     *READER_REJECT_REASONS,  # unclosed_quote, field_too_large, too_deep, yaml_aliases (bounds, see readers)
 )
@@ -100,6 +117,28 @@ class SourceStats:
     missing: int = 0
     same_role_merged_messages: int = 0
     same_role_dropped_conversations: int = 0
+    skipped_files: dict[str, int] = field(default_factory=dict)  # SKIP_KINDS -> count, folder sources
+
+
+# What a source folder holds that ingest does not read (logged and counted, never silently dropped).
+SKIP_KINDS = (
+    "symlinked_folder",  # a symbolic link to a folder: not followed (loops, data outside the source)
+    "unsupported_file",  # a file the format does not read (a .zip beside .jsonl files)
+    "broken_link",  # a symbolic link to nothing
+    "hidden_file",  # a name starting with "." (.gitkeep): logged at info level only
+)
+# how many example paths one skip warning names
+SKIP_EXAMPLES = 1
+
+
+def escape_id_part(text: str) -> str:
+    """`%` -> `%25`, `:` -> `%3A`: a source name that holds no `:` and decodes back to itself."""
+    return text.replace("%", "%25").replace(":", "%3A")
+
+
+def global_id_prefix(source_name: str) -> str:
+    """The prefix of every conversation id of a source: its escaped name and `:`."""
+    return escape_id_part(source_name) + ":"
 
 
 @dataclass
@@ -112,7 +151,11 @@ class IngestResult:
         """Flat-ish counts for reports/ingest.json (`dvc metrics diff` reads nested keys as a.b.c)."""
         reasons = Counter(self.rejects["reason"].to_list())
         langs = self.turns.group_by("lang").agg(pl.col("conversation_id").n_unique()).rows()
-        total = {k: sum(getattr(s, k) for s in self.stats.values()) for k in SourceStats.__dataclass_fields__}
+        total = {
+            k: sum(getattr(s, k) for s in self.stats.values())
+            for k in SourceStats.__dataclass_fields__
+            if k != "skipped_files"
+        }
         return {
             "conversations": total["conversations"],
             "turns": total["turns"],
@@ -120,9 +163,15 @@ class IngestResult:
             "same_role_merged_messages": total["same_role_merged_messages"],
             "same_role_dropped_conversations": total["same_role_dropped_conversations"],
             "missing_optional_sources": total["missing"],
+            "skipped_files": {
+                kind: sum(s.skipped_files.get(kind, 0) for s in self.stats.values()) for kind in SKIP_KINDS
+            },
             "conversations_by_lang": {"en": 0, "zh": 0} | {lang: n for lang, n in langs if lang is not None},
             "rejects_by_reason": {reason: reasons.get(reason, 0) for reason in REJECT_REASONS},
-            "sources": {name: vars(s).copy() for name, s in self.stats.items()},
+            "sources": {
+                name: vars(s) | {"skipped_files": {k: s.skipped_files.get(k, 0) for k in SKIP_KINDS}}
+                for name, s in self.stats.items()
+            },
         }
 
 
@@ -131,6 +180,7 @@ class _Collector:
 
     def __init__(self, source: Source, *, same_role: str, merge_separator: str, min_turns: int) -> None:
         self.name = source.source_name
+        self.id_prefix = global_id_prefix(self.name)
         self.options = source.options
         self.role_map = DEFAULT_ROLE_MAP | {k.strip().lower(): v for k, v in source.options.role_map.items()}
         self.same_role, self.separator, self.min_turns = same_role, merge_separator, min_turns
@@ -200,10 +250,12 @@ class _Collector:
                 f"declared lang {quoted(conv.lang)}; only zh and en are supported",
             )
         lang = lang or self.forced_lang
+        if lang is None and (script := unsupported_script(out_contents)) is not None:
+            return self._unsupported_script(conv.location, script)
         intent = (
             _text_or_none(conv.intent) or next((i for i in out_intents if i), None) or self.options.intent
         )
-        cid = f"{self.name}:{conv.local_id}"
+        cid = f"{self.id_prefix}{conv.local_id}"
         if cid in self._seen():
             return self.reject(
                 conv.location,
@@ -231,6 +283,15 @@ class _Collector:
         self.stats.turns += n
         self.stats.same_role_merged_messages += merges
         return None
+
+    def _unsupported_script(self, location: str, script: tuple[str, float]) -> None:
+        name, share = script
+        return self.reject(
+            location,
+            "unsupported_lang",
+            f"no declared lang and {share:.0%} of the text is in {name} script; only zh and en are "
+            "supported (set the conversation's lang, or options.lang: zh|en on the source, to keep it as that)",
+        )
 
     def _checked_messages(
         self, conv: RawConversation
@@ -368,8 +429,18 @@ class _Collector:
         regular &= lengths - merges - first_system >= self.min_turns
         langs = _map_values(_declared_lang, columns.langs, unsupported="?")
         regular &= (langs != "?").fill_null(True).to_numpy()
+        # conversations `add` may still accept (it judges the share of other scripts), in the ordered pass
+        suspect = np.zeros(n_convs, dtype=bool)
         if self.forced_lang:
             langs = langs.fill_null(self.forced_lang)
+        else:
+            # undeclared language with kana, hangul, Cyrillic, ...: `add` judges the share and may reject
+            other = messages.select(pl.col("content").str.contains(UNSUPPORTED_CHAR_PATTERN).fill_null(False))
+            other_np = other.to_series().to_numpy()
+            if other_np.any():
+                suspect[conv_of[other_np]] = True
+                suspect &= regular & langs.is_null().to_numpy()
+                regular &= ~suspect
 
         # In file order, accepted conversations (a repeated id is rejected) interleave with the items
         # `add` judges. Those that failed a check above are rejected by `add` before it looks at ids;
@@ -380,9 +451,10 @@ class _Collector:
         is_other[positions] = False
         events: list[tuple[int, Any]] = [
             *((k, columns.item_at(k)) for k in np.flatnonzero(is_other).tolist()),
-            *((k, None) for k in positions[~regular].tolist()),
+            *((k, None) for k in positions[~regular & ~suspect].tolist()),
+            *((k, columns.item_at(k)) for k in positions[suspect].tolist()),
         ]
-        cids = f"{self.name}:" + pl.Series("cid", columns.local_ids, dtype=pl.String)
+        cids = self.id_prefix + pl.Series("cid", columns.local_ids, dtype=pl.String)
         keep = np.zeros(n_convs, dtype=bool)
         if all(isinstance(item, RawReject | None) for _, item in events):
             accepted_ids = cids.gather(accepted)
@@ -532,12 +604,61 @@ def _gc_paused() -> Iterator[None]:
 
 def source_files(path: Path, fmt: str) -> list[Path]:
     """The files a source reads: the path itself, or the matching files under a folder, sorted."""
+    return scan_source(path, fmt)[0]
+
+
+def scan_source(path: Path, fmt: str) -> tuple[list[Path], dict[str, list[Path]]]:
+    """(the files a source reads, sorted; what its folder holds that is not read, by SKIP_KINDS, sorted).
+
+    Folders are walked without following symbolic links to folders; links to files are read.
+    """
     patterns = READERS[fmt][1]  # type: ignore[index]
     if not path.is_dir() or not patterns:
-        return [path]
-    return sorted(
-        {p for pattern in patterns for p in path.rglob(pattern) if p.is_file() and not p.name.startswith(".")}
-    )
+        return [path], {}
+    files: list[Path] = []
+    skipped: dict[str, list[Path]] = {}
+    for root, dirs, names in os.walk(path, followlinks=False):
+        here = Path(root)
+        for name in dirs:
+            if (here / name).is_symlink():
+                skipped.setdefault("symlinked_folder", []).append(here / name)
+        for name in names:
+            file = here / name
+            if name.startswith("."):
+                kind = "hidden_file"
+            elif not any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns):
+                kind = "unsupported_file"
+            elif not file.is_file():
+                kind = "broken_link" if file.is_symlink() else "unsupported_file"
+            else:
+                files.append(file)
+                continue
+            skipped.setdefault(kind, []).append(file)
+    return sorted(files), {kind: sorted(paths) for kind, paths in skipped.items()}
+
+
+def _log_skipped(where: str, source_path: str, fmt: str, skipped: dict[str, list[Path]], folder: Path) -> None:
+    """One line per kind: the count and the first SKIP_EXAMPLES paths (bounded)."""
+    what = {
+        "symlinked_folder": "symbolic link(s) to a folder, not followed (add the target as its own source)",
+        "unsupported_file": f"file(s) format {fmt} does not read ({'/'.join(READERS[fmt][1])} only)",  # type: ignore[index]
+        "broken_link": "symbolic link(s) to nothing",
+        "hidden_file": "hidden file(s)",
+    }
+    for kind in SKIP_KINDS:
+        paths = skipped.get(kind)
+        if not paths:
+            continue
+        examples = ", ".join(printable(p.relative_to(folder).as_posix())[:200] for p in paths[:SKIP_EXAMPLES])
+        log.log(
+            logging.INFO if kind == "hidden_file" else logging.WARNING,
+            "%s: skipped %d %s in %s, e.g. %s",
+            where,
+            len(paths),
+            what[kind],
+            source_path,
+            examples,
+        )
 
 
 def _collect_file(
@@ -618,7 +739,9 @@ def read_source(
             f"{where}: {source.path!r} must be a folder holding movie_lines.txt and movie_conversations.txt. "
             f"Fix ingest.sources[{index}].path."
         )
-    files = source_files(path, source.format)
+    files, skipped = scan_source(path, source.format)
+    collector.stats.skipped_files = {kind: len(paths) for kind, paths in skipped.items()}
+    _log_skipped(where, source.path, source.format, skipped, path)
     if not files:
         log.warning(
             "%s: folder %s holds no %s files", where, source.path, "/".join(READERS[source.format][1])
@@ -683,8 +806,42 @@ def _empty_source_warning(where: str, rejects: list[dict[str, str]]) -> str:
     )
 
 
+def _reject_cross_source_duplicates(
+    params: IngestParams,
+    frames: list[pl.DataFrame],
+    reject_frames: list[pl.DataFrame],
+    stats: dict[str, SourceStats],
+) -> None:
+    """An id already taken by an earlier source (impossible with escaped, distinct source names; kept as
+    a guard) rejects the later conversation as `duplicate_id` instead of merging their turns."""
+    owner: dict[str, str] = {}
+    for k, source in enumerate(params.sources):
+        ids = frames[k]["conversation_id"].unique(maintain_order=True)
+        clash = [cid for cid in ids.to_list() if cid in owner]
+        if clash:
+            name = source.source_name
+            dropped = frames[k].filter(pl.col("conversation_id").is_in(clash))
+            frames[k] = frames[k].filter(~pl.col("conversation_id").is_in(clash))
+            rows = [
+                {
+                    "source": name,
+                    "location": printable(f"{source.path}#{cid[len(global_id_prefix(name)):]}"),
+                    "reason": "duplicate_id",
+                    "raw": printable(f"conversation id {cid[:200]!r} is also in source {owner[cid]!r}"),
+                }
+                for cid in clash
+            ]
+            reject_frames[k] = pl.concat([reject_frames[k], pl.DataFrame(rows, schema=REJECTS_SCHEMA)])
+            stats[name].conversations -= len(clash)
+            stats[name].turns -= dropped.height
+            stats[name].rejects += len(clash)
+            log.warning("%s: %d conversation id(s) already used by another source rejected", name, len(clash))
+        for cid in ids.to_list():
+            owner.setdefault(cid, source.source_name)
+
+
 def ingest(params: IngestParams, *, base_dir: Path | str = ".") -> IngestResult:
-    """Every source -> one sorted turns table (ids `<source>:<id>`), rejects and per-source counts."""
+    """Every source -> one sorted turns table (ids `<escaped source>:<id>`), rejects and per-source counts."""
     frames, reject_frames, stats = [], [], {}
     for index, source in enumerate(params.sources):
         turns, rejects, source_stats = read_source(
@@ -698,6 +855,7 @@ def ingest(params: IngestParams, *, base_dir: Path | str = ".") -> IngestResult:
         frames.append(turns)
         reject_frames.append(rejects)
         stats[source.source_name] = source_stats
+    _reject_cross_source_duplicates(params, frames, reject_frames, stats)
     # each source's frame is sorted already; one source needs no second sort of a million rows
     turns = frames[0] if len(frames) == 1 else sort_turns(pl.concat(frames, how="vertical"))
     return IngestResult(turns=turns, rejects=pl.concat(reject_frames, how="vertical"), stats=stats)
@@ -706,10 +864,14 @@ def ingest(params: IngestParams, *, base_dir: Path | str = ".") -> IngestResult:
 __all__ = [
     "DEFAULT_ROLE_MAP",
     "REJECT_REASONS",
+    "SKIP_KINDS",
     "IngestError",
     "IngestResult",
     "SourceStats",
+    "escape_id_part",
+    "global_id_prefix",
     "ingest",
     "read_source",
+    "scan_source",
     "source_files",
 ]

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Literal
 
 import polars as pl
@@ -89,6 +89,60 @@ def lang_expr(
     )
 
 
+# ------------------------------------------------------------------ scripts other than Han and Latin
+# The project has no model for other languages, and t2s would rewrite the Han characters of Japanese
+# (東京の天気 -> 东京の天気). Each script is counted in the unit that weighs like one Han character or one
+# Latin word: hiragana by character (Japanese grammar: の は です), katakana, hangul and the alphabets by
+# word (a run of their letters), so one katakana loanword or one Russian word weighs like one English word.
+UNSUPPORTED_SCRIPTS: dict[str, tuple[str, ...]] = {
+    # name -> (per-character pattern, per-word pattern); either may be empty
+    "kana (Japanese)": ("[\u3040-\u309f]", "[\u30a0-\u30ff\u31f0-\u31ff\uff66-\uff9f]+"),
+    "hangul (Korean)": ("", "[\u1100-\u11ff\u3130-\u318f\uac00-\ud7af]+"),
+    "Cyrillic": ("", "[\u0400-\u052f]+"),
+    "Arabic": ("", "[\u0600-\u06ff\u0750-\u077f\u08a0-\u08ff\ufb50-\ufdff\ufe70-\ufefc]+"),
+    "Hebrew": ("", "[\u0590-\u05ff]+"),
+    "Greek": ("", "[\u0370-\u03ff]+"),
+    "Devanagari": ("", "[\u0900-\u097f]+"),
+    "Thai": ("", "[\u0e00-\u0e7f]+"),
+}
+# a text is in an unsupported language when one such script holds at least this share of all units
+# (Han characters + Latin words + every script's units): 東京の天気 is 1 hiragana of 5 units = 0.2
+MIN_UNSUPPORTED_SHARE = 0.2
+# any character of the scripts above: the cheap pre-check before counting
+UNSUPPORTED_CHAR_PATTERN = (
+    "["
+    + "".join(p.strip("[]+") for patterns in UNSUPPORTED_SCRIPTS.values() for p in patterns if p)
+    + "]"
+)
+_UNSUPPORTED = {
+    name: tuple(re.compile(p) if p else None for p in patterns) for name, patterns in UNSUPPORTED_SCRIPTS.items()
+}
+_UNSUPPORTED_CHAR = re.compile(UNSUPPORTED_CHAR_PATTERN)
+
+
+def unsupported_script(
+    texts: str | Iterable[str], *, min_share: float = MIN_UNSUPPORTED_SHARE
+) -> tuple[str, float] | None:
+    """(script name, its share of all units) when the texts together are written mostly enough in a script
+    other than Han/Latin (kana, hangul, Cyrillic, Arabic, ...); None for zh/en text.
+
+    unsupported_script("東京の天気") == ("kana (Japanese)", 0.2); a Chinese text with Latin words or an
+    English text with a Chinese name gives None.
+    """
+    text = texts if isinstance(texts, str) else "\n".join(texts)
+    if not _UNSUPPORTED_CHAR.search(text):
+        return None
+    han, words = script_counts(text)
+    units = {
+        name: sum(len(p.findall(text)) for p in patterns if p is not None)
+        for name, patterns in _UNSUPPORTED.items()
+    }
+    total = han + words + sum(units.values())
+    name, count = max(units.items(), key=lambda item: item[1])
+    share = count / total if total else 0.0
+    return (name, share) if count and share >= min_share else None
+
+
 # ------------------------------------------------------------------ traditional -> simplified
 # OpenCC's t2s configuration: phrase dictionary first (頭髮 -> 头发, 乾燥 -> 干燥, 著作 stays), then
 # characters, maximum forward matching. Always the `opencc` package (the maintained official build).
@@ -118,10 +172,14 @@ __all__ = [
     "HAN_PATTERN",
     "LATIN_WORD_PATTERN",
     "MIN_CJK_SHARE",
+    "MIN_UNSUPPORTED_SHARE",
+    "UNSUPPORTED_CHAR_PATTERN",
+    "UNSUPPORTED_SCRIPTS",
     "Lang",
     "decide_lang",
     "detect_lang",
     "lang_expr",
     "script_counts",
     "to_simplified",
+    "unsupported_script",
 ]

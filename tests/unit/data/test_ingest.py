@@ -621,6 +621,7 @@ def test_optional_missing_source_is_counted(tmp_path: Path) -> None:
         "missing": 1,
         "same_role_merged_messages": 0,
         "same_role_dropped_conversations": 0,
+        "skipped_files": {"symlinked_folder": 0, "unsupported_file": 0, "broken_link": 0, "hidden_file": 0},
     }
 
 
