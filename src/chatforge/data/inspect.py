@@ -219,6 +219,8 @@ def _jsonl_guess(text: str) -> tuple[str, str] | None:
             continue
         try:
             record = json.loads(line)
+        except RecursionError:
+            continue  # nested too deep to judge (the reader rejects it as too_deep): the next line decides
         except ValueError:
             return None
         kind = _record_kind(record)
@@ -260,15 +262,15 @@ def _json_guess(path: Path, text: str, size: int) -> tuple[str, str] | None:
         try:
             raw = path.read_bytes().decode("utf-8", errors="replace").removeprefix("\ufeff")
             return _document_guess(json.loads(raw))
-        except ValueError:
-            pass  # several documents (JSON lines) or broken: look line by line
+        except (ValueError, RecursionError):
+            pass  # several documents (JSON lines), broken, or nested too deep: look line by line
     jsonl = _jsonl_guess(text)
     if jsonl is not None:
         return jsonl
     if start == "[":  # a big array: its first element
         try:
             first, _ = json.JSONDecoder().raw_decode(text.lstrip()[1:].lstrip())
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
         return _document_guess([first])
     if re.search(r'"dialog_act"\s*:', text):

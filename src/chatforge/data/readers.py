@@ -1346,7 +1346,10 @@ def _read_table(
                 continue
             number, row = record
             if not any(cell.strip() for cell in row):
-                continue
+                if len(row) > 1:  # separators with nothing between them: a row, not a blank line
+                    yield RawReject(f"{label}:{number}", "empty_content",
+                                    f"row has {len(row)} fields and all are empty: " + raw_prefix(delimiter.join(row)))
+                continue  # a blank line (or only spaces) separates nothing: skipped
             if _cells_over_bound(row):
                 yield RawReject(
                     f"{label}:{number}",

@@ -6,7 +6,8 @@ clean (issue 22, item 3). Invariants, whatever the bytes:
 - every reject row carries a known reason and a location;
 - records are conserved: in a JSONL source every non-blank line, and in a CSV source every data
   row, is either a kept conversation or a reject;
-- clean accounts for every conversation: kept + each drop count = conversations in.
+- clean accounts for every conversation: kept + each drop count = conversations in;
+- `data inspect` (format guess + sample read) ends in a report or an InspectError.
 
 The default profile runs in the normal suite (under a minute); `CHATFORGE_FUZZ=nightly` runs the
 long profile (`pytest tests/unit/data/test_fuzz_readers.py --hypothesis-show-statistics`).
@@ -25,6 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from chatforge.data.clean import COUNT_KEYS, clean_turns
+from chatforge.data.inspect import InspectError, inspect_source
 from chatforge.data.ingest import REJECT_REASONS, IngestError, read_source
 from chatforge.params import CleanParams, Source
 
@@ -103,6 +105,24 @@ def test_any_bytes_in_any_format_end_in_tables_or_a_clear_error(tmp_path_factory
         _check_tables(result)
 
 
+@given(name=st.sampled_from(["data.jsonl", "data.json", "data.csv", "data.tsv", "data.yml", "dialogues_text.txt",
+                             "data.parquet", "data.bin"]), data=BYTES, guess=st.booleans())
+def test_data_inspect_ends_in_a_report_or_a_clear_error(tmp_path_factory, name: str, data: bytes, guess: bool) -> None:
+    """`chatforge data inspect` on the same inputs: the format guess and the sample read end in a
+    report or an InspectError, never another exception."""
+    path = tmp_path_factory.mktemp("inspect") / name
+    path.write_bytes(data)
+    fmt = None if guess else {"data.jsonl": "messages_jsonl", "data.json": "conversations_json", "data.csv": "csv",
+                              "data.tsv": "tsv", "data.yml": "chatterbot_yaml", "data.parquet": "parquet",
+                              "dialogues_text.txt": "dailydialog", "data.bin": "csv"}[name]
+    try:
+        report = inspect_source(path, fmt=fmt, sample=200)
+    except InspectError as exc:
+        assert str(exc) and len(str(exc)) < 2000
+    else:
+        assert report is not None
+
+
 MESSAGE = st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "bot", "human", "??"]),
                                  "content": TEXT | st.integers() | st.none()})
 RECORD = st.one_of(
@@ -131,7 +151,7 @@ def test_every_jsonl_line_is_kept_or_rejected(tmp_path_factory, lines: list[str]
 @given(rows=st.lists(st.tuples(TEXT, TEXT), min_size=1, max_size=12))
 def test_every_csv_row_is_kept_or_rejected(tmp_path_factory, rows: list[tuple[str, str]]) -> None:
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    writer = csv.writer(buffer, lineterminator="\n", quoting=csv.QUOTE_ALL)  # a bare \r is a line break unquoted
     writer.writerow(["utterance", "response"])
     writer.writerows(rows)
     result = _read(tmp_path_factory.mktemp("csv"), "csv", buffer.getvalue().encode("utf-8"), intent_column=None)
