@@ -83,7 +83,7 @@ from __future__ import annotations
 import html
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 
 import polars as pl
@@ -681,6 +681,44 @@ def mask_text_wide(text: str, kinds: set[str]) -> tuple[str, set[str]]:
     return original, masked
 
 
+def mask_pii_content(content: pl.Series, kinds: Collection[str]) -> tuple[pl.Series, dict[str, int]]:
+    """Rule 8 on a column of texts: the PII `kinds` (email, id_number, card, phone) masked, in this
+    order: emails, mainland ID / card numbers, TW and HK IDs, phones (mainland, TW, HK). Turns holding
+    full-width digits, letters or ＠ are matched on a width-folded copy whatever `clean.nfkc` says.
+    The one masking path: the clean stage and the store (chatforge.serving.privacy) both call it.
+
+    Returns (masked content, rows masked per kind: masked_email, masked_id_number, masked_card,
+    masked_phone)."""
+    kinds = set(kinds)
+    counts = dict.fromkeys(("masked_email", "masked_id_number", "masked_card", "masked_phone"), 0)
+    # turns with full-width digits/letters are masked one by one on a folded copy
+    wide = content.str.contains(WIDE_PII_CHAR).arg_true()
+    wide_texts = content.gather(wide).to_list()
+    if len(wide):
+        content = content.clone().scatter(wide, pl.Series([""] * len(wide), dtype=pl.String))
+    if "email" in kinds:
+        new = mask_emails(content)
+        counts["masked_email"], content = int((new != content).sum()), new
+    if kinds & {"id_number", "card"}:
+        content, counts["masked_id_number"], counts["masked_card"] = mask_numbers(
+            content, ids="id_number" in kinds, cards="card" in kinds
+        )
+    if "id_number" in kinds:
+        regional = mask_regional_ids(content)
+        counts["masked_id_number"] += int(((regional != content) & (~content.str.contains("<ID>"))).sum())
+        content = regional
+    if "phone" in kinds:
+        new = mask_regional_phones(mask_phones(content))
+        counts["masked_phone"], content = int((new != content).sum()), new
+    if len(wide):
+        results = [mask_text_wide(t, kinds) for t in wide_texts]
+        content = content.clone().scatter(wide, pl.Series([r[0] for r in results], dtype=pl.String))
+        for key, kind in (("masked_email", "email"), ("masked_id_number", "id_number"),
+                          ("masked_card", "card"), ("masked_phone", "phone")):  # fmt: skip
+            counts[key] += sum(kind in r[1] for r in results)
+    return content, counts
+
+
 # ------------------------------------------------------------------------------------- dedup
 FOLD = r"[\p{P}\p{S}\p{Z}\p{C}\s]+"
 
@@ -744,32 +782,10 @@ def clean_turns(
     if synonyms:
         apply("changed_synonyms", normalize_synonyms(content, synonyms=synonyms))
     if params.mask_pii:
-        kinds = set(params.pii_kinds)
-        # turns with full-width digits/letters are masked one by one on a folded copy (rule 8, nfkc off)
-        wide = content.str.contains(WIDE_PII_CHAR).arg_true()
-        wide_texts = content.gather(wide).to_list()
-        if len(wide):
-            content = content.clone().scatter(wide, pl.Series([""] * len(wide), dtype=pl.String))
-        if "email" in kinds:
-            apply("masked_email", mask_emails(content))
-        if kinds & {"id_number", "card"}:
-            content, counts["masked_id_number"], counts["masked_card"] = mask_numbers(
-                content, ids="id_number" in kinds, cards="card" in kinds
-            )
-            log.info("masked_id_number: %d rows", counts["masked_id_number"])
-            log.info("masked_card: %d rows", counts["masked_card"])
-        if "id_number" in kinds:
-            regional = mask_regional_ids(content)
-            counts["masked_id_number"] += int(((regional != content) & (~content.str.contains("<ID>"))).sum())
-            content = regional
-        if "phone" in kinds:
-            apply("masked_phone", mask_regional_phones(mask_phones(content)))
-        if len(wide):
-            results = [mask_text_wide(t, kinds) for t in wide_texts]
-            content = content.clone().scatter(wide, pl.Series([r[0] for r in results], dtype=pl.String))
-            for key, kind in (("masked_email", "email"), ("masked_id_number", "id_number"),
-                              ("masked_card", "card"), ("masked_phone", "phone")):  # fmt: skip
-                counts[key] += sum(kind in r[1] for r in results)
+        content, masked = mask_pii_content(content, params.pii_kinds)
+        counts.update(masked)
+        for key, n in masked.items():
+            log.info("%s: %d rows", key, n)
 
     frame = frame.with_columns(content=content)
     n = pl.col("content").str.len_chars()
@@ -804,6 +820,7 @@ __all__ = [
     "load_synonyms",
     "mask_emails",
     "mask_numbers",
+    "mask_pii_content",
     "mask_phones",
     "mask_regional_ids",
     "mask_regional_phones",

@@ -2,9 +2,10 @@
 
 The conversation store and the feedback it collects become training data (`chatforge feedback
 export` -> ingest -> clean), so a message is masked before it is stored exactly as the clean stage
-would mask it: emails -> <EMAIL>, 18-digit Chinese ID numbers with a valid check character -> <ID>,
-Luhn-valid bank cards -> <CARD>, phones -> <PHONE>. The rules and their order are those of
-`chatforge.data.clean` (email, then ID/card numbers, then phones); nothing is re-implemented here.
+would mask it: emails -> <EMAIL>, 18-digit Chinese ID numbers with a valid check character and
+Taiwan / Hong Kong IDs -> <ID>, Luhn-valid bank cards -> <CARD>, mainland, Taiwan and Hong Kong
+phones -> <PHONE>, full-width forms included. It is `chatforge.data.clean.mask_pii_content`, the
+clean stage's own function; nothing is re-implemented here.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Callable, Collection, Sequence
 
 import polars as pl
 
-from chatforge.data.clean import mask_emails, mask_numbers, mask_phones
+from chatforge.data.clean import mask_pii_content
 from chatforge.params import ServePrivacy
 
 PII_KINDS = ("card", "email", "id_number", "phone")
@@ -41,14 +42,7 @@ def mask_pii_texts(texts: Sequence[str], kinds: Collection[str]) -> list[str]:
     wanted = _checked_kinds(kinds)
     if not texts or not wanted:
         return list(texts)
-    content = pl.Series("content", list(texts), dtype=pl.String)
-    # the clean stage's order (clean_turns): emails, then ID and card numbers, then phones
-    if "email" in wanted:
-        content = mask_emails(content)
-    if wanted & {"id_number", "card"}:
-        content, _, _ = mask_numbers(content, ids="id_number" in wanted, cards="card" in wanted)
-    if "phone" in wanted:
-        content = mask_phones(content)
+    content, _ = mask_pii_content(pl.Series("content", list(texts), dtype=pl.String), wanted)
     return content.to_list()
 
 

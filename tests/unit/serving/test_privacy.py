@@ -85,3 +85,15 @@ def test_masker_follows_serve_privacy_and_unknown_kinds_are_named():
         ValueError, match=r"unknown PII kind\(s\) 'passport'; choose from card, email, id_number, phone"
     ):
         mask_pii("x", ["passport", "phone"])
+
+
+def test_the_store_masks_full_width_and_taiwan_hong_kong_forms_as_clean_does():
+    """Issue 22: the store's masking is clean's (one function), so what clean masks with nfkc off,
+    and the zh-Hant regions' formats, never reach the database either."""
+    from chatforge.serving.privacy import mask_pii
+
+    kinds = ["phone", "email", "id_number", "card"]
+    assert mask_pii("电话１３９１２３４５６７８，订单１２３４５", kinds) == "电话<PHONE>，订单１２３４５"
+    assert mask_pii("身分證 A123456789 手機 0912-345-678", kinds) == "身分證 <ID> 手機 <PHONE>"
+    assert mask_pii("香港身份證 A123456(7)，電話 9123 4567", kinds) == "香港身份證 <ID>，電話 <PHONE>"
+    assert mask_pii("order 2024-0520 costs 9123-4567", kinds) == "order 2024-0520 costs 9123-4567"
