@@ -374,9 +374,12 @@ def _guess_file(path: Path) -> FormatGuess:
         )
     text = _text(path, head)
     if suffix in (".yml", ".yaml"):
+        from chatforge.data.readers import NoAliasLoader, YamlAliasError
+
         try:
-            doc = yaml.load(text if size <= SNIFF_BYTES else text[: text.rfind("\n")], Loader=yaml.BaseLoader)
-        except yaml.YAMLError:
+            # the reader's loader: an alias bomb is refused, not expanded (the read then rejects it)
+            doc = yaml.load(text if size <= SNIFF_BYTES else text[: text.rfind("\n")], Loader=NoAliasLoader)
+        except (yaml.YAMLError, YamlAliasError, RecursionError):
             doc = None
         if isinstance(doc, dict) and "conversations" in doc:
             return FormatGuess("chatterbot_yaml", ("YAML with a conversations list (chatterbot-corpus)",))

@@ -1433,18 +1433,18 @@ def read_tsv(path: Path, *, options: SourceOptions, label: str, id_prefix: str) 
     yield from _read_table(path, options=options, label=label, id_prefix=id_prefix, delimiter="\t")
 
 
-class _NoAliasLoader(yaml.BaseLoader):
+class NoAliasLoader(yaml.BaseLoader):
     """YAML's BaseLoader (every scalar a string) that refuses aliases (`*name`, `<<: *name`): a
     chatterbot corpus needs none, and a few hundred bytes of nested aliases stand for billions of
     items ("billion laughs"). Anchors alone are harmless and read."""
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
-            raise _YamlAlias(self.peek_event().start_mark)
+            raise YamlAliasError(self.peek_event().start_mark)
         return super().compose_node(parent, index)
 
 
-class _YamlAlias(Exception):
+class YamlAliasError(Exception):
     def __init__(self, mark: Any) -> None:
         super().__init__(mark)
         self.mark = mark
@@ -1465,8 +1465,8 @@ def read_chatterbot_yaml(path: Path, *, options: SourceOptions, label: str, id_p
         return
     text = data.decode(encoding).removeprefix("\ufeff")
     try:
-        doc = yaml.load(text, Loader=_NoAliasLoader)  # BaseLoader builds only str/list/dict
-    except _YamlAlias as exc:
+        doc = yaml.load(text, Loader=NoAliasLoader)  # BaseLoader builds only str/list/dict
+    except YamlAliasError as exc:
         yield RawReject(
             f"{label}:{exc.mark.line + 1}",
             "yaml_aliases",
@@ -1756,6 +1756,8 @@ READERS: dict[SourceFormat, tuple[Reader, tuple[str, ...]]] = {
 
 __all__ = [
     "LONE_SURROGATE",
+    "NoAliasLoader",
+    "YamlAliasError",
     "READERS",
     "ConversationColumns",
     "RawConversation",

@@ -280,3 +280,24 @@ def test_nothing_kept_exits_2_after_the_report(tmp_path: Path, content: bytes, a
     assert result.exit_code == 2
     assert "rejects by reason:" in result.output and "ingest would keep no conversation" in result.output
     assert "--format" in result.output
+
+
+@pytest.mark.parametrize(("name", "text", "reason"), [
+    # a 453-byte-class alias bomb: the format guess must not expand it either (the fuzz suite found it did)
+    ("bomb.yml", "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(8)), "yaml_aliases"),
+    ("deep.yml", "[" * 5000 + "]" * 5000, "too_deep"),
+    ("deep.json", '[{"messages": ' + "[" * 10_000 + "]" * 10_000 + "}]", "too_deep"),
+])
+def test_hostile_documents_are_judged_not_crashed_on(tmp_path, name, text, reason):
+    import time
+
+    from chatforge.data.inspect import inspect_source
+
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    started = time.monotonic()
+    fmt = "conversations_json" if name.endswith(".json") else None  # deep JSON has no guessable shape
+    report = inspect_source(path, fmt=fmt)
+    assert time.monotonic() - started < 5
+    assert (report.conversations, report.rejects_by_reason.get(reason)) == (0, 1)
