@@ -518,6 +518,17 @@ def _source_name(path_text: str, taken: set[str]) -> str:
     return name
 
 
+class _Notes(logging.Handler):
+    """Collects the warnings logged while a sample is read."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
 def inspect_source(
     path: Path | str,
     *,
@@ -576,6 +587,9 @@ def inspect_source(
     )
     ingest_log = logging.getLogger("chatforge.data.ingest")
     level = ingest_log.level
+    # what the readers warn about (a quote that may swallow rows) becomes a note of the report
+    reader_notes = _Notes()
+    logging.getLogger("chatforge.data.readers").addHandler(reader_notes)
     ingest_log.setLevel(
         logging.ERROR
     )  # its per-source summary names params.yaml's list; the report says it all
@@ -599,6 +613,8 @@ def inspect_source(
         ) from None
     finally:
         ingest_log.setLevel(level)
+        logging.getLogger("chatforge.data.readers").removeHandler(reader_notes)
+    notes += [_flat(m, 400) for m in reader_notes.messages]
     if stats.conversations == 0 and stats.rejects == 0:
         raise _unreadable(path, f"holds nothing ingest reads as {guess.format}")
 

@@ -26,6 +26,7 @@ import functools
 import io
 import itertools
 import json
+import logging
 import operator
 import re
 import zipfile
@@ -38,6 +39,8 @@ from typing import Any, NamedTuple
 import yaml
 
 from chatforge.params import SourceFormat, SourceOptions
+
+log = logging.getLogger("chatforge.data.readers")
 
 RAW_PREFIX_CHARS = 300  # the record excerpt a reject row's `raw` shows
 QUOTE_CHARS = 80  # an input value (a role name, a column name, an id) quoted inside a message
@@ -1196,14 +1199,37 @@ def _table_records(text: str, delimiter: str, label: str) -> Iterator[tuple[int,
     cell over MAX_CELL_CHARS is a `field_too_large` reject for its row.
     """
     lines = list(io.StringIO(text, newline=""))
+    # records read across lines, and their continuation lines that would read as rows on their own
+    # (a delimiter, no quote): the physical-lines check, reported once per file (a quote that a
+    # later stray quote closes swallows rows without any parse error)
+    spanning: list[tuple[int, int, int]] = []  # (first line, last line, row-like lines inside)
+    try:
+        yield from _table_records_from(lines, delimiter, label, spanning)
+    finally:
+        if spanning:
+            held = sum(k for _, _, k in spanning)
+            first, last, _ = spanning[0]
+            log.warning(
+                "%s: %d record(s) span several lines and hold %d line(s) that read as rows on their own "
+                "(the first: lines %d-%d); if those are rows, a quote opened on line %d is not closed "
+                "where it should be", label, len(spanning), held, first, last, first,
+            )
+
+
+def _table_records_from(lines: list[str], delimiter: str, label: str,
+                        spanning: list[tuple[int, int, int]]) -> Iterator[tuple[int, list[str]] | RawReject]:
     start = 0  # index of the next line to parse
     while start < len(lines):
         reader = csv.reader(itertools.islice(lines, start, None), delimiter=delimiter, strict=True)
         first = start  # index of the line the current record starts on
         try:
             for row in reader:
+                end = start + reader.line_num  # index after the record's last line
+                if end - first > 1 and (rowlike := sum(
+                        '"' not in line and delimiter in line for line in lines[first + 1:end])):
+                    spanning.append((first + 1, end, rowlike))
                 yield first + 1, row
-                first = start + reader.line_num
+                first = end
             return
         except csv.Error as exc:
             last = start + reader.line_num  # 1-based number of the line the error was found on

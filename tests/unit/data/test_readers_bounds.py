@@ -281,3 +281,26 @@ def test_optional_missing_hub_id_is_skipped_fast_offline(
     # not optional: still an error naming the source and what to do
     with pytest.raises(IngestError, match="no such local path, and as a hub dataset id it could not be loaded"):
         ingest(IngestParams(sources=[params.sources[0].model_copy(update={"optional": False})]), base_dir=tmp_path)
+
+
+def test_a_quote_closed_by_a_stray_later_quote_is_reported_with_its_lines(tmp_path: Path, caplog) -> None:
+    """No parse error to go by (the stray quote ends a field legally): the physical-lines check
+    says which record holds lines that read as rows, in the ingest log and in `data inspect`."""
+    from chatforge.data.inspect import inspect_source
+
+    path = tmp_path / "faq.csv"
+    path.write_text(_faq(['A?,"open answer', "B?,b", "C?,c", 'D?,d"', "E?,e"]), encoding="utf-8")
+    with caplog.at_level(logging.WARNING, logger="chatforge.data.readers"):
+        turns, rejects, stats = read(path, "csv")
+    assert (stats.conversations, rejects.height) == (2, 0)  # parses: A (lines 2-5) and E
+    assert [r.getMessage() for r in caplog.records if r.name == "chatforge.data.readers"] == [
+        f"{path}: 1 record(s) span several lines and hold 2 line(s) that read as rows on their own "
+        "(the first: lines 2-5); if those are rows, a quote opened on line 2 is not closed where it should be"]
+    report = inspect_source(path, fmt="csv")
+    assert any("hold 2 line(s) that read as rows on their own" in n for n in report.notes)
+    # a real multi-line answer whose lines hold no separator is not reported
+    caplog.clear()
+    path.write_text(_faq(['Steps?,"Open settings\nClick Save"', "E?,e"]), encoding="utf-8")
+    with caplog.at_level(logging.WARNING, logger="chatforge.data.readers"):
+        read(path, "csv")
+    assert not [r for r in caplog.records if r.name == "chatforge.data.readers"]
