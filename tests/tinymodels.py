@@ -7,10 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-CHATML_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+from chatforge.modeling.tokenizer import CHATML_TEMPLATE  # the one ChatML template (re-exported for tests)
 TINY_CORPUS = [
     "查询北京天气", "今日北京晴，15-25℃", "明天上海会下雨吗", "我想订一张去广州的机票",
     "what is the weather in Beijing", "It is sunny today, 15 to 25 degrees.",

@@ -10,11 +10,7 @@ import json
 from pathlib import Path
 
 from chatforge.modeling.manifest import Manifest, write_manifest
-
-CHATML_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+from chatforge.modeling.tokenizer import CHATML_TEMPLATE
 SAMPLE_TEXT = [
     "hello, how can I help you today?",
     "my order has not arrived yet, where is it?",
