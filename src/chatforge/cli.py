@@ -433,7 +433,8 @@ def export(
             typer.echo(f"unknown persona {persona!r}; choose one of: {', '.join(sorted(personas)) or 'none configured'} ({params} serve.personas)", err=True)
             raise typer.Exit(code=2)
     name = name or f"chatforge-{plan.variant}"
-    losses = mc.standalone_below_retrieval(reports, plan.variant, model_dir)
+    row = mc.evaluated_row(reports, plan.variant, model_dir)  # hashes the folder once
+    losses = mc.standalone_below_retrieval(reports, row)
     if losses is None:
         typer.echo(f"warning: {reports}/evaluate.json has no scores for this {plan.variant!r} folder (its hash is not the one "
                    "evaluate measured, or the variant or the retrieval baseline is missing): how the exported model "
@@ -469,7 +470,7 @@ def export(
         layers=int(plan.config.get("num_hidden_layers", 0)), hidden=int(plan.config.get("hidden_size", 0)),
         context_tokens=int(plan.config.get("max_position_embeddings", 0)),
         files=[mc.CardFile(w.path.name, w.gguf_type, w.size_bytes) for w in written],
-        training=mc.training_summary(reports), metrics=mc.variant_metrics(reports, plan.variant, model_dir),
+        training=mc.training_summary(reports), metrics=mc.variant_metrics(row),
         slot_placeholders=plan.slot_placeholders,
     )
     write_text(mc.render_model_card(card), out_dir / "README.md")

@@ -1,6 +1,6 @@
 """A model card (README.md with Hugging Face YAML front matter) for an exported model folder.
 
-`training_summary` and `variant_metrics` read the metrics JSON the pipeline wrote under reports/
+`training_summary` and `evaluated_row` read the metrics JSON the pipeline wrote under reports/
 (ingest, clean, split, augment, train, evaluate); `render_model_card` is pure and turns them, the
 folder's manifest and the exported files into the card text. Missing reports leave their section
 saying so, never an error: an exported folder may come from another checkout.
@@ -109,23 +109,21 @@ def evaluated_row(reports_dir: Path | str, variant: str, folder: Path | str) -> 
     return row if models[variant].get("sha256") == sha256_tree(folder) else None
 
 
-def variant_metrics(reports_dir: Path | str, variant: str, folder: Path | str) -> dict[str, float]:
-    """The CARD_METRICS of `variant` in reports/evaluate.json ({} when the report, the variant or
-    this folder's measurement is absent: see evaluated_row)."""
-    row = evaluated_row(reports_dir, variant, folder) or {}
+def variant_metrics(row: Mapping[str, Any] | None) -> dict[str, float]:
+    """The CARD_METRICS of an evaluate.json variant block (evaluated_row; {} for None)."""
+    row = row or {}
     keys = [k for k, _ in CARD_METRICS] + [f"raw_{k}" for k, _ in CARD_METRICS]
     return {k: float(row[k]) for k in keys if isinstance(row.get(k), int | float)}
 
 
-def standalone_below_retrieval(reports_dir: Path | str, variant: str, folder: Path | str) -> list[str] | None:
-    """What a GGUF export of `variant` would lose against the retrieval baseline, from
-    reports/evaluate.json. llama.cpp and Ollama run the model alone: no slot placeholders, no
-    retrieval in the loop, no confidence threshold, so the comparable scores are the raw-prompt
-    ones (raw_bleu_zh/_en, for a model trained with placeholders) or else the model's own
+def standalone_below_retrieval(reports_dir: Path | str, row: Mapping[str, Any] | None) -> list[str] | None:
+    """What a GGUF export of the variant whose evaluate.json block is `row` (evaluated_row) would
+    lose against the retrieval baseline. llama.cpp and Ollama run the model alone: no slot
+    placeholders, no retrieval in the loop, no confidence threshold, so the comparable scores are the
+    raw-prompt ones (raw_bleu_zh/_en, for a model trained with placeholders) or else the model's own
     (model_bleu_zh/_en). Returns one line per language where they are below retrieval's BLEU,
-    [] when they are not, None when evaluate has not measured them for this folder (evaluated_row)."""
-    evaluate = _read_json(Path(reports_dir) / "evaluate.json") or {}
-    row, bar = evaluated_row(reports_dir, variant, folder), evaluate.get("retrieval")
+    [] when they are not, None when evaluate has not measured them for this folder (row None)."""
+    bar = (_read_json(Path(reports_dir) / "evaluate.json") or {}).get("retrieval")
     if not isinstance(row, dict) or not isinstance(bar, dict):
         return None
     lines = []
