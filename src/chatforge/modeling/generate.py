@@ -62,6 +62,7 @@ class Generation:
     token_texts: list[str] = field(default_factory=list)
     # per token, the config.top_logprobs most likely tokens (their text alone, log-probability at T = 1)
     top_logprobs: list[list[tuple[str, float]]] = field(default_factory=list)
+    prompt_tokens: int = 0  # tokens of the prompt it answered (chat template applied)
 
     @property
     def confidence(self) -> float:
@@ -168,9 +169,9 @@ class _Reply:
     (slot placeholders filled in from `slot_values`, an unfinished multi-byte character dropped)."""
 
     def __init__(self, tokenizer: Any, eos_ids: set[int], config: GenerationConfig,
-                 slot_values: dict[str, str] | None = None) -> None:
+                 slot_values: dict[str, str] | None = None, prompt_tokens: int = 0) -> None:
         self.tokenizer, self.eos_ids, self.config = tokenizer, eos_ids, config
-        self.slot_values = slot_values
+        self.slot_values, self.prompt_tokens = slot_values, prompt_tokens
         self.token_ids: list[int] = []
         self.logprobs: list[float] = []
         self.pieces: list[str] = []
@@ -217,7 +218,8 @@ class _Reply:
             else:
                 pieces = [self.text] + [""] * (len(pieces) - 1)
         return Generation(text=self.text, token_ids=self.token_ids, token_logprobs=self.logprobs,
-                          finish_reason=self.finish, token_texts=pieces, top_logprobs=self.top)
+                          finish_reason=self.finish, token_texts=pieces, top_logprobs=self.top,
+                          prompt_tokens=self.prompt_tokens)
 
 
 class _Decoder:
@@ -281,7 +283,8 @@ class _Decoder:
             return [self._one(r) for r in requests]
         encoded = [self.encode_prompt(r.messages) for r in requests]
         rngs = [np.random.default_rng(r.config.seed) for r in requests]
-        replies = [_Reply(self.tokenizer, self.eos_ids, r.config, values) for r, (_, values) in zip(requests, encoded, strict=True)]
+        replies = [_Reply(self.tokenizer, self.eos_ids, r.config, values, len(p))
+                   for r, (p, values) in zip(requests, encoded, strict=True)]
         emitted = [0] * len(requests)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.eos_ids, default=0)
         logits = session.start([p for p, _ in encoded])
@@ -329,7 +332,7 @@ class _Decoder:
         rng = np.random.default_rng(config.seed)
         session = self._session()
         logits = session.start(prompt)
-        reply = _Reply(self.tokenizer, self.eos_ids, config, values)
+        reply = _Reply(self.tokenizer, self.eos_ids, config, values, len(prompt))
         emitted = 0
         for step in range(config.max_new_tokens):
             top = top_alternatives(logits, config.top_logprobs) if config.top_logprobs else None
@@ -446,7 +449,7 @@ class TorchGenerator(_Decoder):
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], dtype=torch.long, device=device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], dtype=torch.long, device=device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        replies = [_Reply(self.tokenizer, self.eos_ids, config, values) for _, values in encoded]
+        replies = [_Reply(self.tokenizer, self.eos_ids, config, values, len(p)) for p, values in encoded]
         rng = np.random.default_rng(config.seed)  # unused by greedy choice; choose_token's signature
         cache = None
         with torch.inference_mode():

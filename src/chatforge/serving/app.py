@@ -684,13 +684,12 @@ class ChatService:
         upstream's stream is read on a thread (closed when `stop` is set)."""
         backend: Any = t.backend
         if hasattr(backend, "scheduler"):
-            prompt_tokens = backend.prompt_tokens(t.messages)
             generation = backend.scheduler.submit(
                 t.messages, t.gen, on_text=lambda d: events.put(("text", d)),
                 on_token=lambda _t, lp: events.put(("token", lp)), cancelled=stop.is_set)
             answer: Future[Answer] = Future()
             generation.add_done_callback(lambda f: answer.set_exception(f.exception()) if f.exception()
-                                         else answer.set_result(backend.to_answer(f.result(), prompt_tokens)))
+                                         else answer.set_result(backend.to_answer(f.result())))
             return answer
         upstream = backend.stream(t.messages, t.gen, lang=t.lang)  # raises before anything is sent
 

@@ -131,15 +131,14 @@ class CausalLMBackend(_Tokens):
             raise PromptError(str(exc)[:200] or type(exc).__name__) from None
 
     def answer(self, messages: list[dict[str, str]], config: GenerationConfig, *, lang: str) -> Answer:
-        generation = self.scheduler.generate(messages, config)
-        return self.to_answer(generation, self.prompt_tokens(messages))
+        return self.to_answer(self.scheduler.generate(messages, config))
 
-    def to_answer(self, generation: Any, prompt_tokens: int) -> Answer:
+    def to_answer(self, generation: Any) -> Answer:
         return Answer(
             text=generation.text,
             confidence=generation.confidence,
             finish_reason=generation.finish_reason,
-            prompt_tokens=prompt_tokens,
+            prompt_tokens=generation.prompt_tokens,  # counted when the prompt was encoded for decoding
             completion_tokens=len(generation.token_ids),
             token_texts=tuple(generation.token_texts),
             token_logprobs=tuple(generation.token_logprobs),
