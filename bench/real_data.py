@@ -204,6 +204,8 @@ def main() -> None:
         "overrides": args.overrides,
         "model_base": params["model"]["base"],
         "minutes": round(minutes, 1),
+        # --resume: only the stages in stage_seconds ran in this call; the others are the kept copy's earlier outputs
+        "resumed": bool(args.resume),
         "stage_seconds": times,
         **compare(evaluation, params["evaluate"]["gates"]),
         "ingest": json.loads((dest / "reports" / "ingest.json").read_text(encoding="utf-8")),

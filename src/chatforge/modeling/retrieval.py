@@ -29,6 +29,7 @@ class Entry:
     context: str  # the messages before it, joined
     answer: str  # the assistant turn that followed
     messages: tuple[dict[str, str], ...] = ()  # the dialogue up to and including the user turn
+    intent: str | None = None  # the conversation's intent, when it has one
 
 
 def _entries(convs: Sequence[Conversation]) -> list[Entry]:
@@ -39,7 +40,7 @@ def _entries(convs: Sequence[Conversation]) -> list[Entry]:
             if msgs[i]["role"] == "assistant" and msgs[i - 1]["role"] == "user" and msgs[i]["content"].strip():
                 context = "\n".join(m["content"] for m in msgs[: i - 1])
                 out.append(Entry(conv.conversation_id, conv.lang, msgs[i - 1]["content"], context, msgs[i]["content"],
-                                 tuple(msgs[:i])))
+                                 tuple(msgs[:i]), conv.intent))
     return out
 
 

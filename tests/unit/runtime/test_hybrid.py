@@ -47,26 +47,33 @@ def test_index_names_a_broken_line(folder):
         read_index(folder)
 
 
-def test_the_candidate_served_is_the_one_the_model_scores_highest(folder):
+def test_the_candidate_served_is_the_one_with_the_best_relevance_plus_model_score(folder):
     gen = load_generator(folder, backend="torch")
-    loop = RetrievalInTheLoop.open(folder, gen, ServeHybrid(top_k=3, min_similarity=0.0))
+    # one intent (no prior) and no encoder: relevance is the TF-IDF cosine itself
+    loop = RetrievalInTheLoop.open(folder, gen, ServeHybrid(top_k=3, min_similarity=0.0, encoder=None, rerank_weight=1.0))
     prompt = [{"role": "user", "content": "where is my order"}]
     choice = loop.choose(prompt, lang="en")
     prompt_ids = gen.prompt_ids(prompt)
     eos = gen.tokenizer.eos_token_id
+    sims = dict(zip([e.answer for e in loop.bot.entries], loop.bot.scores(prompt), strict=True))
     scores = {}
     for c in CONVS[:3]:  # the three English candidates (top_k = 3); the zh one is another language
         answer = c.messages[1]["content"]
         ids = [*prompt_ids, *gen.tokenizer(answer, add_special_tokens=False)["input_ids"], eos]
-        scores[answer] = float(np.mean(sequence_logprobs(gen, ids)[len(prompt_ids) - 1:]))
+        scores[answer] = sims[answer] + float(np.mean(sequence_logprobs(gen, ids)[len(prompt_ids) - 1:]))
     best = max(scores, key=scores.get)
     assert choice.text == best
     assert choice.score == pytest.approx(scores[best], abs=1e-5)
+    assert choice.similarity == pytest.approx(sims[best], abs=1e-6)
+    # rerank_weight 0: the most relevant candidate, whatever the model thinks of it
+    plain = RetrievalInTheLoop.open(folder, gen, ServeHybrid(top_k=3, min_similarity=0.0, encoder=None, rerank_weight=0.0))
+    top = max(CONVS[:3], key=lambda c: sims[c.messages[1]["content"]]).messages[1]["content"]
+    assert plain.choose(prompt, lang="en").text == top
 
 
 def test_nothing_similar_enough_gives_the_fallback(folder):
     gen = load_generator(folder, backend="torch")
-    loop = RetrievalInTheLoop.open(folder, gen, ServeHybrid(top_k=3, min_similarity=0.99))
+    loop = RetrievalInTheLoop.open(folder, gen, ServeHybrid(top_k=3, min_similarity=0.99, encoder=None))
     prompt = [{"role": "user", "content": "qqq zzz"}]
     assert loop.choose(prompt, lang="en") is None
     assert served_answer("model text", 0.1, threshold=0.7, prompt=prompt, lang="en", loop=loop,
