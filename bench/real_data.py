@@ -206,6 +206,7 @@ def main() -> None:
         "minutes": round(minutes, 1),
         # --resume: only the stages in stage_seconds ran in this call; the others are the kept copy's earlier outputs
         "resumed": bool(args.resume),
+        "evaluate_variants": params["evaluate"].get("variants"),  # the served one is what the bar reads
         "stage_seconds": times,
         **compare(evaluation, params["evaluate"]["gates"]),
         "ingest": json.loads((dest / "reports" / "ingest.json").read_text(encoding="utf-8")),
