@@ -34,31 +34,16 @@ from chatforge.modeling.data import (
     tokenize_conversations,
 )
 from chatforge.modeling.device import accelerator, to_device
-from chatforge.modeling.manifest import MANIFEST_NAME, Manifest, read_manifest
 from chatforge.modeling.quality import assistant_perplexity, model_answer_scores
 from chatforge.modeling.quality import retention as answer_retention
 from chatforge.modeling.schedule import cosine_with_floor
+from chatforge.runtime.folder import open_folder
 
 LAYER_INDEX = re.compile(r"(\.(?:layers|layer)\.)(\d+)\.")
 
 
 class CompressError(ValueError):
     """A compression stage cannot run; the message names the params key or input and the fix."""
-
-
-def open_source(folder: Path, *, key: str) -> Manifest:
-    """Check that `folder` is a model folder the pipeline wrote; `key` is the params key that chose it."""
-    if not folder.is_dir():
-        raise CompressError(f"{key}: model folder {folder} does not exist. Build it first (`dvc repro`) or change {key}.")
-    if not (folder / "config.json").exists() or not (folder / MANIFEST_NAME).exists():
-        raise CompressError(
-            f"{key}: {folder} is not a model folder (needs config.json and {MANIFEST_NAME}). "
-            "Point it at a folder the pipeline wrote (teacher, student, pruned)."
-        )
-    try:
-        return read_manifest(folder)
-    except ValueError as exc:
-        raise CompressError(f"{key}: {folder}/{MANIFEST_NAME} is not valid: {exc}") from None
 
 
 def load_model(folder: Path, family: str) -> tuple[Any, Any]:
@@ -291,7 +276,7 @@ class DistillOutcome:
 
 def distill(teacher_dir: Path, train_turns: pl.DataFrame, val_turns: pl.DataFrame, *, params: Any) -> DistillOutcome:
     """Train a student from the teacher in `teacher_dir` with `params` (a DistillParams)."""
-    manifest = open_source(teacher_dir, key="distill (teacher folder)")
+    manifest = open_folder(teacher_dir, key="distill (teacher folder)")
     family = manifest.family
     metric, higher = primary_metric(family, params.retention_metric)
     teacher, tokenizer = load_model(teacher_dir, family)

@@ -11,6 +11,7 @@ from tinymodels import tiny_turns, write_tiny_causal_lm, write_tiny_classifier
 from chatforge.compress.prune import prune
 from chatforge.modeling.distill import CompressError
 from chatforge.params import ParamsError, PruneParams, validate_section
+from chatforge.runtime.folder import ModelFolderError
 
 torch.set_num_threads(1)
 FAST = {"bleu_samples": 2, "max_new_tokens": 4, "latency_requests": 2, "eval_max_conversations": 8, "recovery_steps": 4}
@@ -105,10 +106,10 @@ def test_ratio_outside_unit_interval_is_a_params_error() -> None:
 
 def test_missing_or_non_model_source(tmp_path: Path) -> None:
     turns = tiny_turns(4)
-    with pytest.raises(CompressError, match="prune.source"):
+    with pytest.raises(ModelFolderError, match="prune.source"):
         prune(tmp_path / "missing", turns, turns, params=PruneParams())
     (tmp_path / "x").mkdir()
-    with pytest.raises(CompressError, match="prune.source: .* not a model folder"):
+    with pytest.raises(ModelFolderError, match="prune.source: .* not a model folder"):
         prune(tmp_path / "x", turns, turns, params=PruneParams())
 
 
