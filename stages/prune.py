@@ -29,7 +29,7 @@ def main(
 
     from chatforge.compress.prune import check_prune, prune
     from chatforge.knobs import report_knobs
-    from chatforge.modeling.distill import CompressError
+    from chatforge.modeling.short_train import CompressError
     from chatforge.runtime.folder import ModelFolderError, read_family
 
     try:

@@ -35,18 +35,9 @@ import torch
 
 from chatforge.knobs import Reached
 from chatforge.modeling.data import conversations
-from chatforge.modeling.distill import (
-    CompressError,
-    fit,
-    latency,
-    load_model,
-    make_batches,
-    parameter_count,
-    quality,
-    size_mb,
-    target_logits,
-)
+from chatforge.modeling.measure import latency, parameter_count, quality, size_mb
 from chatforge.modeling.quality import retention as answer_retention
+from chatforge.modeling.short_train import CompressError, fit, load_model, make_batches, target_logits
 from chatforge.runtime.folder import MANIFEST_NAME, read_family
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ import torch
 from tinymodels import tiny_turns, write_tiny_causal_lm, write_tiny_classifier
 
 from chatforge.compress.prune import prune
-from chatforge.modeling.distill import CompressError
+from chatforge.modeling.short_train import CompressError
 from chatforge.params import ParamsError, PruneParams, validate_section
 from chatforge.runtime.folder import ModelFolderError
 
@@ -51,7 +51,7 @@ def test_taylor_drops_dead_channels_that_magnitude_keeps(tmp_path: Path, criteri
     (|w * grad|) scores them 0 and removes exactly them, so the logits do not move; magnitude keeps them."""
     from chatforge.compress.prune import prune_mlp
     from chatforge.modeling.data import conversations
-    from chatforge.modeling.distill import load_model, make_batches
+    from chatforge.modeling.short_train import load_model, make_batches
 
     model, tokenizer = load_model(write_tiny_causal_lm(tmp_path / "m", layers=2), "causal_lm")
     dead = list(range(0, 128, 8))  # 16 of 128 channels per layer

@@ -14,9 +14,9 @@ from chatforge.modeling.distill import (
     CompressError,
     build_student,
     distill,
-    kd_loss,
     pick_layers,
 )
+from chatforge.modeling.short_train import kd_loss
 from chatforge.params import DistillParams
 from chatforge.runtime.folder import ModelFolderError, open_folder
 
