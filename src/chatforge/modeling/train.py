@@ -638,7 +638,7 @@ def fingerprint(*, data_files: list[Path], base_dir: Path, sections: list[Any]) 
     import hashlib
 
     from chatforge.io import sha256_file, sha256_tree
-    from chatforge.modeling.base import sections_sha256
+    from chatforge.runtime.folder import sections_sha256
 
     data_sha = hashlib.sha256("\n".join(sha256_file(p) for p in data_files).encode()).hexdigest()
     params_sha = sections_sha256(*sections)

@@ -131,6 +131,14 @@ def read_family(folder: Path | str, *, key: str | None = None, plain_ok: bool = 
     return "causal_lm" if any(a.endswith("ForCausalLM") for a in archs) else "classifier"
 
 
+def sections_sha256(*sections: Any) -> str:
+    """A stable hash of params sections (what chatforge.json records and checkpoints are keyed by)."""
+    import hashlib
+
+    payload = json.dumps([s.model_dump(mode="json") for s in sections], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
 def manifest_json(manifest: Manifest) -> str:
     return json.dumps(manifest.model_dump(), ensure_ascii=False, indent=2, sort_keys=True) + "\n"
 
