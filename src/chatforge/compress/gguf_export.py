@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from chatforge.runtime.folder import MANIFEST_NAME, read_family
+from chatforge.runtime.folder import MANIFEST_NAME, read_family, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -279,13 +279,11 @@ def plan_export(folder: Path | str) -> ExportPlan:
                               "needs tokenizer.json and tokenizer_config.json as the pipeline writes them.") from None
     vocab = read_vocab(tokenizer, vocab_size=max(int(config.get("vocab_size", 0)), len(tokenizer)))
     template, system = ollama_template(vocab.chat_template)
-    manifest = {}
-    if (folder / "chatforge.json").exists():
-        manifest = json.loads((folder / "chatforge.json").read_text(encoding="utf-8"))
+    manifest = read_manifest(folder) if (folder / MANIFEST_NAME).exists() else None  # checked by check_exportable
     eos = tokenizer.eos_token if isinstance(tokenizer.eos_token, str) else None
     return ExportPlan(
-        folder=folder, variant=str(manifest.get("variant") or folder.name), base=manifest.get("base"),
-        parent=manifest.get("parent"), config=config, template=template, default_system=system,
+        folder=folder, variant=str((manifest.variant if manifest else None) or folder.name),
+        base=manifest.base if manifest else None, parent=manifest.parent if manifest else None, config=config, template=template, default_system=system,
         stops=stop_tokens(vocab.tokens, eos),
         slot_placeholders=bool(getattr(tokenizer, "init_kwargs", {}).get(slots.CONFIG_KEY)),
     )
