@@ -38,10 +38,10 @@ from chatforge.evaluation.paraphrase import IntentJudge, read_paraphrases
 from chatforge.io import setup_logging, write_json
 from chatforge.modeling.base import add_slot_placeholders, check_base, resolve_base
 from chatforge.modeling.data import conversations
-from chatforge.modeling.manifest import Manifest, write_manifest
 from chatforge.modeling.quality import answer_samples
 from chatforge.modeling.train import train
 from chatforge.params import EvaluateParams, ModelParams, ServeParams, TrainParams
+from chatforge.runtime.folder import Manifest, write_manifest
 from chatforge.runtime.index import write_index
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -34,7 +34,7 @@ def _percentiles(seconds: list[float]) -> dict[str, float]:
 
 def _smollm2_folder(root: Path) -> Path:
     from chatforge.modeling.base import _load_smollm2
-    from chatforge.modeling.manifest import Manifest, write_manifest
+    from chatforge.runtime.folder import Manifest, write_manifest
 
     base = _load_smollm2()
     folder = root / "smollm2"
@@ -85,7 +85,7 @@ def bench_classifier(root: Path, *, runs: int) -> dict[str, Any]:
 
     from chatforge.compress.onnx_export import export_classifier
     from chatforge.compress.quantize import QuantizeOptions, _session, quantize_onnx
-    from chatforge.modeling.manifest import read_manifest
+    from chatforge.runtime.folder import read_manifest
 
     teacher = Path("models/teacher")
     if teacher.is_dir() and (teacher / "chatforge.json").exists() and read_manifest(teacher).family == "classifier":
@@ -132,7 +132,7 @@ def main() -> None:
     import torch
 
     from chatforge.io import write_json
-    from chatforge.modeling.manifest import read_manifest
+    from chatforge.runtime.folder import read_manifest
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -33,9 +33,9 @@ from chatforge.data.schema import conform
 from chatforge.io import write_json
 from chatforge.modeling.base import build_scratch
 from chatforge.modeling.data import collate_packed, conversations, pack, tokenize_conversations
-from chatforge.modeling.manifest import Manifest, write_manifest
 from chatforge.modeling.train import evaluate_loss, train
 from chatforge.params import ModelParams, TrainParams
+from chatforge.runtime.folder import Manifest, write_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "A10": 125.0, "4090": 165.0}

@@ -29,7 +29,6 @@ def main(
         check_base,
         describe,
         resolve_base,
-        sections_sha256,
     )
 
     try:
@@ -46,7 +45,7 @@ def main(
 
     from chatforge.knobs import report_knobs
     from chatforge.modeling.base import unknown_share, vocab_knob
-    from chatforge.modeling.manifest import Manifest, write_manifest
+    from chatforge.runtime.folder import Manifest, sections_sha256, write_manifest
 
     train = pl.read_parquet(train_split, columns=["content", "lang"])
     corpus = train["content"].to_list() if kind == "scratch" else None

@@ -25,22 +25,23 @@ def main(
 ) -> None:
     import polars as pl
 
-    from chatforge.modeling.distill import CompressError, distill, open_source
+    from chatforge.modeling.distill import CompressError, distill
+    from chatforge.runtime.folder import ModelFolderError, open_folder
 
     try:
         params = load_section("distill")
-        open_source(teacher_dir, key="distill (teacher folder)")
-    except (ParamsError, CompressError) as exc:
+        open_folder(teacher_dir, key="distill (teacher folder)")
+    except (ParamsError, ModelFolderError, CompressError) as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(code=2) from None
     log = setup_logging("distill")
     try:
         outcome = distill(teacher_dir, pl.read_parquet(train_data), pl.read_parquet(val_data), params=params)
-    except CompressError as exc:
+    except (ModelFolderError, CompressError) as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(code=2) from None
 
-    from chatforge.modeling.manifest import publish_derived
+    from chatforge.runtime.folder import publish_derived
 
     keys = ("retention", "retention_metric", "student_layers_from_teacher")
     publish_derived(out_dir, outcome.model, outcome.tokenizer, parent_dir=teacher_dir, variant="student",

@@ -49,6 +49,7 @@ def main(
     from chatforge.evaluation.paraphrase import IntentJudge, ParaphraseError, read_paraphrases
     from chatforge.modeling.data import conversations
     from chatforge.modeling.quality import answer_samples
+    from chatforge.runtime.folder import ModelFolderError
 
     log = setup_logging("evaluate")
     folders = {k: Path(v) for k, v in (item.split("=", 1) for item in variant)}
@@ -71,7 +72,7 @@ def main(
     present, missing = ev.check_variants(folders, params.variants)
     try:
         skipped = ev.unevaluable(present)
-    except ev.EvaluationError as exc:
+    except (ev.EvaluationError, ModelFolderError) as exc:
         typer.echo(f"evaluate: {exc}", err=True)
         raise typer.Exit(1) from None
     for name, reason in skipped.items():

@@ -29,24 +29,25 @@ def main(
 
     from chatforge.compress.prune import check_prune, prune
     from chatforge.knobs import report_knobs
-    from chatforge.modeling.distill import CompressError, open_source
+    from chatforge.modeling.short_train import CompressError
+    from chatforge.runtime.folder import ModelFolderError, read_family
 
     try:
         params = load_section("prune")
-        family = open_source(source_dir, key="prune.source").family
+        family = read_family(source_dir, key="prune.source")
         check_prune(AutoConfig.from_pretrained(source_dir), ratio=params.ratio, heads=params.heads,
                     round_to=params.round_to, family=family)
-    except (ParamsError, CompressError) as exc:
+    except (ParamsError, ModelFolderError, CompressError) as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(code=2) from None
     log = setup_logging("prune")
     try:
         outcome = prune(source_dir, pl.read_parquet(train_data), pl.read_parquet(val_data), params=params)
-    except CompressError as exc:
+    except (ModelFolderError, CompressError) as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(code=2) from None
 
-    from chatforge.modeling.manifest import publish_derived
+    from chatforge.runtime.folder import publish_derived
 
     keys = ("ratio", "criterion", "params_reduction", "magnitude_sparsity")
     publish_derived(out_dir, outcome.model, outcome.tokenizer, parent_dir=source_dir, variant="pruned",

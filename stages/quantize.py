@@ -29,13 +29,13 @@ def main(
     from chatforge.compress.quantize import build_onnx_folder, gate_failures
     from chatforge.knobs import report_knobs
     from chatforge.modeling.device import DeviceError, onnx_providers
-    from chatforge.modeling.distill import CompressError, open_source
+    from chatforge.runtime.folder import ModelFolderError, open_folder
 
     try:
         params = load_section("quantize")
-        open_source(source_dir, key="quantize.source")
+        open_folder(source_dir, key="quantize.source")
         onnx_providers(params.providers)  # before any work: names the installed onnxruntime lacks
-    except (ParamsError, CompressError, DeviceError) as exc:
+    except (ParamsError, ModelFolderError, DeviceError) as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(code=2) from None
     log = setup_logging("quantize")
@@ -43,7 +43,7 @@ def main(
         with atomic_path(out_dir) as tmp:
             knobs: list = []
             metrics = build_onnx_folder(source_dir, tmp, pl.read_parquet(test_data), params=params, knobs=knobs)
-    except (CompressError, ExportError) as exc:
+    except (ModelFolderError, ExportError) as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(code=2) from None
     write_json({**metrics, "knobs": report_knobs(knobs, log)}, metrics_path)

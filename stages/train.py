@@ -41,20 +41,21 @@ def main(
         relaunch_command,
         train,
     )
+    from chatforge.runtime.folder import ModelFolderError
 
     try:
         mp, tp = load_section("model"), load_section("train")
         train_turns, val_turns = pl.read_parquet(train_data), pl.read_parquet(val_data)
         check_inputs(mp, tp, base_dir=base_dir, train_turns=train_turns, val_turns=val_turns)
         responses = read_responses(tp.responses_path) if tp.responses_path else None
-    except (ParamsError, TrainError) as exc:
+    except (ParamsError, ModelFolderError, TrainError) as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(code=2) from None
     if (cmd := relaunch_command(tp.num_processes, sys.argv)) is not None:
         raise typer.Exit(code=subprocess.call(cmd))
     log = setup_logging("train")
 
-    from chatforge.modeling.manifest import Manifest, write_manifest
+    from chatforge.runtime.folder import Manifest, write_manifest
 
     data_sha, params_sha, run = fingerprint(data_files=[train_data, val_data], base_dir=base_dir, sections=[mp, tp])
     outcome = train(model_params=mp, train_params=tp, base_dir=base_dir, train_turns=train_turns, val_turns=val_turns,

@@ -43,7 +43,7 @@ def write_tiny_causal_lm(folder: Path, *, layers: int = 2, seed: int = 0, varian
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from chatforge.modeling.manifest import Manifest, write_manifest
+    from chatforge.runtime.folder import Manifest, write_manifest
 
     tokenizer = build_tiny_tokenizer()
     config = LlamaConfig(
@@ -68,7 +68,7 @@ def write_tiny_classifier(folder: Path, *, intents: tuple[str, ...] = ("weather"
     import torch
     from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
-    from chatforge.modeling.manifest import Manifest, write_manifest
+    from chatforge.runtime.folder import Manifest, write_manifest
 
     folder.mkdir(parents=True, exist_ok=True)
     chars = sorted({c for line in TINY_CORPUS for c in line.lower() if not c.isspace()})

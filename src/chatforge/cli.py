@@ -410,6 +410,7 @@ def export(
     from chatforge.io import write_text
     from chatforge.modeling import model_card as mc
     from chatforge.params import ServeLimits
+    from chatforge.runtime.folder import ModelFolderError
 
     types = list(dict.fromkeys(t.lower() for t in (gguf_types or ["q8_0"])))
     if bad := [t for t in types if t not in gx.GGUF_TYPES]:
@@ -420,7 +421,7 @@ def export(
         raise typer.Exit(code=2)
     try:
         plan = gx.plan_export(model_dir)
-    except gx.GgufExportError as exc:
+    except (gx.GgufExportError, ModelFolderError) as exc:
         typer.echo(f"export: {exc}", err=True)
         raise typer.Exit(code=2) from None
     # without a params file: what `chatforge serve` does without a persona (greedy, default answer length)
@@ -452,7 +453,7 @@ def export(
         try:
             written.append(gx.export_gguf(model_dir, target, gguf_type=gguf_type, name=name, license_id=license_id,  # type: ignore[arg-type]
                                        tags=("chatforge", plan.variant)))
-        except gx.GgufExportError as exc:
+        except (gx.GgufExportError, ModelFolderError) as exc:
             typer.echo(f"export: {exc}", err=True)
             raise typer.Exit(code=2) from None
         kept = f", {len(written[-1].f16_fallback)} tensors kept F16" if written[-1].f16_fallback else ""

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from chatforge.runtime.folder import MANIFEST_NAME, read_family, read_manifest
+
 log = logging.getLogger(__name__)
 
 GgufType = Literal["f16", "q8_0"]
@@ -75,24 +77,14 @@ class ModelfileOptions:
 def check_exportable(folder: Path | str) -> dict[str, Any]:
     """Cheap checks before any weights are read; returns the folder's config.json as a dict.
 
-    Raises GgufExportError when the folder is missing, is not a transformers model folder, holds
-    a classifier/translator or an ONNX-only export, or an architecture other than LlamaForCausalLM.
+    Raises ModelFolderError (chatforge.runtime.folder) when the folder is missing, is not a
+    transformers model folder or has a broken chatforge.json; GgufExportError when it holds a
+    classifier/translator or an ONNX-only export, or an architecture other than LlamaForCausalLM.
     """
     folder = Path(folder)
-    if not folder.is_dir():
-        raise GgufExportError(
-            f"{folder}: no such model folder. Build it first (`dvc repro train`, `dvc repro distill`, "
-            "`dvc repro prune`) or give a folder the pipeline wrote, e.g. models/teacher."
-        )
-    config_path = folder / "config.json"
-    if not config_path.exists():
-        raise GgufExportError(
-            f"{folder}: no config.json, so it is not a transformers model folder. Give a causal LM folder "
-            "the pipeline wrote (models/teacher, models/student, models/pruned)."
-        )
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    family = _manifest_family(folder)
-    if family is not None and family != "causal_lm":
+    family = read_family(folder, plain_ok=True)  # ModelFolderError: missing, no config.json, bad chatforge.json
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    if (folder / MANIFEST_NAME).exists() and family != "causal_lm":
         raise GgufExportError(
             f"{folder}: a {family} model (chatforge.json family: {family}), not a causal LM; GGUF export needs a "
             "chat model (model.family: causal_lm). Export models/teacher, models/student or models/pruned of a "
@@ -122,12 +114,6 @@ def check_exportable(folder: Path | str) -> dict[str, Any]:
         )
     return config
 
-
-def _manifest_family(folder: Path) -> str | None:
-    path = folder / "chatforge.json"
-    if path.exists():
-        return str(json.loads(path.read_text(encoding="utf-8")).get("family"))
-    return None
 
 
 # ---- tokenizer ----------------------------------------------------------------------------------
@@ -293,13 +279,11 @@ def plan_export(folder: Path | str) -> ExportPlan:
                               "needs tokenizer.json and tokenizer_config.json as the pipeline writes them.") from None
     vocab = read_vocab(tokenizer, vocab_size=max(int(config.get("vocab_size", 0)), len(tokenizer)))
     template, system = ollama_template(vocab.chat_template)
-    manifest = {}
-    if (folder / "chatforge.json").exists():
-        manifest = json.loads((folder / "chatforge.json").read_text(encoding="utf-8"))
+    manifest = read_manifest(folder) if (folder / MANIFEST_NAME).exists() else None  # checked by check_exportable
     eos = tokenizer.eos_token if isinstance(tokenizer.eos_token, str) else None
     return ExportPlan(
-        folder=folder, variant=str(manifest.get("variant") or folder.name), base=manifest.get("base"),
-        parent=manifest.get("parent"), config=config, template=template, default_system=system,
+        folder=folder, variant=str((manifest.variant if manifest else None) or folder.name),
+        base=manifest.base if manifest else None, parent=manifest.parent if manifest else None, config=config, template=template, default_system=system,
         stops=stop_tokens(vocab.tokens, eos),
         slot_placeholders=bool(getattr(tokenizer, "init_kwargs", {}).get(slots.CONFIG_KEY)),
     )

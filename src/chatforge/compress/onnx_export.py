@@ -194,7 +194,7 @@ def load_for_export(folder: Path, *, key: str = "quantize.source") -> tuple[Any,
     """Load a float32 model from a pipeline folder with eager attention (traceable); return it and its family."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    from chatforge.compress.prune import read_family
+    from chatforge.runtime.folder import read_family
 
     family = read_family(folder, key=key)
     config = AutoConfig.from_pretrained(folder)

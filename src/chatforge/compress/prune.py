@@ -35,25 +35,12 @@ import torch
 
 from chatforge.knobs import Reached
 from chatforge.modeling.data import conversations
-from chatforge.modeling.distill import (
-    CompressError,
-    fit,
-    latency,
-    load_model,
-    make_batches,
-    open_source,
-    parameter_count,
-    quality,
-    size_mb,
-    target_logits,
-)
+from chatforge.modeling.measure import latency, parameter_count, quality, size_mb
 from chatforge.modeling.quality import retention as answer_retention
+from chatforge.modeling.short_train import CompressError, fit, load_model, make_batches, target_logits
+from chatforge.runtime.folder import MANIFEST_NAME, read_family
 
 log = logging.getLogger(__name__)
-
-
-def read_family(folder: Path, *, key: str) -> str:
-    return open_source(folder, key=key).family
 
 
 @dataclass
@@ -327,8 +314,6 @@ def prune(source_dir: Path, train_turns: pl.DataFrame, val_turns: pl.DataFrame, 
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        from chatforge.modeling.manifest import MANIFEST_NAME
-
         (Path(tmp) / MANIFEST_NAME).write_text((source_dir / MANIFEST_NAME).read_text(encoding="utf-8"), encoding="utf-8")
         model, _ = load_model(Path(tmp), family)
     masks, sparsity = ({}, 0.0)

@@ -371,7 +371,7 @@ def build_onnx_folder(source_dir: Path, folder: Path, test_turns: Any, *, params
 
     from chatforge.compress.onnx_export import export_causal_lm, export_classifier, load_for_export
     from chatforge.modeling.data import conversations
-    from chatforge.modeling.manifest import CARRIED_FILES, Manifest, read_manifest, write_manifest
+    from chatforge.runtime.folder import CARRIED_FILES, Manifest, read_manifest, write_manifest
 
     model, family = load_for_export(source_dir, key="quantize.source")
     from transformers import AutoTokenizer

@@ -24,7 +24,6 @@ from chatforge.evaluation.paraphrase import IntentJudge, Question
 from chatforge.io import progress
 from chatforge.knobs import Reached
 from chatforge.modeling.data import Conversation, conversations
-from chatforge.modeling.manifest import MANIFEST_NAME, read_manifest
 from chatforge.modeling.quality import (
     LANGS,
     RETENTION_KEYS,
@@ -38,6 +37,7 @@ from chatforge.modeling.quality import (
     score_answers,
 )
 from chatforge.params import EvaluateParams, ServeHybrid
+from chatforge.runtime.folder import read_family
 
 log = logging.getLogger("chatforge.evaluate")
 
@@ -181,7 +181,7 @@ def unevaluable(folders: Mapping[str, Path]) -> dict[str, str]:
 
     out: dict[str, str] = {}
     for name, folder in folders.items():
-        if family_of(folder) != "classifier":
+        if read_family(folder) != "classifier":
             continue
         config = json.loads((folder / "config.json").read_text(encoding="utf-8")) if (folder / "config.json").exists() else {}
         head = any(a.endswith("ForSequenceClassification") for a in config.get("architectures") or [])
@@ -211,12 +211,6 @@ def sample_knobs(convs: Sequence[Conversation], params: EvaluateParams, sample_c
             knobs.append(Reached(f"{key} ({lang})", asked, got, "as requested" if got == asked else
                                  f"the test split has {have} {lang} assistant turns (original rows, non-empty)"))
     return knobs
-
-
-def family_of(folder: Path) -> str:
-    if (folder / MANIFEST_NAME).exists():
-        return read_manifest(folder).family
-    raise EvaluationError(f"{folder}: {MANIFEST_NAME} missing; point the evaluate stage at a folder the pipeline built.")
 
 
 @dataclass(frozen=True)
@@ -290,7 +284,7 @@ def evaluate_variant(
     `providers` (quantize.providers; None: CPU), torch ones on the accelerator if any."""
     weights = weights_file(folder, name)
     common = {"params": parameter_count(weights), "size_mb": weights.stat().st_size / 1e6}
-    family = family_of(folder)
+    family = read_family(folder)
     backend_name = "onnx_int8" if name == "int8" else "torch"
     if family == "classifier":
         from chatforge.serving.backends import ClassifierBackend

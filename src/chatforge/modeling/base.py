@@ -364,10 +364,3 @@ def describe(model: Any) -> dict[str, Any]:
         "vocab_size": config.vocab_size,
     }
 
-
-def sections_sha256(*sections: Any) -> str:
-    """A stable hash of params sections (what chatforge.json records and checkpoints are keyed by)."""
-    import hashlib
-
-    payload = json.dumps([s.model_dump(mode="json") for s in sections], sort_keys=True, ensure_ascii=False)
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()

@@ -2,74 +2,29 @@
 
 The student keeps the teacher's width, vocabulary and head, and every k-th transformer layer
 (evenly spaced, first and last always kept — the DistilBERT recipe), so it starts close to the
-teacher instead of from noise. Loss per target (assistant token, or conversation intent):
-
-    alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + (1 - alpha) * cross-entropy
-
-The T^2 factor keeps the soft-target gradients on the same scale as the hard-label ones (Hinton et
-al.). The quality helpers here (perplexity/BLEU, accuracy/macro-F1, size, latency) also serve prune.
+teacher instead of from noise. It is trained by the short fine-tune prune's recovery shares
+(chatforge.modeling.short_train: KL at temperature + hard labels) and measured before/after by
+chatforge.modeling.measure.
 """
 
 from __future__ import annotations
 
 import copy
 import re
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import polars as pl
-import torch
-import torch.nn.functional as F
 
-from chatforge.io import progress
-from chatforge.metrics import classification_scores, latency_stats, retention
-from chatforge.modeling import classifier as clf
-from chatforge.modeling.data import (
-    IGNORE,
-    Conversation,
-    collate_padded,
-    conversations,
-    tokenize_conversations,
-)
-from chatforge.modeling.device import accelerator, to_device
-from chatforge.modeling.manifest import MANIFEST_NAME, Manifest, read_manifest
-from chatforge.modeling.quality import assistant_perplexity, model_answer_scores
+from chatforge.metrics import retention
+from chatforge.modeling.data import conversations
+from chatforge.modeling.measure import latency, parameter_count, quality, size_mb
 from chatforge.modeling.quality import retention as answer_retention
-from chatforge.modeling.schedule import cosine_with_floor
+from chatforge.modeling.short_train import CompressError, fit, load_model, make_batches
+from chatforge.runtime.folder import open_folder
 
 LAYER_INDEX = re.compile(r"(\.(?:layers|layer)\.)(\d+)\.")
-
-
-class CompressError(ValueError):
-    """A compression stage cannot run; the message names the params key or input and the fix."""
-
-
-def open_source(folder: Path, *, key: str) -> Manifest:
-    """Check that `folder` is a model folder the pipeline wrote; `key` is the params key that chose it."""
-    if not folder.is_dir():
-        raise CompressError(f"{key}: model folder {folder} does not exist. Build it first (`dvc repro`) or change {key}.")
-    if not (folder / "config.json").exists() or not (folder / MANIFEST_NAME).exists():
-        raise CompressError(
-            f"{key}: {folder} is not a model folder (needs config.json and {MANIFEST_NAME}). "
-            "Point it at a folder the pipeline wrote (teacher, student, pruned)."
-        )
-    try:
-        return read_manifest(folder)
-    except ValueError as exc:
-        raise CompressError(f"{key}: {folder}/{MANIFEST_NAME} is not valid: {exc}") from None
-
-
-def load_model(folder: Path, family: str) -> tuple[Any, Any]:
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
-
-    cls = AutoModelForCausalLM if family == "causal_lm" else AutoModelForSequenceClassification
-    model = cls.from_pretrained(folder, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
 
 
 # ------------------------------------------------------------------------------------- student
@@ -108,166 +63,6 @@ def build_student(teacher: Any, *, student_layers: int) -> Any:
     return student
 
 
-# ------------------------------------------------------------------------------------ training
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, targets: torch.Tensor, *,
-            alpha: float, temperature: float) -> torch.Tensor:
-    """Mean over targets of alpha*T^2*KL(teacher_T || student_T) + (1-alpha)*CE(student, target)."""
-    hard = F.cross_entropy(student_logits, targets)
-    if teacher_logits is None or alpha == 0.0:
-        return hard
-    t = temperature
-    soft = F.kl_div(
-        F.log_softmax(student_logits / t, dim=-1), F.log_softmax(teacher_logits / t, dim=-1),
-        log_target=True, reduction="batchmean",
-    )
-    return alpha * t * t * soft + (1.0 - alpha) * hard
-
-
-def target_logits(model: Any, batch: dict[str, torch.Tensor], family: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits at the positions that carry a target, and those targets (assistant tokens or intents)."""
-    if family == "classifier":
-        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float(), batch["labels"]
-    # the vocabulary projection only where an assistant token is predicted (most positions have none)
-    hidden = model.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).last_hidden_state
-    targets = batch["labels"][:, 1:]
-    keep = targets != IGNORE
-    return model.get_output_embeddings()(hidden[:, :-1][keep]).float(), targets[keep]
-
-
-def make_batches(convs: list[Conversation], tokenizer: Any, *, family: str, labels: list[str] | None,
-                 max_seq_len: int, batch_size: int, classifier_input: Literal["first_user", "all_user"] = "first_user") -> list[dict[str, torch.Tensor]]:
-    """Padded batches of similar length (sorted, so padding is small); order fixed by the data."""
-    pad = tokenizer.pad_token_id
-    if family == "causal_lm":
-        examples, _ = tokenize_conversations(convs, tokenizer, max_seq_len=max_seq_len, overlong="truncate")
-        examples.sort(key=lambda e: len(e.input_ids))
-        return [collate_padded(examples[i : i + batch_size], pad_id=pad) for i in range(0, len(examples), batch_size)]
-    examples, _ = clf.classifier_examples(convs, tokenizer, labels=labels or [], mode=classifier_input, max_seq_len=max_seq_len)
-    examples.sort(key=lambda e: len(e.input_ids))
-    return [clf.collate_classifier(examples[i : i + batch_size], pad_id=pad) for i in range(0, len(examples), batch_size)]
-
-
-def fit(student: Any, batches: list[dict[str, torch.Tensor]], *, family: str, steps: int, lr: float, seed: int,
-        teacher: Any = None, alpha: float = 0.0, temperature: float = 1.0,
-        masks: dict[str, torch.Tensor] | None = None, desc: str = "distill") -> list[float]:
-    """`steps` AdamW steps over shuffled batches (cycled), lr decaying from `lr` to lr/100 on a
-    cosine; returns the loss of every step.
-
-    `masks` (parameter name -> 0/1 tensor) are re-applied after each step so magnitude-pruned
-    weights stay exactly zero through the recovery fine-tune."""
-    if not batches:
-        raise CompressError(f"{desc}: no training example left after tokenization; check the train split and max_seq_len.")
-    # the accelerator when there is one (train's rule); the student and teacher stay on it afterwards
-    acc = accelerator()
-    generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    student.to(acc.device)
-    if teacher is not None:
-        teacher.to(acc.device)
-    masks = {name: mask.to(acc.device) for name, mask in masks.items()} if masks else masks
-    optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
-    # cosine decay to lr/100 over the steps (no warmup: the student starts from trained weights); the
-    # last steps at a small lr settle the weights instead of leaving them mid-jump
-    scheduler = cosine_with_floor(optimizer, lr=lr, lr_min=lr / 100, warmup_steps=0, total_steps=steps)
-    optimizer = acc.prepare_optimizer(optimizer, device_placement=False)
-    params = dict(student.named_parameters())
-    student.train()
-    if teacher is not None:
-        teacher.eval()
-    losses: list[float] = []
-    order: list[int] = []
-    for _ in progress(range(steps), total=steps, desc=desc):
-        if not order:
-            order = torch.randperm(len(batches), generator=generator).tolist()
-        batch = to_device(batches[order.pop()], acc.device)
-        with acc.autocast():
-            logits, targets = target_logits(student, batch, family)
-            with torch.no_grad():
-                teacher_logits = target_logits(teacher, batch, family)[0] if teacher is not None and alpha > 0 else None
-            loss = kd_loss(logits, teacher_logits, targets, alpha=alpha, temperature=temperature)
-        optimizer.zero_grad(set_to_none=True)
-        acc.backward(loss)
-        acc.clip_grad_norm_(student.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        if masks:
-            with torch.no_grad():
-                for name, mask in masks.items():
-                    params[name].mul_(mask)
-        losses.append(float(loss.detach()))
-    student.eval()
-    return losses
-
-
-# ------------------------------------------------------------------------------------- quality
-def parameter_count(model: Any) -> int:
-    """Distinct parameters (a tied embedding/head counts once)."""
-    seen: set[int] = set()
-    total = 0
-    for p in model.parameters():
-        if p.data_ptr() not in seen:
-            seen.add(p.data_ptr())
-            total += p.numel()
-    return total
-
-
-def size_mb(model: Any) -> float:
-    """Bytes of the float32 safetensors file the model would write, in MB (tied weights once)."""
-    return parameter_count(model) * 4 / 1e6
-
-
-@torch.no_grad()
-def quality(model: Any, tokenizer: Any, convs: list[Conversation], *, family: str, labels: list[str] | None,
-            max_seq_len: int, bleu_samples: int, max_new_tokens: int, seed: int,
-            classifier_input: Literal["first_user", "all_user"] = "first_user") -> dict[str, float]:
-    """Causal LM: perplexity on assistant tokens + full answers scored by the one quality path
-    (BLEU, slot carry ...); classifier: accuracy + macro-F1."""
-    model.eval()
-    if family == "classifier":
-        batches = make_batches(convs, tokenizer, family=family, labels=labels, max_seq_len=max_seq_len, batch_size=8,
-                               classifier_input=classifier_input)
-        truth, pred = [], []
-        for batch in batches:
-            logits, targets = target_logits(model, to_device(batch, model.device), family)
-            truth += [labels[i] for i in targets.tolist()]  # type: ignore[index]
-            pred += [labels[i] for i in logits.argmax(-1).tolist()]  # type: ignore[index]
-        scores = classification_scores(truth, pred, labels=labels or [])
-        return {"accuracy": scores.accuracy, "macro_f1": scores.macro_f1}
-    from chatforge.modeling.generate import TorchGenerator
-
-    # the one perplexity path (chatforge.modeling.quality), as evaluate measures it
-    scored = assistant_perplexity(TorchGenerator(model, tokenizer, fingerprint="quality"), convs, max_seq_len=max_seq_len)
-    out = {"perplexity": scored["perplexity"]}
-    if bleu_samples:
-        out.update(model_answer_scores(model, tokenizer, convs, samples_per_lang=bleu_samples, max_new_tokens=max_new_tokens, seed=seed))
-    return out
-
-
-@torch.no_grad()
-def latency(model: Any, tokenizer: Any, convs: list[Conversation], *, family: str, requests: int, max_new_tokens: int) -> dict[str, float]:
-    """Per-request latency: a classifier forward, or greedy generation of max_new_tokens for a causal LM."""
-    from chatforge.modeling.generate import GenerationConfig, TorchGenerator
-
-    model.eval()
-    prompts = [[m for m in c.messages if m["role"] != "assistant"][:1] for c in convs[:requests]]
-    prompts = [p for p in prompts if p]
-    seconds = []
-    if family == "classifier":
-        for p in prompts:
-            enc = tokenizer(p[0]["content"], return_tensors="pt").to(model.device)
-            start = time.perf_counter()
-            model(**enc).logits.cpu()  # .cpu(): waits for an accelerator to finish
-            seconds.append(time.perf_counter() - start)
-    else:
-        gen = TorchGenerator(model, tokenizer, fingerprint="latency")
-        config = GenerationConfig(max_new_tokens=max_new_tokens)
-        for p in prompts:
-            start = time.perf_counter()
-            gen.generate(p, config)
-            seconds.append(time.perf_counter() - start)
-    return latency_stats(seconds)
-
-
 def primary_metric(family: str, choice: str) -> tuple[str, bool]:
     """The quality number a gate compares, and whether higher is better."""
     if choice == "auto":
@@ -291,7 +86,7 @@ class DistillOutcome:
 
 def distill(teacher_dir: Path, train_turns: pl.DataFrame, val_turns: pl.DataFrame, *, params: Any) -> DistillOutcome:
     """Train a student from the teacher in `teacher_dir` with `params` (a DistillParams)."""
-    manifest = open_source(teacher_dir, key="distill (teacher folder)")
+    manifest = open_folder(teacher_dir, key="distill (teacher folder)")
     family = manifest.family
     metric, higher = primary_metric(family, params.retention_metric)
     teacher, tokenizer = load_model(teacher_dir, family)

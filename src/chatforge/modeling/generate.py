@@ -10,7 +10,6 @@ is what makes ONNX float greedy decoding equal torch greedy decoding token for t
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +18,8 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from chatforge.metrics import answer_confidence
-from chatforge.modeling.manifest import MANIFEST_NAME, read_manifest
 from chatforge.modeling.slots import SlotCodec, codec_for
+from chatforge.runtime.folder import read_family
 
 Backend = Literal["auto", "torch", "onnx", "onnx_int8"]
 ONNX_FLOAT_NAME = "model.onnx"
@@ -609,19 +608,6 @@ def _fingerprint(path: Path, backend: str) -> str:
     return f"{backend}:{h.hexdigest()[:16]}"
 
 
-def _family(folder: Path) -> str:
-    if (folder / MANIFEST_NAME).exists():
-        return read_manifest(folder).family
-    config_path = folder / "config.json"
-    if not config_path.exists():
-        raise FileNotFoundError(
-            f"{folder}: not a model folder (no {MANIFEST_NAME} and no config.json). "
-            "Point at a folder the pipeline wrote, e.g. models/teacher or models/onnx."
-        )
-    archs = json.loads(config_path.read_text(encoding="utf-8")).get("architectures") or []
-    return "causal_lm" if any(a.endswith("ForCausalLM") for a in archs) else "classifier"
-
-
 def load_generator(folder: Path | str, *, backend: Backend = "auto", providers: Sequence[str] | None = None) -> Generator:
     """Open a causal-LM model folder for generation.
 
@@ -630,9 +616,7 @@ def load_generator(folder: Path | str, *, backend: Backend = "auto", providers: 
     accelerator when there is one (chatforge.modeling.device).
     """
     folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: model folder not found. Build it with `dvc repro` first.")
-    family = _family(folder)
+    family = read_family(folder, plain_ok=True)  # a user's plain transformers folder too
     if family != "causal_lm":
         raise ValueError(
             f"{folder}: a {family} model cannot generate text; load_generator takes causal_lm folders "

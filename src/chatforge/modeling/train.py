@@ -48,10 +48,10 @@ from chatforge.modeling.data import (
     tokenize_conversations,
 )
 from chatforge.modeling.freezing import apply_freezing, find_layer_stack, frozen_layer_count
-from chatforge.modeling.manifest import read_manifest
 from chatforge.modeling.quality import model_answer_scores
 from chatforge.modeling.schedule import cosine_with_floor
 from chatforge.params import ModelParams, TrainParams
+from chatforge.runtime.folder import read_family
 
 log = logging.getLogger("chatforge.train")
 
@@ -80,13 +80,10 @@ def check_inputs(
     mp: ModelParams, tp: TrainParams, *, base_dir: Path, train_turns: pl.DataFrame, val_turns: pl.DataFrame
 ) -> None:
     """Everything that can be checked before a weight is loaded (each error names its key)."""
-    try:
-        manifest = read_manifest(base_dir)
-    except FileNotFoundError as exc:
-        raise TrainError(f"{exc}") from None
-    if manifest.family != mp.family:
+    family = read_family(base_dir)  # ModelFolderError when base_dir is not a model folder
+    if family != mp.family:
         raise TrainError(
-            f"model.family is '{mp.family}' but {base_dir} was built as '{manifest.family}': run `dvc repro base`."
+            f"model.family is '{mp.family}' but {base_dir} was built as '{family}': run `dvc repro base`."
         )
     config = json.loads((Path(base_dir) / "config.json").read_text(encoding="utf-8"))
     context = config.get("max_position_embeddings") or config.get("n_positions")
@@ -641,7 +638,7 @@ def fingerprint(*, data_files: list[Path], base_dir: Path, sections: list[Any]) 
     import hashlib
 
     from chatforge.io import sha256_file, sha256_tree
-    from chatforge.modeling.base import sections_sha256
+    from chatforge.runtime.folder import sections_sha256
 
     data_sha = hashlib.sha256("\n".join(sha256_file(p) for p in data_files).encode()).hexdigest()
     params_sha = sections_sha256(*sections)

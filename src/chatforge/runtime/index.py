@@ -1,7 +1,7 @@
 """The exchanges a chat model folder answers from when it is unsure (`retrieval.jsonl`).
 
 Written by train from the train split's original conversations, copied down the chain with the
-model (chatforge.modeling.manifest.CARRIED_FILES), read by retrieval in the loop
+model (chatforge.runtime.folder.CARRIED_FILES), read by retrieval in the loop
 (chatforge.runtime.hybrid) in evaluate and `chatforge serve`. One conversation per line:
 `{"conversation_id", "lang", "intent", "messages"}`, sorted by id.
 """

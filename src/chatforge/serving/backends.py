@@ -23,7 +23,7 @@ import numpy as np
 
 from chatforge.modeling.device import onnx_session, place
 from chatforge.modeling.generate import GenerationConfig, load_generator
-from chatforge.modeling.manifest import MANIFEST_NAME, read_manifest
+from chatforge.runtime.folder import MANIFEST_NAME, read_family, read_manifest
 
 log = logging.getLogger("chatforge.serving.backends")
 
@@ -239,21 +239,7 @@ def open_backend(folder: Path | str, *, backend: BackendName = "auto", providers
     `causal` (max_batch_size, max_wait_ms, hybrid: serve.hybrid) configures a causal LM's batching
     and retrieval in the loop; ONNX files run on the
     execution `providers` (quantize.providers; None: CPU), torch weights on the accelerator if any."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(
-            f"{folder}: model folder not found. Build it with `dvc repro` or fix serve.variants[].model in params.yaml."
-        )
-    if (folder / MANIFEST_NAME).exists():
-        family = read_manifest(folder).family
-    else:
-        config = (
-            json.loads((folder / "config.json").read_text(encoding="utf-8"))
-            if (folder / "config.json").exists()
-            else {}
-        )
-        archs = config.get("architectures") or []
-        family = "causal_lm" if any(a.endswith("ForCausalLM") for a in archs) else "classifier"
+    family = read_family(folder, plain_ok=True)
     if family == "classifier":
         return ClassifierBackend(folder, backend=backend, providers=providers)
     return CausalLMBackend(folder, backend=backend, providers=providers, **causal)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from chatforge.modeling.manifest import Manifest, write_manifest
 from chatforge.modeling.tokenizer import CHATML_TEMPLATE
+from chatforge.runtime.folder import Manifest, write_manifest
 SAMPLE_TEXT = [
     "hello, how can I help you today?",
     "my order has not arrived yet, where is it?",

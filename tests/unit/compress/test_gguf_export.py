@@ -28,8 +28,8 @@ from chatforge.compress.gguf_export import (
     token_agreement,
 )
 from chatforge.io import sha256_tree
-from chatforge.modeling.manifest import Manifest, write_manifest
 from chatforge.modeling.tokenizer import train_bpe_tokenizer
+from chatforge.runtime.folder import Manifest, ModelFolderError, write_manifest
 
 CONVERSATIONS = [
     [{"role": "user", "content": "查询北京天气"}],
@@ -333,7 +333,7 @@ def test_ollama_template_default_system_and_refusals() -> None:
 def test_bad_input_is_a_clear_error(case: str, tiny_causal_lm: Path, tiny_classifier: Path, tmp_path: Path) -> None:
     folder = {"missing": tmp_path / "nope", "classifier": tiny_classifier}.get(case, tmp_path / case)
     expected = {
-        "missing": "no such model folder", "classifier": "not a causal LM", "onnx_only": "holds an ONNX export",
+        "missing": "does not exist", "classifier": "not a causal LM", "onnx_only": "holds an ONNX export",
         "gpt2": "architecture 'GPT2LMHeadModel' is not supported", "bad_type": "--type 'q4_k'",
     }[case]
     if case in ("onnx_only", "gpt2", "bad_type"):
@@ -351,5 +351,5 @@ def test_bad_input_is_a_clear_error(case: str, tiny_causal_lm: Path, tiny_classi
     assert "Traceback" not in result.output and isinstance(result.exception, SystemExit)  # typer.Exit(2), not a crash
     assert not (tmp_path / "out").exists()  # nothing half-written
     if case in ("missing", "classifier"):
-        with pytest.raises(GgufExportError):
+        with pytest.raises(ModelFolderError if case == "missing" else GgufExportError):
             plan_export(folder)

@@ -40,8 +40,8 @@ def answer(model, tokenizer, prompt: str) -> list[int]:
 @pytest.fixture(scope="module")
 def smollm2_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from chatforge.modeling.base import resolve_base
-    from chatforge.modeling.manifest import Manifest, write_manifest
     from chatforge.params import ModelParams
+    from chatforge.runtime.folder import Manifest, write_manifest
 
     resolved = resolve_base(ModelParams(base="smollm2-135m-instruct", family="causal_lm"))
     folder = tmp_path_factory.mktemp("smollm2") / "base"

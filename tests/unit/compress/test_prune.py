@@ -9,8 +9,9 @@ import torch
 from tinymodels import tiny_turns, write_tiny_causal_lm, write_tiny_classifier
 
 from chatforge.compress.prune import prune
-from chatforge.modeling.distill import CompressError
+from chatforge.modeling.short_train import CompressError
 from chatforge.params import ParamsError, PruneParams, validate_section
+from chatforge.runtime.folder import ModelFolderError
 
 torch.set_num_threads(1)
 FAST = {"bleu_samples": 2, "max_new_tokens": 4, "latency_requests": 2, "eval_max_conversations": 8, "recovery_steps": 4}
@@ -50,7 +51,7 @@ def test_taylor_drops_dead_channels_that_magnitude_keeps(tmp_path: Path, criteri
     (|w * grad|) scores them 0 and removes exactly them, so the logits do not move; magnitude keeps them."""
     from chatforge.compress.prune import prune_mlp
     from chatforge.modeling.data import conversations
-    from chatforge.modeling.distill import load_model, make_batches
+    from chatforge.modeling.short_train import load_model, make_batches
 
     model, tokenizer = load_model(write_tiny_causal_lm(tmp_path / "m", layers=2), "causal_lm")
     dead = list(range(0, 128, 8))  # 16 of 128 channels per layer
@@ -105,10 +106,10 @@ def test_ratio_outside_unit_interval_is_a_params_error() -> None:
 
 def test_missing_or_non_model_source(tmp_path: Path) -> None:
     turns = tiny_turns(4)
-    with pytest.raises(CompressError, match="prune.source"):
+    with pytest.raises(ModelFolderError, match="prune.source"):
         prune(tmp_path / "missing", turns, turns, params=PruneParams())
     (tmp_path / "x").mkdir()
-    with pytest.raises(CompressError, match="prune.source: .* not a model folder"):
+    with pytest.raises(ModelFolderError, match="prune.source: .* not a model folder"):
         prune(tmp_path / "x", turns, turns, params=PruneParams())
 
 

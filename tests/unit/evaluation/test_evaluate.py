@@ -291,7 +291,7 @@ def _untouched_encoder(folder: Path) -> Path:
     """What `dvc repro base` writes for model.family: classifier: an encoder, no head, no responses."""
     from transformers import BertConfig, BertModel
 
-    from chatforge.modeling.manifest import Manifest, write_manifest
+    from chatforge.runtime.folder import Manifest, write_manifest
 
     BertModel(BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                          intermediate_size=64)).save_pretrained(folder)

@@ -14,11 +14,11 @@ from chatforge.modeling.distill import (
     CompressError,
     build_student,
     distill,
-    kd_loss,
-    open_source,
     pick_layers,
 )
+from chatforge.modeling.short_train import kd_loss
 from chatforge.params import DistillParams
+from chatforge.runtime.folder import ModelFolderError, open_folder
 
 torch.set_num_threads(1)
 FAST = {"bleu_samples": 2, "max_new_tokens": 4, "latency_requests": 2, "eval_max_conversations": 8, "student_layers": None}
@@ -86,9 +86,9 @@ def test_classifier_student(tmp_path: Path) -> None:
 
 
 def test_bad_teacher_folder_names_the_problem(tmp_path: Path) -> None:
-    with pytest.raises(CompressError, match="does not exist"):
-        open_source(tmp_path / "nope", key="distill (teacher folder)")
+    with pytest.raises(ModelFolderError, match="does not exist"):
+        open_folder(tmp_path / "nope", key="distill (teacher folder)")
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "notes.txt").write_text("hi")
-    with pytest.raises(CompressError, match="not a model folder"):
-        open_source(tmp_path / "junk", key="prune.source")
+    with pytest.raises(ModelFolderError, match="not a model folder"):
+        open_folder(tmp_path / "junk", key="prune.source")

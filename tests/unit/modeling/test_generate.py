@@ -18,6 +18,7 @@ from chatforge.modeling.generate import (
     choose_token,
     load_generator,
 )
+from chatforge.runtime.folder import ModelFolderError
 
 torch.set_num_threads(1)
 USER = [{"role": "user", "content": "查询北京天气"}]
@@ -115,12 +116,12 @@ def test_auto_backend_prefers_onnx_and_fingerprints_differ(tiny_causal_lm: Path,
 
 
 def test_bad_folders_are_clear_errors(tiny_classifier: Path, tiny_causal_lm: Path, tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="not found"):
+    with pytest.raises(ModelFolderError, match="does not exist"):
         load_generator(tmp_path / "missing")
     with pytest.raises(ValueError, match="classifier model cannot generate"):
         load_generator(tiny_classifier)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="not a model folder"):
+    with pytest.raises(ModelFolderError, match="not a model folder"):
         load_generator(tmp_path / "empty")
     with pytest.raises(FileNotFoundError, match="model.int8.onnx: missing"):
         load_generator(tiny_causal_lm, backend="onnx_int8")

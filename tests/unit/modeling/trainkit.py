@@ -10,8 +10,8 @@ import polars as pl
 
 from chatforge.data.schema import TURNS_SCHEMA, conform
 from chatforge.modeling.base import resolve_base
-from chatforge.modeling.manifest import Manifest, write_manifest
 from chatforge.params import ModelParams, TrainParams
+from chatforge.runtime.folder import Manifest, write_manifest
 
 CITIES = [("北京", "Beijing"), ("上海", "Shanghai"), ("广州", "Guangzhou"), ("深圳", "Shenzhen"), ("成都", "Chengdu")]
 

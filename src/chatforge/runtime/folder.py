@@ -1,0 +1,169 @@
+"""A built model folder: its manifest (`chatforge.json`), its family, and the check that it is one.
+
+A model folder is an ordinary transformers folder (config.json, model.safetensors, tokenizer files,
+chat template) plus this manifest. Classifier folders also carry `responses.json`
+({intent: {"zh": answer, "en": answer}}) and their labels in config.id2label.
+ONNX folders add model.onnx / model.int8.onnx next to the tokenizer.
+
+Every stage, evaluate and serving open a folder through `open_folder` / `read_family`, and a folder
+that is not a usable model folder raises one error, `ModelFolderError`, whose message says what is
+wrong and how to fix it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+MANIFEST_NAME = "chatforge.json"
+CONFIG_NAME = "config.json"
+# what a derived folder takes over from its parent: a classifier's answers, a chat model's exchanges
+# (retrieval in the loop, chatforge.runtime.index.INDEX_NAME)
+CARRIED_FILES = ("responses.json", "retrieval.jsonl")
+Family = Literal["causal_lm", "classifier", "translator"]
+FAMILIES: tuple[str, ...] = get_args(Family)
+# where a message points when a folder is not usable
+PIPELINE_FOLDERS = "models/teacher, models/student, models/pruned, models/onnx"
+SHOWN_CHARS = 200  # a path or value quoted in a message is cut here: messages never echo unbounded input
+
+
+class ModelFolderError(ValueError):
+    """A folder is not a usable model folder; the message says what is wrong and how to fix it."""
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    family: Family
+    variant: str  # base | teacher | student | pruned | int8 | ...
+    parent: str | None = None  # the folder (or hub id / package) it was derived from
+    base: str | None = None  # the model.base value it started from
+    data_sha256: str | None = None  # hash of the data it was trained on
+    params_sha256: str | None = None  # hash of the params sections that shaped it
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+def _shown(value: object, limit: int = SHOWN_CHARS) -> str:
+    text = str(value)
+    return text if len(text) <= limit else f"{text[:limit]}..."
+
+
+def _prefix(key: str | None) -> str:
+    return f"{key}: " if key else ""
+
+
+def _rebuild(key: str | None) -> str:
+    return f"Rebuild the folder with `dvc repro`{f' or change {key}' if key else ''}."
+
+
+def read_manifest(folder: Path | str, *, key: str | None = None) -> Manifest:
+    """The folder's `chatforge.json`. `key` (the params key that chose the folder) starts every message.
+
+    Raises ModelFolderError when the file is missing, is not JSON, names an unknown family or is
+    not a manifest."""
+    path = Path(folder) / MANIFEST_NAME
+    p, where = _prefix(key), _shown(path)
+    if not path.exists():
+        raise ModelFolderError(
+            f"{p}{_shown(folder)} is not a model folder: it has no {MANIFEST_NAME}. Point at a folder the "
+            f"pipeline wrote ({PIPELINE_FOLDERS}) or build it with `dvc repro`."
+        )
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text)
+    except UnicodeDecodeError:
+        raise ModelFolderError(f"{p}{where} is not JSON (not UTF-8 text). {_rebuild(key)}") from None
+    except json.JSONDecodeError as exc:
+        raise ModelFolderError(
+            f"{p}{where} is not JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}). {_rebuild(key)}"
+        ) from None
+    if isinstance(data, dict) and "family" in data and data["family"] not in FAMILIES:
+        raise ModelFolderError(
+            f"{p}{where}: family {_shown(data['family'], 40)!r} is not one of {', '.join(FAMILIES)}. "
+            f"{_rebuild(key)} (model.family in params.yaml chooses the family)"
+        )
+    try:
+        return Manifest.model_validate_json(text)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False)[0]
+        field = ".".join(str(part) for part in first["loc"]) or "the whole file"
+        raise ModelFolderError(
+            f"{p}{where} is not a chatforge manifest ({_shown(field, 60)}: {first['msg']}). {_rebuild(key)}"
+        ) from None
+
+
+def _check_folder(folder: Path, *, key: str | None, plain_ok: bool) -> bool:
+    """The checks every opener shares; returns whether the folder has a manifest."""
+    p = _prefix(key)
+    if not folder.is_dir():
+        fix = f"change {key}" if key else f"point at a folder the pipeline wrote ({PIPELINE_FOLDERS})"
+        raise ModelFolderError(f"{p}model folder {_shown(folder)} does not exist. Build it first (`dvc repro`) or {fix}.")
+    has_config, has_manifest = (folder / CONFIG_NAME).exists(), (folder / MANIFEST_NAME).exists()
+    if has_config and (has_manifest or plain_ok):
+        return has_manifest
+    lacks = " and no ".join(name for name, ok in ((CONFIG_NAME, has_config), (MANIFEST_NAME, has_manifest)) if not ok)
+    raise ModelFolderError(
+        f"{p}{_shown(folder)} is not a model folder: it has no {lacks}. Point at a folder the pipeline wrote "
+        f"({PIPELINE_FOLDERS}) or build it with `dvc repro`."
+    )
+
+
+def open_folder(folder: Path | str, *, key: str | None = None) -> Manifest:
+    """Check that `folder` is a model folder the pipeline wrote (a directory with config.json and a
+    valid chatforge.json) and return its manifest; `key` is the params key that chose it."""
+    _check_folder(Path(folder), key=key, plain_ok=False)
+    return read_manifest(folder, key=key)
+
+
+def read_family(folder: Path | str, *, key: str | None = None, plain_ok: bool = False) -> str:
+    """The family of the model folder `folder` (from chatforge.json, after the checks of `open_folder`).
+
+    With `plain_ok`, a plain transformers folder (config.json, no chatforge.json: one a user brought)
+    is accepted too; its family comes from config.json: an architecture named *ForCausalLM is a
+    causal LM, anything else a classifier."""
+    folder = Path(folder)
+    if _check_folder(folder, key=key, plain_ok=plain_ok):
+        return read_manifest(folder, key=key).family
+    archs = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8")).get("architectures") or []
+    return "causal_lm" if any(a.endswith("ForCausalLM") for a in archs) else "classifier"
+
+
+def sections_sha256(*sections: Any) -> str:
+    """A stable hash of params sections (what chatforge.json records and checkpoints are keyed by)."""
+    import hashlib
+
+    payload = json.dumps([s.model_dump(mode="json") for s in sections], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def manifest_json(manifest: Manifest) -> str:
+    return json.dumps(manifest.model_dump(), ensure_ascii=False, indent=2, sort_keys=True) + "\n"
+
+
+def write_manifest(folder: Path | str, manifest: Manifest) -> None:
+    """Write into a folder being built (the caller publishes the whole folder atomically)."""
+    (Path(folder) / MANIFEST_NAME).write_text(manifest_json(manifest), encoding="utf-8")
+
+
+def publish_derived(out_dir: Path, model: Any, tokenizer: Any, *, parent_dir: Path, variant: str,
+                    details: dict[str, Any]) -> None:
+    """Atomically publish a model derived from the folder `parent_dir` (distilled, pruned, ...).
+
+    The folder gets the weights, the tokenizer, the parent's CARRIED_FILES (`responses.json`, which
+    classifiers answer with; `retrieval.jsonl`, the exchanges of retrieval in the loop) and a manifest that inherits the parent's and records `variant`, the parent and
+    `details` (merged into the parent's details under their own keys).
+    """
+    from chatforge.io import atomic_path
+
+    parent = read_manifest(parent_dir)
+    with atomic_path(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        for name in CARRIED_FILES:
+            if (parent_dir / name).exists():
+                (tmp / name).write_bytes((parent_dir / name).read_bytes())
+        update = {"variant": variant, "parent": str(parent_dir), "details": {**parent.details, **details}}
+        write_manifest(tmp, parent.model_copy(update=update))
