@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 
+from chatforge.io import EXIT_BAD_INPUT
 from chatforge.params import AugmentParams, ParamsError, load_section
 
 
@@ -30,7 +31,7 @@ def main(
         params = load_section("augment")
     except ParamsError as exc:
         typer.echo(str(exc), err=True)
-        raise typer.Exit(code=2) from None
+        raise typer.Exit(code=EXIT_BAD_INPUT) from None
     assert isinstance(params, AugmentParams)
 
     import polars as pl
@@ -43,7 +44,7 @@ def main(
     log = setup_logging("augment")
     if not train.exists():
         log.error("%s not found: run `dvc repro balance` first.", train)
-        raise typer.Exit(code=1)
+        raise typer.Exit(code=EXIT_BAD_INPUT)
     turns = pl.read_parquet(train)
     bt, es = params.back_translation, params.entity_swap
     translator = None
@@ -59,7 +60,7 @@ def main(
                 translator = tr.CachedTranslator(translator, tr.TranslationCache(cache / "translations.sqlite"))
     except (GazetteerError, tr.TranslatorLoadError) as exc:
         typer.echo(f"augment: {exc}", err=True)
-        raise typer.Exit(code=1) from None
+        raise typer.Exit(code=EXIT_BAD_INPUT) from None
     result = augment_turns(turns, params=params, translator=translator, gazetteers=gazetteers)
     write_parquet(result.turns, out)
     write_json(result.metrics, metrics_path)

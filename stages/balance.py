@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from chatforge.io import EXIT_BAD_INPUT
 from chatforge.params import BalanceParams, ParamsError, load_section
 
 
@@ -24,7 +25,7 @@ def main(
         params = load_section("balance")
     except ParamsError as exc:
         typer.echo(str(exc), err=True)
-        raise typer.Exit(code=2) from None
+        raise typer.Exit(code=EXIT_BAD_INPUT) from None
     assert isinstance(params, BalanceParams)
 
     import polars as pl
@@ -35,12 +36,12 @@ def main(
     log = setup_logging("balance")
     if not train.exists():
         log.error("%s not found: run `dvc repro split` first.", train)
-        raise typer.Exit(code=1)
+        raise typer.Exit(code=EXIT_BAD_INPUT)
     try:
         result = balance_turns(pl.read_parquet(train), **params.model_dump())
     except BalanceError as exc:
         log.error("%s", exc)
-        raise typer.Exit(code=1) from None
+        raise typer.Exit(code=EXIT_BAD_INPUT) from None
     if not result.metrics["goal_met"]:
         log.warning("imbalance goal not met: %s", result.metrics["reason"])
     elif result.metrics["reason"]:

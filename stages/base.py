@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from chatforge.io import EXIT_BAD_INPUT
 from chatforge.io import atomic_path, setup_logging, sha256_file, write_json
 from chatforge.params import ParamsError, load_section
 
@@ -38,7 +39,7 @@ def main(
         gazetteer = read_gazetteers(gazetteers, langs=("zh", "en"), kinds=entity_kinds) if params.slots.enabled else {}
     except (ParamsError, BaseModelError, GazetteerError) as exc:
         typer.echo(str(exc), err=True)
-        raise typer.Exit(code=2) from None
+        raise typer.Exit(code=EXIT_BAD_INPUT) from None
     log = setup_logging("base")
 
     import polars as pl

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from chatforge.io import EXIT_BAD_INPUT
 
 
 def main(
@@ -24,7 +25,7 @@ def main(
         params = load_section("clean")
     except ParamsError as exc:
         typer.echo(str(exc), err=True)
-        raise typer.Exit(code=2) from None
+        raise typer.Exit(code=EXIT_BAD_INPUT) from None
     assert isinstance(params, CleanParams)
 
     import polars as pl
@@ -37,7 +38,7 @@ def main(
         synonyms = load_synonyms(params.synonyms_path) if params.synonyms_path else {}
     except LexiconError as exc:
         typer.echo(f"clean: {exc} (clean.synonyms_path in params.yaml)", err=True)
-        raise typer.Exit(code=1) from None
+        raise typer.Exit(code=EXIT_BAD_INPUT) from None
     turns = pl.read_parquet(turns_path)
 
     cleaned, counts = clean_turns(turns, params=params, synonyms=synonyms)

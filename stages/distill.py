@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from chatforge.io import EXIT_BAD_INPUT, EXIT_FAILED
 from chatforge.io import setup_logging, write_json
 from chatforge.params import ParamsError, load_section
 
@@ -33,13 +34,13 @@ def main(
         open_folder(teacher_dir, key="distill (teacher folder)")
     except (ParamsError, ModelFolderError, CompressError) as exc:
         typer.echo(str(exc), err=True)
-        raise typer.Exit(code=2) from None
+        raise typer.Exit(code=EXIT_BAD_INPUT) from None
     log = setup_logging("distill")
     try:
         outcome = distill(teacher_dir, pl.read_parquet(train_data), pl.read_parquet(val_data), params=params)
     except (ModelFolderError, CompressError) as exc:
         typer.echo(str(exc), err=True)
-        raise typer.Exit(code=2) from None
+        raise typer.Exit(code=EXIT_BAD_INPUT) from None
 
     from chatforge.runtime.folder import publish_derived
 
@@ -51,7 +52,7 @@ def main(
     if params.enforce and not outcome.passed:
         typer.echo(f"distill gate failed: retention {outcome.metrics['retention']:.3f} < distill.min_retention {params.min_retention}. "
                    "Train longer (distill.steps), keep more layers (distill.student_layers) or lower the gate.", err=True)
-        raise typer.Exit(code=1)
+        raise typer.Exit(code=EXIT_FAILED)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from typing import Annotated
 
 import typer
 
+from chatforge.io import EXIT_BAD_INPUT, EXIT_FAILED
 from chatforge.modeling.device import DeviceError, onnx_providers
 from chatforge.params import ParamsError, load_section
 
@@ -38,7 +39,7 @@ def main(
         providers = onnx_providers(load_section("quantize").providers)  # ONNX variants: quantize.providers
     except (ParamsError, DeviceError) as exc:
         typer.echo(str(exc), err=True)
-        raise typer.Exit(2) from None
+        raise typer.Exit(code=EXIT_BAD_INPUT) from None
 
     import polars as pl
 
@@ -68,13 +69,13 @@ def main(
                             fallbacks=serve.fallback.values()) if questions else None
     except (ev.EvaluationError, GazetteerError, ParaphraseError, ValueError) as exc:
         typer.echo(f"evaluate: {exc}", err=True)
-        raise typer.Exit(1) from None
+        raise typer.Exit(code=EXIT_BAD_INPUT) from None
     present, missing = ev.check_variants(folders, params.variants)
     try:
         skipped = ev.unevaluable(present)
     except (ev.EvaluationError, ModelFolderError) as exc:
         typer.echo(f"evaluate: {exc}", err=True)
-        raise typer.Exit(1) from None
+        raise typer.Exit(code=EXIT_BAD_INPUT) from None
     for name, reason in skipped.items():
         log.warning("variant %s skipped: %s", name, reason)
     present = {k: v for k, v in present.items() if k not in skipped}
@@ -115,7 +116,7 @@ def main(
                    + "\n  ".join(failures)
                    + "\nTo record failures without failing the build, set evaluate.fail_on_gate: false in params.yaml.",
                    err=True)
-        sys.exit(1)
+        sys.exit(EXIT_FAILED)
 
 
 if __name__ == "__main__":

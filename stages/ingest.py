@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from chatforge.io import EXIT_BAD_INPUT
 
 
 def main(
@@ -25,7 +26,7 @@ def main(
         params = load_section("ingest")
     except ParamsError as exc:
         typer.echo(str(exc), err=True)
-        raise typer.Exit(code=2) from None
+        raise typer.Exit(code=EXIT_BAD_INPUT) from None
     assert isinstance(params, IngestParams)
 
     from chatforge.data.ingest import IngestError, ingest
@@ -36,7 +37,7 @@ def main(
         result = ingest(params)
     except IngestError as exc:
         typer.echo(f"ingest: {exc}", err=True)
-        raise typer.Exit(code=1) from None
+        raise typer.Exit(code=EXIT_BAD_INPUT) from None
 
     write_parquet(result.turns, turns_path)
     write_jsonl(result.rejects.iter_rows(named=True), rejects_path)

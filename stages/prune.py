@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from chatforge.io import EXIT_BAD_INPUT
 from chatforge.io import setup_logging, write_json
 from chatforge.params import ParamsError, load_section
 
@@ -39,13 +40,13 @@ def main(
                     round_to=params.round_to, family=family)
     except (ParamsError, ModelFolderError, CompressError) as exc:
         typer.echo(str(exc), err=True)
-        raise typer.Exit(code=2) from None
+        raise typer.Exit(code=EXIT_BAD_INPUT) from None
     log = setup_logging("prune")
     try:
         outcome = prune(source_dir, pl.read_parquet(train_data), pl.read_parquet(val_data), params=params)
     except (ModelFolderError, CompressError) as exc:
         typer.echo(str(exc), err=True)
-        raise typer.Exit(code=2) from None
+        raise typer.Exit(code=EXIT_BAD_INPUT) from None
 
     from chatforge.runtime.folder import publish_derived
 

@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from chatforge.io import EXIT_BAD_INPUT, EXIT_FAILED
 from chatforge.io import atomic_path, setup_logging, write_json
 from chatforge.params import ParamsError, load_section
 
@@ -37,7 +38,7 @@ def main(
         onnx_providers(params.providers)  # before any work: names the installed onnxruntime lacks
     except (ParamsError, ModelFolderError, DeviceError) as exc:
         typer.echo(str(exc), err=True)
-        raise typer.Exit(code=2) from None
+        raise typer.Exit(code=EXIT_BAD_INPUT) from None
     log = setup_logging("quantize")
     try:
         with atomic_path(out_dir) as tmp:
@@ -45,14 +46,14 @@ def main(
             metrics = build_onnx_folder(source_dir, tmp, pl.read_parquet(test_data), params=params, knobs=knobs)
     except (ModelFolderError, ExportError) as exc:
         typer.echo(str(exc), err=True)
-        raise typer.Exit(code=2) from None
+        raise typer.Exit(code=EXIT_BAD_INPUT) from None
     write_json({**metrics, "knobs": report_knobs(knobs, log)}, metrics_path)
     log.info("int8 %.1f MB = %.1f%% of float; top-1 agreement %.3f", metrics["int8_mb"], 100 * metrics["size_ratio"],
              metrics["top1_agreement"])
     if params.enforce and not metrics["gate_ok"]:
         typer.echo(f"quantize gate failed ({metrics['family']}): {'; '.join(gate_failures(metrics))}. Try quantize.block_size "
                    "16/32 or keep_float; quantize.min_top1_agreement / max_size_ratio set the bars.", err=True)
-        raise typer.Exit(code=1)
+        raise typer.Exit(code=EXIT_FAILED)
 
 
 if __name__ == "__main__":

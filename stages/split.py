@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from chatforge.io import EXIT_BAD_INPUT
 from chatforge.params import ParamsError, SplitParams, load_section
 
 
@@ -23,7 +24,7 @@ def main(
         params = load_section("split")
     except ParamsError as exc:
         typer.echo(str(exc), err=True)
-        raise typer.Exit(code=2) from None
+        raise typer.Exit(code=EXIT_BAD_INPUT) from None
     assert isinstance(params, SplitParams)
 
     import polars as pl
@@ -34,7 +35,7 @@ def main(
     log = setup_logging("split")
     if not clean.exists():
         log.error("%s not found: run `dvc repro clean` first.", clean)
-        raise typer.Exit(code=1)
+        raise typer.Exit(code=EXIT_BAD_INPUT)
     turns = pl.read_parquet(clean)
     try:
         result = split_turns(
@@ -42,7 +43,7 @@ def main(
         )
     except SplitError as exc:
         log.error("%s", exc)
-        raise typer.Exit(code=1) from None
+        raise typer.Exit(code=EXIT_BAD_INPUT) from None
     for split in ("val", "test"):
         if missing := intents_missing(result.metrics, split):
             log.warning("intents with no %s conversation (evaluate cannot score them): %s", split, ", ".join(missing))

@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 
+from chatforge.io import EXIT_BAD_INPUT
 from chatforge.io import atomic_path, setup_logging, write_json
 from chatforge.params import ParamsError, load_section
 
@@ -50,7 +51,7 @@ def main(
         responses = read_responses(tp.responses_path) if tp.responses_path else None
     except (ParamsError, ModelFolderError, TrainError) as exc:
         typer.echo(str(exc), err=True)
-        raise typer.Exit(code=2) from None
+        raise typer.Exit(code=EXIT_BAD_INPUT) from None
     if (cmd := relaunch_command(tp.num_processes, sys.argv)) is not None:
         raise typer.Exit(code=subprocess.call(cmd))
     log = setup_logging("train")

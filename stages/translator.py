@@ -18,6 +18,7 @@ from typing import Annotated
 
 import typer
 
+from chatforge.io import EXIT_BAD_INPUT
 from chatforge.params import ParamsError, TranslatorParams, load_section
 
 
@@ -31,7 +32,7 @@ def main(
         bt = load_section("augment").back_translation
     except ParamsError as exc:
         typer.echo(str(exc), err=True)
-        raise typer.Exit(code=2) from None
+        raise typer.Exit(code=EXIT_BAD_INPUT) from None
     assert isinstance(params, TranslatorParams)
 
     import torch
@@ -67,7 +68,7 @@ def main(
             model, tokenizer, stats = trained.model, trained.tokenizer, {**trained.metrics, "source": "trained"}
     except tt.ParallelDataError as exc:
         typer.echo(f"translator: {exc}", err=True)
-        raise typer.Exit(code=1) from None
+        raise typer.Exit(code=EXIT_BAD_INPUT) from None
     data_sha = hashlib.sha256(data.pairs.write_csv().encode()).hexdigest()
     params_sha = hashlib.sha256(json.dumps(params.model_dump(), sort_keys=True).encode()).hexdigest()
     with atomic_path(out_dir) as tmp:

@@ -29,6 +29,11 @@ log = logging.getLogger("chatforge")
 
 TIMINGS_DIR = Path("reports/timings")  # per-stage wall times for the report; not DVC outputs (git-ignored)
 
+# The exit-code rule every stage script follows: 2 when params or inputs are wrong (the message says
+# what to change), 1 when a gate fails or the work itself fails. `dvc repro` shows either.
+EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
+
 
 def setup_logging(stage: str, level: int = logging.INFO) -> logging.Logger:
     """Configure the root logger once for a stage script, and record the stage's wall time.

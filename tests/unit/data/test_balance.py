@@ -224,6 +224,6 @@ def test_stage_rejects_bad_params_and_bad_input_without_traceback(tmp_path: Path
     (tmp_path / "params.yaml").write_text("balance:\n  max_imbalance: 0.2\n")
     write_parquet(corpus({"a": 3}).drop("intent"), tmp_path / "train.parquet")
     done = run_stage(tmp_path)
-    assert done.returncode == 1 and "missing column(s) ['intent']" in done.stderr
+    assert done.returncode == 2 and "missing column(s) ['intent']" in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "data/balanced.parquet").exists()

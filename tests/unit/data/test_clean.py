@@ -491,5 +491,5 @@ def test_stage_bad_params_and_bad_lexicon_give_clear_errors(tmp_path):
     assert done.returncode == 2 and "clean.min_chars = 'lots'" in done.stderr
     (tmp_path / "syn.tsv").write_text("好滴\t好的\n坏行\n", encoding="utf-8")
     done = _run_stage(tmp_path, {"synonyms_path": "syn.tsv"}, turns)
-    assert done.returncode == 1 and "syn.tsv:2: expected 'variant<TAB>canonical'" in done.stderr
+    assert done.returncode == 2 and "syn.tsv:2: expected 'variant<TAB>canonical'" in done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "out" / "clean.parquet").exists()

@@ -821,7 +821,7 @@ def test_stage_script_missing_source(tmp_path: Path) -> None:
     done = _run_stage(
         tmp_path, "ingest:\n  sources: [{path: data/raw/x.json, format: conversations_json, name: demo}]\n"
     )
-    assert done.returncode == 1
+    assert done.returncode == 2  # bad input
     assert "data/raw/x.json" in done.stderr and "ingest.sources[0].path" in done.stderr
     assert "Traceback" not in done.stderr
 

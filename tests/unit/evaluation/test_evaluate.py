@@ -259,7 +259,7 @@ def test_stage_fails_on_answer_gates_naming_gate_and_params(tmp_path, repo_root,
 def test_stage_empty_test_split_fails_clearly(tmp_path, repo_root, tiny_lm):
     TEST.head(0).write_parquet(tmp_path / "test.parquet")
     proc = _run_stage(tmp_path, repo_root, ["test.parquet", "m.json", "d.json", "v.csv", "--variant", f"teacher={tiny_lm}"])
-    assert proc.returncode == 1
+    assert proc.returncode == 2  # bad input (the exit-code rule, chatforge.io.EXIT_BAD_INPUT)
     assert "test split is empty" in proc.stderr and "Traceback" not in proc.stderr
 
 
