@@ -11,18 +11,20 @@ rule here, the same in `chatforge serve` and in evaluate:
    team's history (its character 1-3-gram TF-IDF cosine to one of the candidates' answers below is
    at least `min_agreement`), its answer is served. A small model is often confident and wrong on a
    phrasing it has never seen: its answer then matches none of the past answers to similar questions.
-2. Otherwise the `top_k` train exchanges nearest the prompt (the retrieval baseline's character
-   1-3-gram TF-IDF cosine over the user turn and its context) are candidates. Each candidate's answer
-   is moved into this dialogue (its slot values replaced by this dialogue's through the model's slot
-   placeholders; a candidate that needs a value this dialogue never gave is left out) and scored by
-   the model: the mean log-probability of its tokens after this prompt. The best scoring candidate
-   is served.
+2. Otherwise the `top_k` train exchanges most relevant to the prompt (`Relevance`: the retrieval
+   baseline's character TF-IDF cosine over the user turn and its context, plus an intent prior and
+   sentence embeddings) are candidates. Each candidate's answer is moved into this dialogue (its
+   slot values replaced by this dialogue's through the model's slot placeholders; a candidate that
+   needs a value this dialogue never gave is left out) and scored: its relevance + `rerank_weight` x
+   the model's mean log-probability of its tokens after this prompt. The best scoring candidate is
+   served.
 3. When no candidate reaches `min_similarity` (nothing in the team's history resembles the
    question), an unconfident answer gives the fallback message and a confident one is kept.
 
 Measured on the demo (int8, 150 test turns and 224 paraphrases per variant, README "Choosing a
-base"): the agreement check at 0.5 takes paraphrase on-intent from 0.50 / 0.38 (zh / en, model
-alone) to 0.70 / 0.66 and test BLEU from 69.1 / 62.4 to 70.6 / 65.0.
+base"): the agreement check at 0.5 with TF-IDF candidates took paraphrase on-intent from 0.50 / 0.38
+(zh / en, model alone) to 0.70 / 0.66; with the relevance below, 0.78 / 0.84 (retrieval: 0.64 /
+0.68), test BLEU 70.4 / 63.4 (model alone 69.1 / 63.2).
 
 The exchanges travel inside the model folder (`retrieval.jsonl`, written by train from the train
 split's original conversations and copied down the chain), so a folder answers the same wherever
@@ -136,7 +138,7 @@ def _intent_prior(entries: Sequence[Any], bot: Any, weight: float) -> tuple[Any,
     TF-IDF + `weight` x prior; the prior is used for a language only when the answers it picks are
     closer (mean character 1-3-gram TF-IDF cosine) to the answers actually given. Intents that
     decide the answer (a FAQ's) pass: on the demo 0.558 -> 0.567 zh, 0.691 -> 0.713 en; topic-like
-    intents do not: CrossWOZ's domains (餐馆, 酒店, ...) 0.265 -> 0.264, where the prior cost 3 BLEU.
+    intents do not: CrossWOZ's domains (餐馆, 酒店, ...) 0.265 -> 0.261, where the prior cost 3 BLEU.
     Fitted once per process for the same exchanges."""
     import hashlib
     import logging
