@@ -78,13 +78,18 @@ class Relevance:
     the prompt's language has any."""
 
     def __init__(self, bot: Any, settings: ServeHybrid) -> None:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
         self.bot = bot
         self.settings = settings
         entries = bot.entries
+        # the past answers as character 1-3-gram TF-IDF: the agreement check and the prior's held-out check
+        self.answers = TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True, lowercase=True)
+        answer_matrix = self.answers.fit_transform([e.answer for e in entries])
         self.prior: Any = None
         self.prior_langs: tuple[str, ...] = ()
         if settings.intent_weight > 0:
-            fitted = _intent_prior(entries, bot, settings.intent_weight)
+            fitted = _intent_prior(entries, bot, settings.intent_weight, answer_matrix)
             if fitted is not None:
                 self.prior_vectorizer, self.prior, self.prior_column, self.prior_langs = fitted
         self.encoder: Any = None
@@ -128,7 +133,8 @@ def _fit_prior(texts: Sequence[str], labels: Sequence[str]) -> tuple[Any, Any]:
     return vectorizer, model
 
 
-def _intent_prior(entries: Sequence[Any], bot: Any, weight: float) -> tuple[Any, Any, np.ndarray, tuple[str, ...]] | None:
+def _intent_prior(entries: Sequence[Any], bot: Any, weight: float,
+                  a: Any) -> tuple[Any, Any, np.ndarray, tuple[str, ...]] | None:
     """The intent prior of Relevance, or None when fewer than two intents have MIN_INTENT_EXCHANGES
     exchanges or it helps no language.
 
@@ -136,15 +142,14 @@ def _intent_prior(entries: Sequence[Any], bot: Any, weight: float) -> tuple[Any,
     is 0 mod HELDOUT_SHARE are held out (up to MAX_HELDOUT past questions per language), a prior is
     fitted on the rest, and each held-out question is answered from the rest by TF-IDF alone and by
     TF-IDF + `weight` x prior; the prior is used for a language only when the answers it picks are
-    closer (mean character 1-3-gram TF-IDF cosine) to the answers actually given. Intents that
+    closer (mean cosine of `a`, the entries' answers as character 1-3-gram TF-IDF rows) to the
+    answers actually given. Intents that
     decide the answer (a FAQ's) pass: on the demo 0.558 -> 0.567 zh, 0.691 -> 0.713 en; topic-like
     intents do not: CrossWOZ's domains (餐馆, 酒店, ...) 0.265 -> 0.261, where the prior cost 3 BLEU.
     Fitted once per process for the same exchanges."""
     import hashlib
     import logging
     import zlib
-
-    from sklearn.feature_extraction.text import TfidfVectorizer
 
     key = hashlib.sha256(repr([(e.conversation_id, e.lang, e.intent, e.user) for e in entries] + [weight])
                          .encode("utf-8")).hexdigest()
@@ -158,8 +163,6 @@ def _intent_prior(entries: Sequence[Any], bot: Any, weight: float) -> tuple[Any,
     result = None
     if len(learned) >= 2:
         held = np.asarray([zlib.crc32(e.conversation_id.encode("utf-8")) % HELDOUT_SHARE == 0 for e in entries])
-        answers = TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True, lowercase=True)
-        a = answers.fit_transform([e.answer for e in entries])
         langs = []
         for lang in sorted(set(bot.langs.tolist())):
             pool = (~held) & (bot.langs == lang)
@@ -202,16 +205,12 @@ class RetrievalInTheLoop:
     be moved into the dialogue."""
 
     def __init__(self, convs: Sequence[Conversation], generator: Any, settings: ServeHybrid) -> None:
-        from sklearn.feature_extraction.text import TfidfVectorizer
-
         from chatforge.modeling.retrieval import RetrievalBot
 
         self.bot = RetrievalBot(convs)
         self.relevance = Relevance(self.bot, settings)
         self.generator = generator
         self.settings = settings
-        self.answers = TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True, lowercase=True)
-        self.answers.fit([e.answer for e in self.bot.entries])
 
     @classmethod
     def open(cls, folder: Path, generator: Any, settings: ServeHybrid) -> RetrievalInTheLoop | None:
@@ -219,20 +218,28 @@ class RetrievalInTheLoop:
         convs = read_index(folder) if settings.enabled else None
         return cls(convs, generator, settings) if convs else None
 
-    def agreement(self, text: str, prompt: list[dict[str, str]], *, lang: str) -> float:
+    def ranked(self, prompt: list[dict[str, str]], *, lang: str) -> list[tuple[Any, float]]:
+        """The `top_k` exchanges most relevant to the prompt, with their relevance, best first."""
+        return self.relevance.top(prompt, k=self.settings.top_k, lang=lang)
+
+    def agreement(self, text: str, prompt: list[dict[str, str]], *, lang: str,
+                  ranked: list[tuple[Any, float]] | None = None) -> float:
         """Highest character 1-3-gram TF-IDF cosine (0-1) of `text` to the answers of the `top_k`
-        exchanges most relevant to the prompt; 0.0 when there are none."""
-        ranked = self.relevance.top(prompt, k=self.settings.top_k, lang=lang)
+        exchanges most relevant to the prompt (`ranked`, when the caller has them); 0.0 when there
+        are none."""
+        ranked = self.ranked(prompt, lang=lang) if ranked is None else ranked
         if not ranked or not text.strip():
             return 0.0
-        past = self.answers.transform([e.answer for e, _ in ranked])
-        return float((past @ self.answers.transform([text]).T).toarray().max())
+        answers = self.relevance.answers
+        past = answers.transform([e.answer for e, _ in ranked])
+        return float((past @ answers.transform([text]).T).toarray().max())
 
-    def choose(self, prompt: list[dict[str, str]], *, lang: str) -> Choice | None:
+    def choose(self, prompt: list[dict[str, str]], *, lang: str,
+               ranked: list[tuple[Any, float]] | None = None) -> Choice | None:
         from chatforge.modeling.quality import sequence_logprobs
         from chatforge.modeling.slots import codec_for
 
-        ranked = self.relevance.top(prompt, k=self.settings.top_k, lang=lang)
+        ranked = self.ranked(prompt, lang=lang) if ranked is None else ranked
         codec = codec_for(self.generator.tokenizer)
         prompt_ids, values = self.generator.encode_prompt(prompt)
         eos = self.generator.tokenizer.eos_token_id
@@ -274,10 +281,14 @@ def served_answer(text: str, confidence: float, *, threshold: float, prompt: lis
     retrieval candidate, else `fallback` (an unconfident answer) or the answer (a confident one). A
     nan confidence (not generated) counts as confident."""
     confident = not confidence < threshold
-    if confident and (loop is None or loop.settings.min_agreement <= 0
-                      or loop.agreement(text, prompt, lang=lang) >= loop.settings.min_agreement):
+    if loop is None:
+        return (text, "model") if confident else (fallback, "fallback")
+    if confident and loop.settings.min_agreement <= 0:
         return text, "model"
-    choice = loop.choose(prompt, lang=lang) if loop is not None else None
+    ranked = loop.ranked(prompt, lang=lang)  # once: the agreement check and the choice share it
+    if confident and loop.agreement(text, prompt, lang=lang, ranked=ranked) >= loop.settings.min_agreement:
+        return text, "model"
+    choice = loop.choose(prompt, lang=lang, ranked=ranked)
     if choice is not None:
         return choice.text, "retrieval"
     return (text, "model") if confident else (fallback, "fallback")

@@ -135,7 +135,7 @@ def test_an_encoder_path_that_is_no_folder_is_named_with_the_fix(tmp_path):
     assert resolve_encoder("minilm-l6").endswith("model")
 
 
-def test_minilm_weights_that_are_not_the_pinned_file_are_refused(tmp_path, monkeypatch):
+def test_minilm_weights_that_are_not_the_pinned_file_are_refused(tmp_path):
     from chatforge.runtime import encoder as enc
 
     fake = tmp_path / "model.safetensors"
