@@ -37,12 +37,12 @@ from chatforge.evaluation import evaluate as ev
 from chatforge.evaluation.paraphrase import IntentJudge, read_paraphrases
 from chatforge.io import setup_logging, write_json
 from chatforge.modeling.base import add_slot_placeholders, check_base, resolve_base
-from chatforge.modeling.data import conversations
-from chatforge.modeling.quality import answer_samples
 from chatforge.modeling.train import train
 from chatforge.params import EvaluateParams, ModelParams, ServeParams, TrainParams
+from chatforge.runtime.conversation import conversations
 from chatforge.runtime.folder import Manifest, write_manifest
 from chatforge.runtime.index import write_index
+from chatforge.runtime.quality import answer_samples
 
 ROOT = Path(__file__).resolve().parents[1]
 ROW_KEYS = ("bleu_zh", "bleu_en", "chrf_zh", "chrf_en", "slot_carry", "degenerate_rate", "top_answer_share_zh",

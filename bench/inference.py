@@ -2,7 +2,7 @@
 
     python bench/inference.py [--onnx-dir models/onnx] [--runs 10]
 
-Causal LM: greedy generation of 32 new tokens at batch 1 through chatforge.modeling.generate (the
+Causal LM: greedy generation of 32 new tokens at batch 1 through chatforge.runtime.decode (the
 path serving uses), p50/p95 over --runs prompts after one warm-up each. Default model: models/onnx
 and the torch folder it was exported from, when the pipeline built them; otherwise the pip-shipped
 SmolLM2-135M-Instruct, exported and quantized on the fly into a temp folder. Classifier: per-request
@@ -55,7 +55,7 @@ def _onnx_folder(source: Path, root: Path) -> Path:
 
 
 def bench_causal(torch_dir: Path, onnx_dir: Path, *, runs: int, new_tokens: int) -> dict[str, Any]:
-    from chatforge.modeling.generate import GenerationConfig, load_generator
+    from chatforge.runtime.decode import GenerationConfig, load_generator
 
     # min_new_tokens is not a knob: a stop at eos would shorten a run, so eos is disabled here
     config = GenerationConfig(max_new_tokens=new_tokens)

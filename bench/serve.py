@@ -103,7 +103,7 @@ async def load(url: str, key: str, *, clients: int, seconds: float, prompt) -> d
 
 
 def direct_baseline(model: str, backend: str, seconds: float) -> dict[str, float]:
-    from chatforge.modeling.generate import GenerationConfig
+    from chatforge.runtime.decode import GenerationConfig
     from chatforge.serving.backends import open_backend
 
     model_backend = open_backend(model, backend=backend)

@@ -32,9 +32,10 @@ import torch
 from chatforge.data.schema import conform
 from chatforge.io import write_json
 from chatforge.modeling.base import build_scratch
-from chatforge.modeling.data import collate_packed, conversations, pack, tokenize_conversations
+from chatforge.modeling.data import collate_packed, pack
 from chatforge.modeling.train import evaluate_loss, train
 from chatforge.params import ModelParams, TrainParams
+from chatforge.runtime.conversation import conversations, tokenize_conversations
 from chatforge.runtime.folder import Manifest, write_manifest
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,7 +18,7 @@ from typing import Annotated
 import typer
 
 from chatforge.io import EXIT_BAD_INPUT, EXIT_FAILED
-from chatforge.modeling.device import DeviceError, onnx_providers
+from chatforge.runtime.device import DeviceError, onnx_providers
 from chatforge.params import ParamsError, load_section
 
 
@@ -48,8 +48,8 @@ def main(
     from chatforge.io import setup_logging, sha256_tree, write_json, write_text
     from chatforge.knobs import report_knobs
     from chatforge.evaluation.paraphrase import IntentJudge, ParaphraseError, read_paraphrases
-    from chatforge.modeling.data import conversations
-    from chatforge.modeling.quality import answer_samples
+    from chatforge.runtime.conversation import conversations
+    from chatforge.runtime.quality import answer_samples
     from chatforge.runtime.folder import ModelFolderError
 
     log = setup_logging("evaluate")

@@ -29,7 +29,7 @@ def main(
     from chatforge.compress.onnx_export import ExportError
     from chatforge.compress.quantize import build_onnx_folder, gate_failures
     from chatforge.knobs import report_knobs
-    from chatforge.modeling.device import DeviceError, onnx_providers
+    from chatforge.runtime.device import DeviceError, onnx_providers
     from chatforge.runtime.folder import ModelFolderError, open_folder
 
     try:

@@ -69,7 +69,7 @@ def main(
         if outcome.responses is not None:
             write_json(outcome.responses, tmp / "responses.json")
         if index_data is not None and mp.family == "causal_lm":
-            from chatforge.modeling.data import conversations
+            from chatforge.runtime.conversation import conversations
             from chatforge.runtime.index import write_index
 
             original = pl.read_parquet(index_data).filter(pl.col("method") == "original")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from chatforge.data.lang import detect_lang
-from chatforge.modeling.generate import GenerationConfig
+from chatforge.runtime.decode import GenerationConfig
 
 
 @dataclass(frozen=True)

@@ -49,12 +49,10 @@ def chat(
     /temperature X, /reset or /exit."""
     import sys
 
-    from chatforge.chat import Persona, chat_loop
-    from chatforge.modeling.generate import GenerationConfig
-    from chatforge.serving.backends import open_backend
-
-    from chatforge.chat import Served
+    from chatforge.chat import Persona, Served, chat_loop
     from chatforge.params import ServeParams
+    from chatforge.runtime.decode import GenerationConfig
+    from chatforge.serving.backends import open_backend
 
     presets: dict[str, Persona] = {}
     fields = ServeParams.model_fields  # without a params file: serve's defaults for the answer rules

@@ -203,7 +203,7 @@ class ScratchSizes(Section):
 
 
 class SlotParams(Section):
-    # slot placeholders (chatforge.modeling.slots): order numbers and gazetteer entities in the
+    # slot placeholders (chatforge.runtime.slots): order numbers and gazetteer entities in the
     # dialogue become <number_1>, <city_1> ... for the model and are filled back into its reply
     enabled: bool = True
     kinds: list[str] = Field(default_factory=lambda: ["number", "city", "product", "person"])

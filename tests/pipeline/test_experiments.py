@@ -142,7 +142,7 @@ def test_editing_a_library_module_reruns_exactly_the_stages_that_import_it(built
 
     project, _ = built
     assert project.status() == {}, "the tiny build should be up to date before the edit"
-    module = "src/chatforge/modeling/generate.py"
+    module = "src/chatforge/runtime/decode.py"
     stages = yaml.safe_load((project.root / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
     importers = {name for name, spec in stages.items() if module in import_closure(project.root / spec["cmd"].split()[1])}
     assert {"distill", "prune", "quantize", "evaluate"} <= importers  # prune imports it too (the example)

@@ -30,8 +30,8 @@ import pytest
 import yaml
 
 from chatforge.metrics import answer_confidence
-from chatforge.modeling.generate import GenerationConfig
 from chatforge.params import ServeUpstream
+from chatforge.runtime.decode import GenerationConfig
 from chatforge.serving.upstream import UpstreamBackend, UpstreamError
 
 REPO = Path(__file__).resolve().parents[2]

@@ -78,7 +78,7 @@ def test_answer_confidence_over_the_first_tokens():
 def test_calibration_reports_fallback_and_the_answered_part():
     import math
 
-    from chatforge.modeling.quality import Answer, Sample, calibration
+    from chatforge.runtime.quality import Answer, Sample, calibration
 
     samples = [Sample(f"c{i}", "en", None, [{"role": "user", "content": "q"}], ref)
                for i, ref in enumerate(["your order shipped today", "it is sunny in beijing", "refund in three days"])]

@@ -1,5 +1,5 @@
 from chatforge.chat import Persona, chat_loop
-from chatforge.modeling.generate import GenerationConfig
+from chatforge.runtime.decode import GenerationConfig
 from chatforge.serving.backends import open_backend
 from chatforge.serving.tiny import build_tiny_causal_lm, build_tiny_classifier
 
@@ -35,8 +35,8 @@ def test_chat_answers_as_serve_does_unless_raw(tmp_path):
     """With the serve rules, an untrained model (never confident) shows the fallback and says so; a
     folder with exchanges shows the past answer the model reranks best instead."""
     from chatforge.chat import Served
-    from chatforge.modeling.data import Conversation
     from chatforge.params import ServeHybrid
+    from chatforge.runtime.conversation import Conversation
     from chatforge.runtime.index import write_index
 
     folder = build_tiny_causal_lm(tmp_path / "lm")

@@ -268,7 +268,7 @@ def plan_export(folder: Path | str) -> ExportPlan:
     before the weights are loaded. Raises GgufExportError naming the problem."""
     from transformers import AutoTokenizer
 
-    from chatforge.modeling import slots
+    from chatforge.runtime import slots
 
     folder = Path(folder)
     config = check_exportable(folder)

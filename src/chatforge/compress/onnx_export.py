@@ -3,7 +3,7 @@
 The causal-LM graph is exported through a thin wrapper whose inputs are plain tensors —
 input_ids, attention_mask, position_ids and the flattened past keys/values — and whose outputs are
 logits and the present keys/values. That keeps the transformers cache objects out of the graph,
-which is what lets the exporter trace it, and gives chatforge.modeling.generate a fixed contract.
+which is what lets the exporter trace it, and gives chatforge.runtime.decode a fixed contract.
 """
 
 from __future__ import annotations

@@ -34,11 +34,11 @@ import polars as pl
 import torch
 
 from chatforge.knobs import Reached
-from chatforge.modeling.data import conversations
 from chatforge.modeling.measure import latency, parameter_count, quality, size_mb
-from chatforge.modeling.quality import retention as answer_retention
 from chatforge.modeling.short_train import CompressError, fit, load_model, make_batches, target_logits
+from chatforge.runtime.conversation import conversations
 from chatforge.runtime.folder import MANIFEST_NAME, read_family
+from chatforge.runtime.quality import retention as answer_retention
 
 log = logging.getLogger(__name__)
 

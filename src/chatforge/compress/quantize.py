@@ -280,40 +280,21 @@ def _excluded(model: Any, patterns: tuple[str, ...]) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------- quality
-def _session(path: Path, providers: Sequence[str] | None = None) -> Any:
-    import onnxruntime as ort
-
-    from chatforge.modeling.device import onnx_session
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 0
-    return onnx_session(path, providers=providers, options=options)  # quantize.providers (default CPU)
-
-
-def teacher_forced_logits(session: Any, ids: list[int]) -> np.ndarray:
-    """All-position logits of one sequence from an exported causal LM (empty past)."""
-    inputs = {i.name: i for i in session.get_inputs()}
-    feeds: dict[str, np.ndarray] = {
-        "input_ids": np.asarray([ids], dtype=np.int64),
-        "attention_mask": np.ones((1, len(ids)), dtype=np.int64),
-        "position_ids": np.arange(len(ids), dtype=np.int64)[None, :],
-    }
-    for name, meta in inputs.items():
-        if name.startswith("past_key_values."):
-            feeds[name] = np.zeros((1, int(meta.shape[1]), 0, int(meta.shape[3])), dtype=np.float32)
-    return session.run(["logits"], feeds)[0][0]
-
-
 def top1_agreement(float_path: Path, int8_path: Path, sequences: list[list[int]], *,
                    providers: Sequence[str] | None = None) -> float:
-    """Share of positions where the INT8 model's most likely next token equals the float model's."""
+    """Share of positions where the INT8 model's most likely next token equals the float model's
+    (teacher-forced logits of each sequence, chatforge.runtime.decode.OnnxCausalLM).
+
+    Raises ValueError when `sequences` is empty."""
+    from chatforge.runtime.decode import OnnxCausalLM
+
     if not sequences:
         raise ValueError("no sequences to compare: the test split gave no conversations")
-    a, b = _session(float_path, providers), _session(int8_path, providers)
+    a, b = OnnxCausalLM(float_path, providers=providers), OnnxCausalLM(int8_path, providers=providers)
     same = total = 0
     for ids in sequences:
-        fa = teacher_forced_logits(a, ids).argmax(-1)
-        fb = teacher_forced_logits(b, ids).argmax(-1)
+        fa = a.logits(ids).argmax(-1)
+        fb = b.logits(ids).argmax(-1)
         same += int((fa == fb).sum())
         total += len(ids)
     return same / total
@@ -321,12 +302,11 @@ def top1_agreement(float_path: Path, int8_path: Path, sequences: list[list[int]]
 
 def classifier_logits(path: Path, encodings: list[dict[str, list[int]]], *,
                       providers: Sequence[str] | None = None) -> np.ndarray:
-    session = _session(path, providers)
-    rows = []
-    for enc in encodings:
-        feeds = {k: np.asarray([enc[k]], dtype=np.int64) for k in ("input_ids", "attention_mask")}
-        rows.append(session.run(["logits"], feeds)[0][0])
-    return np.stack(rows)
+    """Logits [len(encodings), num_labels] of an exported classifier (chatforge.runtime.backends.OnnxClassifier)."""
+    from chatforge.runtime.backends import OnnxClassifier
+
+    model = OnnxClassifier(path, providers=providers)
+    return np.stack([model.logits(enc) for enc in encodings])
 
 
 # -------------------------------------------------------------------------------------- build
@@ -370,7 +350,7 @@ def build_onnx_folder(source_dir: Path, folder: Path, test_turns: Any, *, params
     import shutil
 
     from chatforge.compress.onnx_export import export_causal_lm, export_classifier, load_for_export
-    from chatforge.modeling.data import conversations
+    from chatforge.runtime.conversation import conversations
     from chatforge.runtime.folder import CARRIED_FILES, Manifest, read_manifest, write_manifest
 
     model, family = load_for_export(source_dir, key="quantize.source")
@@ -419,9 +399,9 @@ def _same_answers(a: Sequence[Any], b: Sequence[Any]) -> int:
 
 
 def _causal_parity(model: Any, tokenizer: Any, folder: Path, convs: list[Any], *, params: Any) -> dict[str, Any]:
-    from chatforge.modeling.data import tokenize_conversations
-    from chatforge.modeling.generate import TorchGenerator, load_generator
-    from chatforge.modeling.quality import (
+    from chatforge.runtime.conversation import tokenize_conversations
+    from chatforge.runtime.decode import TorchGenerator, load_generator
+    from chatforge.runtime.quality import (
         ANSWER_KEYS,
         answer_length_limit,
         answer_samples,
@@ -429,7 +409,7 @@ def _causal_parity(model: Any, tokenizer: Any, folder: Path, convs: list[Any], *
         retention,
         score_answers,
     )
-    from chatforge.modeling.slots import gazetteer_of
+    from chatforge.runtime.slots import gazetteer_of
 
     examples, _ = tokenize_conversations(convs, tokenizer, max_seq_len=params.max_seq_len, overlong="truncate")
     # an empty test split gives nan (visible in the metrics), not a crash
@@ -439,7 +419,7 @@ def _causal_parity(model: Any, tokenizer: Any, folder: Path, convs: list[Any], *
     # conversations, the length limit from the references, scored the way evaluate scores them
     samples, _ = answer_samples(convs, max_per_lang=None, seed=0)
     limit = answer_length_limit(tokenizer, samples, cap=params.max_new_tokens)
-    from chatforge.modeling.device import place
+    from chatforge.runtime.device import place
 
     # torch on the accelerator when there is one (the export is done); ONNX on quantize.providers
     runners = {"torch": TorchGenerator(place(model), tokenizer, fingerprint="torch"),

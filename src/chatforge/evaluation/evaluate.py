@@ -23,8 +23,10 @@ from chatforge import metrics
 from chatforge.evaluation.paraphrase import IntentJudge, Question
 from chatforge.io import progress
 from chatforge.knobs import Reached
-from chatforge.modeling.data import Conversation, conversations
-from chatforge.modeling.quality import (
+from chatforge.params import EvaluateParams, ServeHybrid
+from chatforge.runtime.conversation import Conversation, conversations
+from chatforge.runtime.folder import read_family
+from chatforge.runtime.quality import (
     LANGS,
     RETENTION_KEYS,
     Answer,
@@ -36,8 +38,6 @@ from chatforge.modeling.quality import (
     retention,
     score_answers,
 )
-from chatforge.params import EvaluateParams, ServeHybrid
-from chatforge.runtime.folder import read_family
 
 log = logging.getLogger("chatforge.evaluate")
 
@@ -86,7 +86,7 @@ def subset(samples: Sequence[Sample], per_lang: int | None) -> list[Sample]:
 def generation_latency(generator: Any, prompts: Sequence[list[dict[str, str]]], *, new_tokens: int, runs: int) -> dict[str, float]:
     """Batch-1 latency to generate `new_tokens` tokens (eos ignored by using no stop and counting
     what came), and decoded tokens per second."""
-    from chatforge.modeling.generate import GenerationConfig
+    from chatforge.runtime.decode import GenerationConfig
 
     config = GenerationConfig(max_new_tokens=new_tokens, temperature=0.0)
     generator.generate(prompts[0], config)  # warm-up: first-call allocations are not latency
@@ -103,7 +103,7 @@ def generation_latency(generator: Any, prompts: Sequence[list[dict[str, str]]], 
 
 # ------------------------------------------------------------------------------------------ classifier
 def evaluate_classifier(backend: Any, convs: Sequence[Conversation], *, threshold: float) -> dict[str, Any]:
-    from chatforge.modeling.generate import GenerationConfig
+    from chatforge.runtime.decode import GenerationConfig
 
     labelled = [c for c in convs if c.intent]
     if not labelled:
@@ -197,7 +197,7 @@ def unevaluable(folders: Mapping[str, Path]) -> dict[str, str]:
 def sample_knobs(convs: Sequence[Conversation], params: EvaluateParams, sample_counts: Mapping[str, int]) -> list[Reached]:
     """Test assistant turns per language taken against evaluate.max_samples_per_lang (and
     other_samples_per_lang): fewer when the test split has fewer."""
-    from chatforge.modeling.quality import answer_samples
+    from chatforge.runtime.quality import answer_samples
 
     _, available = answer_samples(convs, max_per_lang=None, seed=params.seed)
     knobs = []
@@ -287,13 +287,13 @@ def evaluate_variant(
     family = read_family(folder)
     backend_name = "onnx_int8" if name == "int8" else "torch"
     if family == "classifier":
-        from chatforge.serving.backends import ClassifierBackend
+        from chatforge.runtime.backends import ClassifierBackend
 
         result = evaluate_classifier(
             ClassifierBackend(folder, backend=backend_name, providers=providers), convs, threshold=serving.threshold
         )
         return {**common, **result["metrics"]}, {"confusion": result["confusion"]}
-    from chatforge.modeling.generate import load_generator
+    from chatforge.runtime.decode import load_generator
 
     generator = load_generator(folder, backend=backend_name, providers=providers)
     ppl_convs = list(convs)[: params.max_ppl_conversations]
@@ -344,8 +344,8 @@ def raw_prompt_scores(folder: Path, samples: Sequence[Sample], params: EvaluateP
     written, without placeholders: how it answers from its GGUF export in llama.cpp or Ollama,
     which run the chat template and nothing else. {"raw_bleu_zh": ..., ...} over RAW_PROMPT_KEYS;
     {} for a model without slot placeholders (there the scores above are already these)."""
-    from chatforge.modeling.generate import load_generator
-    from chatforge.modeling.slots import CONFIG_KEY
+    from chatforge.runtime.decode import load_generator
+    from chatforge.runtime.slots import CONFIG_KEY
 
     generator = load_generator(folder, backend="torch", providers=providers)
     if generator.tokenizer.init_kwargs.pop(CONFIG_KEY, None) is None:  # popped before any prompt is encoded
@@ -358,10 +358,10 @@ def raw_prompt_scores(folder: Path, samples: Sequence[Sample], params: EvaluateP
 def evaluate_retrieval(train: pl.DataFrame, samples: Sequence[Sample], *,
                        gazetteer: Mapping[str, Sequence[str]] | None = None, questions: Sequence[Question] = (),
                        judge: IntentJudge | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The retrieval FAQ bot (chatforge.modeling.retrieval) fit on the train split's original
+    """The retrieval FAQ bot (chatforge.runtime.retrieval) fit on the train split's original
     conversations and scored on the same samples with the same metrics; latency per answer; the
     paraphrase set's on-intent rates when `questions` and a `judge` are given."""
-    from chatforge.modeling.retrieval import RetrievalBot
+    from chatforge.runtime.retrieval import RetrievalBot
 
     bot = RetrievalBot(conversations(train.filter(pl.col("method") == "original")))
     answers, seconds = [], []

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from chatforge.metrics import normalise_whitespace
-from chatforge.modeling.data import Conversation
+from chatforge.runtime.conversation import Conversation
 
 STYLES = ("colloquial", "indirect", "misspelled", "multi_clause", "plain")
 

@@ -308,12 +308,12 @@ def build_scratch(params: ModelParams, corpus: Iterable[str]) -> ResolvedBase:
 
 def add_slot_placeholders(base: ResolvedBase, kinds: list[str], *, max_per_kind: int,
                           gazetteer: dict[str, dict[str, list[str]]]) -> list[str]:
-    """Give a causal LM base slot placeholders (chatforge.modeling.slots): the tokens join the
+    """Give a causal LM base slot placeholders (chatforge.runtime.slots): the tokens join the
     vocabulary, the embedding matrix grows to match (new rows initialised to the mean embedding, so
     they start neutral), and the configuration is stored in the tokenizer."""
     import torch
 
-    from chatforge.modeling import slots
+    from chatforge.runtime import slots
 
     tokens = slots.enable(base.tokenizer, slots.slot_config(kinds, max_per_kind=max_per_kind, gazetteer=gazetteer))
     old = base.model.get_input_embeddings().weight.shape[0]

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import torch
 
-from chatforge.modeling.data import Conversation, Example, TokenStats
+from chatforge.runtime.conversation import Conversation, Example, TokenStats
 
 
 def classifier_text(conv: Conversation, mode: Literal["first_user", "all_user"]) -> str:

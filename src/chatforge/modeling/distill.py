@@ -18,11 +18,11 @@ from typing import Any
 import polars as pl
 
 from chatforge.metrics import retention
-from chatforge.modeling.data import conversations
 from chatforge.modeling.measure import latency, parameter_count, quality, size_mb
-from chatforge.modeling.quality import retention as answer_retention
 from chatforge.modeling.short_train import CompressError, fit, load_model, make_batches
+from chatforge.runtime.conversation import conversations
 from chatforge.runtime.folder import open_folder
+from chatforge.runtime.quality import retention as answer_retention
 
 LAYER_INDEX = re.compile(r"(\.(?:layers|layer)\.)(\d+)\.")
 

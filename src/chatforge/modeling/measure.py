@@ -1,5 +1,5 @@
 """What distill and prune report for a model before and after: answer quality on val (the one
-quality path, chatforge.modeling.quality), latency, parameters and size."""
+quality path, chatforge.runtime.quality), latency, parameters and size."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from typing import Any, Literal
 import torch
 
 from chatforge.metrics import classification_scores, latency_stats
-from chatforge.modeling.data import Conversation
-from chatforge.modeling.device import to_device
-from chatforge.modeling.quality import assistant_perplexity, model_answer_scores
 from chatforge.modeling.short_train import make_batches, target_logits
+from chatforge.runtime.conversation import Conversation
+from chatforge.runtime.device import to_device
+from chatforge.runtime.quality import assistant_perplexity, model_answer_scores
 
 
 def parameter_count(model: Any) -> int:
@@ -48,9 +48,9 @@ def quality(model: Any, tokenizer: Any, convs: list[Conversation], *, family: st
             pred += [labels[i] for i in logits.argmax(-1).tolist()]  # type: ignore[index]
         scores = classification_scores(truth, pred, labels=labels or [])
         return {"accuracy": scores.accuracy, "macro_f1": scores.macro_f1}
-    from chatforge.modeling.generate import TorchGenerator
+    from chatforge.runtime.decode import TorchGenerator
 
-    # the one perplexity path (chatforge.modeling.quality), as evaluate measures it
+    # the one perplexity path (chatforge.runtime.quality), as evaluate measures it
     scored = assistant_perplexity(TorchGenerator(model, tokenizer, fingerprint="quality"), convs, max_seq_len=max_seq_len)
     out = {"perplexity": scored["perplexity"]}
     if bleu_samples:
@@ -61,7 +61,7 @@ def quality(model: Any, tokenizer: Any, convs: list[Conversation], *, family: st
 @torch.no_grad()
 def latency(model: Any, tokenizer: Any, convs: list[Conversation], *, family: str, requests: int, max_new_tokens: int) -> dict[str, float]:
     """Per-request latency: a classifier forward, or greedy generation of max_new_tokens for a causal LM."""
-    from chatforge.modeling.generate import GenerationConfig, TorchGenerator
+    from chatforge.runtime.decode import GenerationConfig, TorchGenerator
 
     model.eval()
     prompts = [[m for m in c.messages if m["role"] != "assistant"][:1] for c in convs[:requests]]

@@ -19,9 +19,10 @@ import torch.nn.functional as F
 
 from chatforge.io import progress
 from chatforge.modeling import classifier as clf
-from chatforge.modeling.data import IGNORE, Conversation, collate_padded, tokenize_conversations
-from chatforge.modeling.device import accelerator, to_device
+from chatforge.modeling.data import collate_padded
 from chatforge.modeling.schedule import cosine_with_floor
+from chatforge.runtime.conversation import IGNORE, Conversation, tokenize_conversations
+from chatforge.runtime.device import accelerator, to_device
 
 
 class CompressError(ValueError):

@@ -38,20 +38,13 @@ import torch.nn.functional as F
 
 from chatforge.io import progress
 from chatforge.modeling import classifier as clf
-from chatforge.modeling.data import (
-    IGNORE,
-    Conversation,
-    collate_packed,
-    conversations,
-    epoch_batches,
-    pack,
-    tokenize_conversations,
-)
+from chatforge.modeling.data import collate_packed, epoch_batches, pack
 from chatforge.modeling.freezing import apply_freezing, find_layer_stack, frozen_layer_count
-from chatforge.modeling.quality import model_answer_scores
 from chatforge.modeling.schedule import cosine_with_floor
 from chatforge.params import ModelParams, TrainParams
+from chatforge.runtime.conversation import IGNORE, Conversation, conversations, tokenize_conversations
 from chatforge.runtime.folder import read_family
+from chatforge.runtime.quality import model_answer_scores
 
 log = logging.getLogger("chatforge.train")
 
@@ -320,7 +313,7 @@ def train(
     fingerprint of data + params) and dvclive curves to `live_dir`."""
     from accelerate.utils import set_seed
 
-    from chatforge.modeling.device import accelerator
+    from chatforge.runtime.device import accelerator
 
     mp, tp, family = model_params, train_params, model_params.family
     check_inputs(mp, tp, base_dir=base_dir, train_turns=train_turns, val_turns=val_turns)

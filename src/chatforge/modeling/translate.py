@@ -273,7 +273,7 @@ def load_translator(
             kind = "seq2seq" if getattr(config, "is_encoder_decoder", False) else "causal_lm"
         auto = AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModelForCausalLM
         model = auto.from_pretrained(name, trust_remote_code=trust_remote_code)
-        from chatforge.modeling.device import place
+        from chatforge.runtime.device import place
 
         place(model)  # the accelerator when there is one
     except (OSError, ValueError) as exc:

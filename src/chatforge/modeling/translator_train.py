@@ -151,7 +151,7 @@ def train_translator(pairs: pl.DataFrame, params: TranslatorParams) -> TrainedTr
     sources, targets = directional_examples(pairs)
     enc = tokenizer(sources, truncation=True, max_length=params.max_len_tokens)["input_ids"]
     lab = tokenizer(text_target=targets, truncation=True, max_length=params.max_len_tokens)["input_ids"]
-    from chatforge.modeling.device import accelerator
+    from chatforge.runtime.device import accelerator
 
     acc = accelerator()  # the accelerator when there is one (train's rule); the model stays on it
     model.to(acc.device)

@@ -40,8 +40,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from chatforge.modeling.data import Conversation
 from chatforge.params import ServeHybrid
+from chatforge.runtime.conversation import Conversation
 from chatforge.runtime.index import read_index
 
 Source = Literal["model", "retrieval", "fallback"]
@@ -200,12 +200,12 @@ class RetrievalInTheLoop:
     """Candidates from a folder's exchanges (Relevance), reranked with the folder's own model
     (module docstring).
 
-    `generator` is the folder's generator (torch or ONNX, chatforge.modeling.generate); `choose`
+    `generator` is the folder's generator (torch or ONNX, chatforge.runtime.decode); `choose`
     returns the best Choice for a prompt, or None when no candidate reaches min_similarity or can
     be moved into the dialogue."""
 
     def __init__(self, convs: Sequence[Conversation], generator: Any, settings: ServeHybrid) -> None:
-        from chatforge.modeling.retrieval import RetrievalBot
+        from chatforge.runtime.retrieval import RetrievalBot
 
         self.bot = RetrievalBot(convs)
         self.relevance = Relevance(self.bot, settings)
@@ -236,8 +236,7 @@ class RetrievalInTheLoop:
 
     def choose(self, prompt: list[dict[str, str]], *, lang: str,
                ranked: list[tuple[Any, float]] | None = None) -> Choice | None:
-        from chatforge.modeling.quality import sequence_logprobs
-        from chatforge.modeling.slots import codec_for
+        from chatforge.runtime.slots import codec_for
 
         ranked = self.ranked(prompt, lang=lang) if ranked is None else ranked
         codec = codec_for(self.generator.tokenizer)
@@ -261,7 +260,7 @@ class RetrievalInTheLoop:
             score = sim
             if weight > 0:
                 ids = [*prompt_ids, *answer_ids, *([eos] if eos is not None else [])]
-                score = sim + weight * float(np.mean(sequence_logprobs(self.generator, ids)[len(prompt_ids) - 1:]))
+                score = sim + weight * float(np.mean(self.generator.logprobs(ids)[len(prompt_ids) - 1:]))
             if best is None or score > best.score:
                 text = codec.decode(answer, values or {}) if codec is not None else answer
                 best = Choice(text, float(sim), score, entry.conversation_id)
@@ -269,7 +268,7 @@ class RetrievalInTheLoop:
 
 
 def _placeholders(text: str) -> list[str]:
-    from chatforge.modeling.slots import PLACEHOLDER
+    from chatforge.runtime.slots import PLACEHOLDER
 
     return [m.group(0) for m in PLACEHOLDER.finditer(text)]
 

@@ -12,7 +12,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from chatforge.modeling.data import Conversation
+from chatforge.runtime.conversation import Conversation
 
 INDEX_NAME = "retrieval.jsonl"
 

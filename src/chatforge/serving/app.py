@@ -35,11 +35,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chatforge.data.lang import detect_lang
 from chatforge.metrics import answer_confidence
-from chatforge.modeling.generate import GenerationConfig
 from chatforge.params import ServeVariant
+from chatforge.runtime.backends import Answer, ModelBackend
+from chatforge.runtime.decode import GenerationConfig
 from chatforge.serving.ab import assign_variant
 from chatforge.serving.auth import KeyRing, read_keys
-from chatforge.serving.backends import Answer, ModelBackend, PromptError, open_backend
+from chatforge.serving.backends import PromptError, open_backend
 from chatforge.serving.cache import AnswerCache, LRUCache, RedisCache, cache_key
 from chatforge.serving.config import ServeConfig
 from chatforge.serving.errors import APIError, error_body

@@ -20,7 +20,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from chatforge.modeling.generate import BatchRequest, Generation, GenerationConfig
+from chatforge.runtime.decode import BatchRequest, Generation, GenerationConfig
 
 log = logging.getLogger("chatforge.serving.batching")
 

@@ -40,9 +40,9 @@ from typing import Any, Self
 import httpx
 
 from chatforge.metrics import answer_confidence
-from chatforge.modeling.generate import GenerationConfig
 from chatforge.params import ServeUpstream
-from chatforge.serving.backends import Answer
+from chatforge.runtime.backends import Answer
+from chatforge.runtime.decode import GenerationConfig
 from chatforge.serving.errors import APIError
 
 log = logging.getLogger("chatforge.serving.upstream")

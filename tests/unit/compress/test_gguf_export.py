@@ -213,7 +213,7 @@ def test_model_card_reads_reports_and_persona(tiny_causal_lm: Path, tmp_path: Pa
 
 def test_a_model_with_slot_placeholders_says_what_llama_cpp_loses(tiny_causal_lm: Path, tmp_path: Path) -> None:
     """The card puts the served scores beside the raw-prompt ones (evaluate's raw_*), and export warns."""
-    from chatforge.modeling import slots
+    from chatforge.runtime import slots
 
     folder = tmp_path / "slotted"
     shutil.copytree(tiny_causal_lm, folder)

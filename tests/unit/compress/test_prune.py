@@ -50,8 +50,8 @@ def test_taylor_drops_dead_channels_that_magnitude_keeps(tmp_path: Path, criteri
     """Channels with big gate/up weights but a zero down_proj column contribute nothing: Taylor
     (|w * grad|) scores them 0 and removes exactly them, so the logits do not move; magnitude keeps them."""
     from chatforge.compress.prune import prune_mlp
-    from chatforge.modeling.data import conversations
     from chatforge.modeling.short_train import load_model, make_batches
+    from chatforge.runtime.conversation import conversations
 
     model, tokenizer = load_model(write_tiny_causal_lm(tmp_path / "m", layers=2), "causal_lm")
     dead = list(range(0, 128, 8))  # 16 of 128 channels per layer

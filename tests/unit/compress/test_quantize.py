@@ -14,8 +14,8 @@ from tinymodels import tiny_turns, write_tiny_causal_lm
 
 from chatforge.compress.onnx_export import ExportError, export_causal_lm, load_for_export
 from chatforge.compress.quantize import QuantizeOptions, build_onnx_folder, quantize_onnx, top1_agreement
-from chatforge.modeling.generate import GenerationConfig, load_generator
 from chatforge.params import QuantizeParams
+from chatforge.runtime.decode import GenerationConfig, load_generator
 from chatforge.runtime.folder import ModelFolderError
 
 torch.set_num_threads(1)
@@ -71,7 +71,7 @@ def test_naive_dynamic_scheme_is_measurably_worse_or_equal(built: tuple[Path, Pa
     quantize_onnx(folder / "model.onnx", out, options=QuantizeOptions(scheme="dynamic"))
     from transformers import AutoTokenizer
 
-    from chatforge.modeling.data import conversations, tokenize_conversations
+    from chatforge.runtime.conversation import conversations, tokenize_conversations
 
     tok = AutoTokenizer.from_pretrained(folder)
     seqs = [e.input_ids for e in tokenize_conversations(conversations(tiny_turns(6)), tok, max_seq_len=256, overlong="truncate")[0]]

@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from chatforge.data.schema import conform
-from chatforge.modeling.data import Conversation, tokenize_chat
+from chatforge.runtime.conversation import Conversation, tokenize_chat
 
 N = 12  # test conversations per language, each answer different: the references' top share is 1/12
 

@@ -11,10 +11,10 @@ import torch
 from chatforge.data.schema import conform
 from chatforge.evaluation import evaluate as ev
 from chatforge.io import sha256_tree
-from chatforge.modeling import quality
-from chatforge.modeling.generate import load_generator
-from chatforge.modeling.quality import answer_samples
 from chatforge.params import EvaluateParams, ServeHybrid
+from chatforge.runtime import quality
+from chatforge.runtime.decode import load_generator
+from chatforge.runtime.quality import answer_samples
 from chatforge.serving.tiny import build_tiny_causal_lm, build_tiny_classifier
 
 torch.set_num_threads(1)
@@ -74,10 +74,10 @@ def test_perplexity_of_uniform_model_equals_vocab_size(tiny_lm):
     assert out["perplexity_en"] == pytest.approx(v, rel=1e-5)
 
 
-def test_sequence_logprobs_match_full_forward(tiny_lm):
+def test_generator_logprobs_match_full_forward(tiny_lm):
     gen = load_generator(tiny_lm, backend="torch")
     ids = gen.prompt_ids([{"role": "user", "content": "hello"}])
-    lp = quality.sequence_logprobs(gen, ids)
+    lp = gen.logprobs(ids)
     assert lp.shape == (len(ids) - 1,)
     assert (lp <= 0).all() and math.isfinite(float(lp.sum()))
 
@@ -107,7 +107,7 @@ def test_a_model_with_slot_placeholders_is_also_scored_on_raw_prompts(tiny_lm, t
     holds a slot configuration; scoring them leaves the folder's tokenizer as it was."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from chatforge.modeling import slots
+    from chatforge.runtime import slots
 
     convs, _ = ev.test_conversations(TEST)
     samples, _ = answer_samples(convs, max_per_lang=5, seed=0)

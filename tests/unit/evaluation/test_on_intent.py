@@ -7,7 +7,7 @@ import math
 import pytest
 
 from chatforge.evaluation.paraphrase import IntentJudge, ParaphraseError, Question, read_paraphrases
-from chatforge.modeling.data import Conversation
+from chatforge.runtime.conversation import Conversation
 
 BYE = "You're welcome, bye!"
 ASK = "What is your order number?"

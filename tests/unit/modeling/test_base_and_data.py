@@ -7,18 +7,16 @@ import torch
 import trainkit as tk
 
 from chatforge.modeling.base import BaseModelError, check_base, resolve_base
-from chatforge.modeling.data import (
+from chatforge.modeling.data import collate_packed, length_groups, pack
+from chatforge.modeling.tokenizer import train_bpe_tokenizer
+from chatforge.params import ModelParams, ParamsError, validate_section
+from chatforge.runtime.conversation import (
     IGNORE,
     Conversation,
-    collate_packed,
     conversations,
-    length_groups,
-    pack,
     tokenize_chat,
     tokenize_conversations,
 )
-from chatforge.modeling.tokenizer import train_bpe_tokenizer
-from chatforge.params import ModelParams, ParamsError, validate_section
 
 torch.set_num_threads(1)
 

@@ -12,8 +12,8 @@ from test_labels import GREETING_FIRST, learnt_runs
 
 from chatforge.modeling import base as base_module
 from chatforge.modeling.base import GEMMA3_SHA256, BaseModelError, assemble_gguf, check_base
-from chatforge.modeling.data import IGNORE, Conversation, tokenize_chat
 from chatforge.params import ModelParams, ParamsError, validate_section
+from chatforge.runtime.conversation import IGNORE, Conversation, tokenize_chat
 
 # a system turn, Chinese and English, an order number, and an assistant message with surrounding whitespace
 ZH_EN = Conversation("zh-en", "zh", "order", [

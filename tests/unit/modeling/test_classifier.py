@@ -9,9 +9,9 @@ import torch
 import trainkit as tk
 
 from chatforge.modeling import classifier as clf
-from chatforge.modeling.data import conversations
 from chatforge.modeling.tokenizer import train_bpe_tokenizer
 from chatforge.modeling.train import train
+from chatforge.runtime.conversation import conversations
 from chatforge.runtime.folder import Manifest, write_manifest
 
 torch.set_num_threads(1)

@@ -8,8 +8,8 @@ import copy
 import pytest
 import trainkit as tk
 
-from chatforge.modeling.data import IGNORE, Conversation, assistant_spans, tokenize_chat
 from chatforge.modeling.tokenizer import train_bpe_tokenizer
+from chatforge.runtime.conversation import IGNORE, Conversation, assistant_spans, tokenize_chat
 
 # SmolLM2-Instruct's template shape: a chat that does not open with a system message gets a default one.
 INJECTING = (

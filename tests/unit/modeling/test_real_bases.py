@@ -11,9 +11,9 @@ import trainkit as tk
 from test_labels import GREETING_FIRST, learnt_runs
 
 from chatforge.modeling.base import describe, resolve_base
-from chatforge.modeling.data import tokenize_chat
 from chatforge.modeling.train import train
 from chatforge.params import ModelParams
+from chatforge.runtime.conversation import tokenize_chat
 from chatforge.runtime.folder import Manifest, write_manifest
 
 pytestmark = pytest.mark.slow

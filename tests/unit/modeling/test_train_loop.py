@@ -102,8 +102,9 @@ def test_lr_schedule_matches_cosine_formula(step):
 def test_label_smoothing_reaches_the_loss(causal_base, data):
     from transformers import AutoModelForCausalLM
 
-    from chatforge.modeling.data import collate_packed, conversations, pack, tokenize_conversations
+    from chatforge.modeling.data import collate_packed, pack
     from chatforge.modeling.train import load_for_training
+    from chatforge.runtime.conversation import conversations, tokenize_conversations
 
     model, tok = load_for_training(tk.scratch_params(), tk.tparams(), causal_base, labels=None)
     ex, _ = tokenize_conversations(conversations(data[0])[:4], tok, max_seq_len=64, overlong="truncate")

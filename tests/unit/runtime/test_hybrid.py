@@ -6,13 +6,12 @@ import shutil
 import numpy as np
 import pytest
 
-from chatforge.modeling.data import Conversation
-from chatforge.modeling.generate import load_generator
-from chatforge.modeling.quality import sequence_logprobs
-from chatforge.modeling.slots import enable, slot_config
 from chatforge.params import ServeHybrid
+from chatforge.runtime.conversation import Conversation
+from chatforge.runtime.decode import load_generator
 from chatforge.runtime.hybrid import RetrievalInTheLoop, served_answer
 from chatforge.runtime.index import INDEX_NAME, read_index, write_index
+from chatforge.runtime.slots import enable, slot_config
 
 
 def conv(cid, user, answer, lang="en", intent="x"):
@@ -60,7 +59,7 @@ def test_the_candidate_served_is_the_one_with_the_best_relevance_plus_model_scor
     for c in CONVS[:3]:  # the three English candidates (top_k = 3); the zh one is another language
         answer = c.messages[1]["content"]
         ids = [*prompt_ids, *gen.tokenizer(answer, add_special_tokens=False)["input_ids"], eos]
-        scores[answer] = sims[answer] + float(np.mean(sequence_logprobs(gen, ids)[len(prompt_ids) - 1:]))
+        scores[answer] = sims[answer] + float(np.mean(gen.logprobs(ids)[len(prompt_ids) - 1:]))
     best = max(scores, key=scores.get)
     assert choice.text == best
     assert choice.score == pytest.approx(scores[best], abs=1e-5)

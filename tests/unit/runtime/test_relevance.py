@@ -5,11 +5,11 @@ The encoder is the real all-MiniLM-L6-v2 from its pip package."""
 import numpy as np
 import pytest
 
-from chatforge.modeling.data import Conversation
-from chatforge.modeling.retrieval import RetrievalBot
 from chatforge.params import ServeHybrid
+from chatforge.runtime.conversation import Conversation
 from chatforge.runtime.encoder import EncoderError, embed_unique, load_encoder, resolve_encoder
 from chatforge.runtime.hybrid import MIN_INTENT_EXCHANGES, Relevance
+from chatforge.runtime.retrieval import RetrievalBot
 
 
 def conv(cid, user, answer, intent, lang="en"):

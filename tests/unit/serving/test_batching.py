@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from chatforge.modeling.generate import GenerationConfig, load_generator
+from chatforge.runtime.decode import GenerationConfig, load_generator
 from chatforge.serving.batching import DecodeScheduler
 
 PROMPTS = [[{"role": "user", "content": text}] for text in ("hello", "查询北京天气", "where is my order?", "退货要多久？")]

@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from chatforge.metrics import answer_confidence
-from chatforge.modeling.generate import GenerationConfig
 from chatforge.params import ServeUpstream
+from chatforge.runtime.decode import GenerationConfig
 from chatforge.serving.errors import APIError
 from chatforge.serving.upstream import UpstreamBackend, UpstreamError, approximate_tokens
 

@@ -6,8 +6,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from chatforge.modeling import device as dev
 from chatforge.params import ParamsError, QuantizeParams, validate_section
+from chatforge.runtime import device as dev
 
 
 def test_the_stage_device_follows_trains_rule() -> None:

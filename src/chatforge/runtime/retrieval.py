@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from chatforge.data.lang import detect_lang
-from chatforge.modeling.data import Conversation
+from chatforge.runtime.conversation import Conversation
 
 
 @dataclass(frozen=True)

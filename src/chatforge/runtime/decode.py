@@ -1,10 +1,14 @@
-"""The one generation path evaluate and serving share: torch and ONNX causal LMs, same decoding.
+"""Decoding: the one way chatforge runs a causal LM, torch or ONNX, for every stage, evaluate and serving.
 
 Both backends expose the same two calls — `start(prompt_ids)` and `advance(token_id)`, each
 returning the next-token logits while keeping a KV cache — and one decoding loop (below) does the
 rest: greedy or seeded temperature/top-p sampling, max new tokens, eos and stop strings, per-token
 log-probabilities and streamed text deltas. Keeping the sampling in numpy, outside the backends,
 is what makes ONNX float greedy decoding equal torch greedy decoding token for token.
+
+Scoring a given sequence is `Generator.logprobs(ids)` (perplexity, reranking retrieved answers);
+an exported graph runs only through `OnnxCausalLM.forward`, so no other module feeds ONNX by hand.
+`load_generator(folder)` opens a built folder (chatforge.runtime.folder) with the right backend.
 """
 
 from __future__ import annotations
@@ -18,8 +22,8 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from chatforge.metrics import answer_confidence
-from chatforge.modeling.slots import SlotCodec, codec_for
 from chatforge.runtime.folder import read_family
+from chatforge.runtime.slots import SlotCodec, codec_for
 
 Backend = Literal["auto", "torch", "onnx", "onnx_int8"]
 ONNX_FLOAT_NAME = "model.onnx"
@@ -84,6 +88,11 @@ class Generator(Protocol):
 
     def generate_many(self, conversations: list[list[dict[str, str]]], config: GenerationConfig, *,
                       batch_size: int = 8) -> list[Generation]: ...
+
+    def logprobs(self, ids: list[int]) -> np.ndarray:
+        """log p(ids[t] | ids[:t]) for t >= 1, natural log: [len(ids) - 1] (ids: a whole sequence,
+        chat template applied, at least 2 tokens)."""
+        ...
 
 
 class _Session(Protocol):
@@ -236,6 +245,10 @@ class _Decoder:
         self.last: Generation | None = None
 
     def _session(self) -> _Session:
+        raise NotImplementedError
+
+    def logprobs(self, ids: list[int]) -> np.ndarray:
+        """log p(ids[t] | ids[:t]) for t >= 1, natural log: [len(ids) - 1] (each backend overrides it)."""
         raise NotImplementedError
 
     def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
@@ -419,6 +432,15 @@ class TorchGenerator(_Decoder):
         super().__init__(tokenizer, _eos_ids(model.config, tokenizer), fingerprint, context_length(model.config))
         self.model = model.eval()
 
+    def logprobs(self, ids: list[int]) -> np.ndarray:
+        """log p(ids[t] | ids[:t]) for t >= 1 (natural log, float32 softmax): [len(ids) - 1]; one forward."""
+        import torch
+
+        with torch.inference_mode():
+            logits = self.model(input_ids=torch.tensor([ids], dtype=torch.long, device=self.model.device)).logits[0].float().cpu()
+        logp = torch.log_softmax(logits[:-1], dim=-1)
+        return logp.gather(1, torch.tensor(ids[1:])[:, None])[:, 0].numpy()
+
     def _session(self) -> _Session:
         return _TorchSession(self.model)
 
@@ -482,73 +504,21 @@ class OnnxLayout:
     past_names: list[str] = field(default_factory=list)  # past_key_values.{i}.key / .value, in order
 
 
-class _OnnxSession:
-    def __init__(self, session: Any, layout: OnnxLayout, dtype: np.dtype) -> None:
-        self.session = session
-        self.layout = layout
-        self.dtype = dtype
-        self.past: list[np.ndarray] = []
-        self.length = 0
+class OnnxCausalLM:
+    """An exported causal LM (chatforge.compress.onnx_export: inputs input_ids, attention_mask,
+    position_ids and past_key_values.{i}.key/.value; outputs logits, then the present key/values) in
+    an onnxruntime session on the execution `providers` (quantize.providers; None: CPU).
 
-    def _forward(self, ids: list[int]) -> np.ndarray:
-        n = len(ids)
-        feeds: dict[str, np.ndarray] = {
-            "input_ids": np.asarray([ids], dtype=np.int64),
-            "attention_mask": np.ones((1, self.length + n), dtype=np.int64),
-            "position_ids": np.arange(self.length, self.length + n, dtype=np.int64)[None, :],
-        }
-        feeds.update(zip(self.layout.past_names, self.past, strict=True))
-        logits, *present = self.session.run(None, feeds)
-        self.past = present
-        self.length += n
-        return logits[0, -1].astype(np.float32)
+    `forward` is the one place chatforge runs such a graph: decoding sessions, teacher-forced
+    logits (`logits`) and log-probabilities (`logprobs`) all go through it.
 
-    def start(self, prompt_ids: list[int]) -> np.ndarray:
-        lay = self.layout
-        empty = np.zeros((1, lay.num_kv_heads, 0, lay.head_dim), dtype=self.dtype)
-        self.past = [empty] * len(lay.past_names)
-        self.length = 0
-        return self._forward(prompt_ids)
+    Raises ValueError when the file is not such an export (the message says to re-export it)."""
 
-    def advance(self, token_id: int) -> np.ndarray:
-        return self._forward([token_id])
-
-
-class _OnnxBatchSession:
-    def __init__(self, session: Any, layout: OnnxLayout, dtype: np.dtype, pad: int) -> None:
-        self.session, self.layout, self.dtype, self.pad = session, layout, dtype, pad
-        self.past: list[np.ndarray] = []
-
-    def _forward(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        feeds: dict[str, np.ndarray] = {"input_ids": ids, "attention_mask": self.mask, "position_ids": positions}
-        feeds.update(zip(self.layout.past_names, self.past, strict=True))
-        logits, *present = self.session.run(None, feeds)
-        self.past = present
-        return logits[:, -1].astype(np.float32)
-
-    def start(self, prompts: list[list[int]]) -> np.ndarray:
-        lay, width = self.layout, max(len(p) for p in prompts)
-        ids = np.asarray([[self.pad] * (width - len(p)) + p for p in prompts], dtype=np.int64)
-        self.mask = np.asarray([[0] * (width - len(p)) + [1] * len(p) for p in prompts], dtype=np.int64)
-        positions = np.clip(self.mask.cumsum(-1) - 1, 0, None)
-        self.last_position = positions[:, -1:]
-        self.past = [np.zeros((len(prompts), lay.num_kv_heads, 0, lay.head_dim), dtype=self.dtype)] * len(lay.past_names)
-        return self._forward(ids, positions)
-
-    def advance(self, token_ids: list[int]) -> np.ndarray:
-        self.mask = np.concatenate([self.mask, np.ones((len(token_ids), 1), dtype=np.int64)], axis=1)
-        self.last_position = self.last_position + 1
-        return self._forward(np.asarray(token_ids, dtype=np.int64)[:, None], self.last_position)
-
-
-class OnnxGenerator(_Decoder):
-    def __init__(self, model_path: Path, tokenizer: Any, config: Any, *, fingerprint: str,
-                 providers: Sequence[str] | None = None) -> None:
+    def __init__(self, model_path: Path, *, providers: Sequence[str] | None = None) -> None:
         import onnxruntime as ort
 
-        from chatforge.modeling.device import onnx_session
+        from chatforge.runtime.device import onnx_session
 
-        super().__init__(tokenizer, _eos_ids(config, tokenizer), fingerprint, context_length(config))
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = onnx_session(model_path, providers=providers, options=options)  # quantize.providers (default CPU)
@@ -561,21 +531,107 @@ class OnnxGenerator(_Decoder):
                 f"{model_path}: not a chatforge ONNX export with past key/values (inputs {names}). "
                 "Re-export it with `dvc repro quantize`."
             )
-        dtype = np.float16 if "float16" in first.type else np.float32
+        self.dtype: np.dtype = np.dtype(np.float16 if "float16" in first.type else np.float32)
         self.layout = OnnxLayout(
             num_layers=len(past_names) // 2,
             num_kv_heads=int(first.shape[1]),
             head_dim=int(first.shape[3]),
             past_names=past_names,
         )
-        self.dtype = dtype
+
+    def empty_past(self, batch: int = 1) -> list[np.ndarray]:
+        """A KV cache holding nothing: one [batch, kv_heads, 0, head_dim] array per past input."""
+        lay = self.layout
+        return [np.zeros((batch, lay.num_kv_heads, 0, lay.head_dim), dtype=self.dtype)] * len(lay.past_names)
+
+    def forward(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray,
+                past: Sequence[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """One run of the graph: ids/positions [B, n] int64, mask [B, past + n] int64, `past` as
+        `empty_past` or a previous call's present. Returns (logits [B, n, vocab], present)."""
+        feeds: dict[str, np.ndarray] = {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
+        feeds.update(zip(self.layout.past_names, past, strict=True))
+        logits, *present = self.session.run(None, feeds)
+        return logits, present
+
+    def logits(self, ids: list[int]) -> np.ndarray:
+        """Teacher-forced logits of one sequence, every position, empty cache: [len(ids), vocab] float32."""
+        n = len(ids)
+        logits, _ = self.forward(np.asarray([ids], dtype=np.int64), np.ones((1, n), dtype=np.int64),
+                                 np.arange(n, dtype=np.int64)[None, :], self.empty_past())
+        return logits[0]
+
+    def logprobs(self, ids: list[int]) -> np.ndarray:
+        """log p(ids[t] | ids[:t]) for t >= 1 (natural log, float64): [len(ids) - 1]."""
+        logits = self.logits(ids).astype(np.float64)[:-1]
+        logits -= logits.max(axis=-1, keepdims=True)
+        logp = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
+        return logp[np.arange(len(ids) - 1), np.asarray(ids[1:])]
+
+
+class _OnnxSession:
+    def __init__(self, model: OnnxCausalLM) -> None:
+        self.model = model
+        self.past: list[np.ndarray] = []
+        self.length = 0
+
+    def _forward(self, ids: list[int]) -> np.ndarray:
+        n = len(ids)
+        logits, self.past = self.model.forward(
+            np.asarray([ids], dtype=np.int64), np.ones((1, self.length + n), dtype=np.int64),
+            np.arange(self.length, self.length + n, dtype=np.int64)[None, :], self.past,
+        )
+        self.length += n
+        return logits[0, -1].astype(np.float32)
+
+    def start(self, prompt_ids: list[int]) -> np.ndarray:
+        self.past = self.model.empty_past()
+        self.length = 0
+        return self._forward(prompt_ids)
+
+    def advance(self, token_id: int) -> np.ndarray:
+        return self._forward([token_id])
+
+
+class _OnnxBatchSession:
+    def __init__(self, model: OnnxCausalLM, pad: int) -> None:
+        self.model, self.pad = model, pad
+        self.past: list[np.ndarray] = []
+
+    def _forward(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        logits, self.past = self.model.forward(ids, self.mask, positions, self.past)
+        return logits[:, -1].astype(np.float32)
+
+    def start(self, prompts: list[list[int]]) -> np.ndarray:
+        width = max(len(p) for p in prompts)
+        ids = np.asarray([[self.pad] * (width - len(p)) + p for p in prompts], dtype=np.int64)
+        self.mask = np.asarray([[0] * (width - len(p)) + [1] * len(p) for p in prompts], dtype=np.int64)
+        positions = np.clip(self.mask.cumsum(-1) - 1, 0, None)
+        self.last_position = positions[:, -1:]
+        self.past = self.model.empty_past(len(prompts))
+        return self._forward(ids, positions)
+
+    def advance(self, token_ids: list[int]) -> np.ndarray:
+        self.mask = np.concatenate([self.mask, np.ones((len(token_ids), 1), dtype=np.int64)], axis=1)
+        self.last_position = self.last_position + 1
+        return self._forward(np.asarray(token_ids, dtype=np.int64)[:, None], self.last_position)
+
+
+class OnnxGenerator(_Decoder):
+    def __init__(self, model_path: Path, tokenizer: Any, config: Any, *, fingerprint: str,
+                 providers: Sequence[str] | None = None) -> None:
+        super().__init__(tokenizer, _eos_ids(config, tokenizer), fingerprint, context_length(config))
+        self.onnx = OnnxCausalLM(model_path, providers=providers)
+
+    def logprobs(self, ids: list[int]) -> np.ndarray:
+        """log p(ids[t] | ids[:t]) for t >= 1 (natural log, float64): [len(ids) - 1]; one pass, empty cache."""
+        return self.onnx.logprobs(ids)
 
     def _session(self) -> _Session:
-        return _OnnxSession(self.session, self.layout, self.dtype)
+        return _OnnxSession(self.onnx)
 
     def _batch_session(self) -> _BatchSession:
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.eos_ids, default=0)
-        return _OnnxBatchSession(self.session, self.layout, self.dtype, pad)
+        return _OnnxBatchSession(self.onnx, pad)
 
 
 # ------------------------------------------------------------------------------------- loading
@@ -613,7 +669,7 @@ def load_generator(folder: Path | str, *, backend: Backend = "auto", providers: 
 
     backend "auto" prefers model.int8.onnx, then model.onnx, then the torch weights in the folder.
     ONNX runs on the execution `providers` (quantize.providers; None: CPU), torch weights on the
-    accelerator when there is one (chatforge.modeling.device).
+    accelerator when there is one (chatforge.runtime.device).
     """
     folder = Path(folder)
     family = read_family(folder, plain_ok=True)  # a user's plain transformers folder too
@@ -647,7 +703,7 @@ def load_generator(folder: Path | str, *, backend: Backend = "auto", providers: 
         )
     from transformers import AutoModelForCausalLM
 
-    from chatforge.modeling.device import place
+    from chatforge.runtime.device import place
 
     model = place(AutoModelForCausalLM.from_pretrained(folder, dtype="float32"))
     where = "torch" if model.device.type == "cpu" else f"torch@{model.device.type}"  # the device is part of the cache key
@@ -658,6 +714,7 @@ __all__ = [
     "Generation",
     "GenerationConfig",
     "Generator",
+    "OnnxCausalLM",
     "OnnxGenerator",
     "TorchGenerator",
     "choose_token",

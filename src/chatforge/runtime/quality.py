@@ -22,7 +22,7 @@ import numpy as np
 from chatforge import metrics
 from chatforge.data.lang import detect_lang
 from chatforge.io import progress
-from chatforge.modeling.data import IGNORE, Conversation, tokenize_chat
+from chatforge.runtime.conversation import IGNORE, Conversation, tokenize_chat
 
 LANGS = ("zh", "en")
 # what a retention gate compares between a model and its parent
@@ -86,10 +86,10 @@ def answer_length_limit(tokenizer: Any, samples: Sequence[Sample], *, cap: int) 
 
 def generate_answers(generator: Any, samples: Sequence[Sample], *, max_new_tokens: int, batch_size: int = 8,
                      desc: str = "generate", confidence_tokens: int | None = None) -> list[Answer]:
-    """Greedy answers through chatforge.modeling.generate (torch or ONNX), `batch_size` prompts per
+    """Greedy answers through chatforge.runtime.decode (torch or ONNX), `batch_size` prompts per
     batch; the same tokens as one at a time. Each answer's confidence is taken over its first
     `confidence_tokens` tokens (None: all), as chatforge serve takes it."""
-    from chatforge.modeling.generate import GenerationConfig
+    from chatforge.runtime.decode import GenerationConfig
 
     config = GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.0)
     chunks = [list(samples[i : i + batch_size]) for i in range(0, len(samples), batch_size)]
@@ -187,8 +187,8 @@ def model_answer_scores(model: Any, tokenizer: Any, convs: Sequence[Conversation
     """ANSWER_KEYS for an in-memory torch model: full greedy answers to `samples_per_lang` held-out
     assistant turns per language; slots include the gazetteer entities the model's slot
     placeholders know. `max_new_tokens` caps the reference-derived length limit. {} without samples."""
-    from chatforge.modeling.generate import TorchGenerator
-    from chatforge.modeling.slots import gazetteer_of
+    from chatforge.runtime.decode import TorchGenerator
+    from chatforge.runtime.slots import gazetteer_of
 
     samples, _ = answer_samples(convs, max_per_lang=samples_per_lang, seed=seed)
     if not samples:
@@ -201,34 +201,9 @@ def model_answer_scores(model: Any, tokenizer: Any, convs: Sequence[Conversation
     return {k: scores[k] for k in ANSWER_KEYS}
 
 
-def sequence_logprobs(generator: Any, ids: list[int]) -> np.ndarray:
-    """log p(ids[t] | ids[:t]) for t >= 1, from whichever backend the generator wraps."""
-    if hasattr(generator, "model"):  # torch
-        import torch
-
-        model = generator.model
-        with torch.inference_mode():
-            logits = model(input_ids=torch.tensor([ids], dtype=torch.long, device=model.device)).logits[0].float().cpu()
-        logp = torch.log_softmax(logits[:-1], dim=-1)
-        return logp.gather(1, torch.tensor(ids[1:])[:, None])[:, 0].numpy()
-    session, layout = generator.session, generator.layout  # onnx: one pass with an empty cache
-    n = len(ids)
-    empty = np.zeros((1, layout.num_kv_heads, 0, layout.head_dim), dtype=generator.dtype)
-    feeds = {
-        "input_ids": np.asarray([ids], dtype=np.int64),
-        "attention_mask": np.ones((1, n), dtype=np.int64),
-        "position_ids": np.arange(n, dtype=np.int64)[None, :],
-        **dict.fromkeys(layout.past_names, empty),
-    }
-    logits = session.run(None, feeds)[0][0].astype(np.float64)[:-1]
-    logits -= logits.max(axis=-1, keepdims=True)
-    logp = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
-    return logp[np.arange(n - 1), np.asarray(ids[1:])]
-
-
 def assistant_perplexity(generator: Any, convs: Sequence[Conversation], *, max_seq_len: int) -> dict[str, float]:
     """Perplexity on assistant tokens only (the tokens the model is trained to write: each assistant
-    message and its end token, chatforge.modeling.data.tokenize_chat), per language and overall;
+    message and its end token, chatforge.runtime.conversation.tokenize_chat), per language and overall;
     conversations cut at `max_seq_len` tokens. The one perplexity path of distill, prune and evaluate
     (train's val perplexity is exp of its val loss over the same tokens)."""
     nll = dict.fromkeys(LANGS, 0.0)
@@ -240,7 +215,7 @@ def assistant_perplexity(generator: Any, convs: Sequence[Conversation], *, max_s
         if len(ids) < 2 or not mask.any():
             continue
         lang = conv.lang if conv.lang in LANGS else "en"
-        nll[lang] -= float(sequence_logprobs(generator, ids)[mask].sum())
+        nll[lang] -= float(generator.logprobs(ids)[mask].sum())
         count[lang] += int(mask.sum())
     out = {f"perplexity_{k}": metrics.perplexity(nll[k], count[k]) for k in LANGS}
     out["perplexity"] = metrics.perplexity(sum(nll.values()), sum(count.values()))

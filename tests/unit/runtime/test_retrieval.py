@@ -2,8 +2,8 @@
 
 import pytest
 
-from chatforge.modeling.data import Conversation
-from chatforge.modeling.retrieval import RetrievalBot
+from chatforge.runtime.conversation import Conversation
+from chatforge.runtime.retrieval import RetrievalBot
 
 
 def _conv(cid, lang, *turns):

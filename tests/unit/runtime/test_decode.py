@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from chatforge.modeling.generate import (
+from chatforge.runtime.decode import (
     Generation,
     GenerationConfig,
     TorchGenerator,
@@ -109,6 +109,33 @@ def test_onnx_greedy_equals_torch_token_for_token(tiny_causal_lm: Path, onnx_lm:
             np.testing.assert_allclose(a.token_logprobs, b.token_logprobs, atol=1e-4)
 
 
+def test_logprobs_agree_between_torch_and_onnx_and_with_decoding(tiny_causal_lm: Path, onnx_lm: Path) -> None:
+    """`logprobs` scores a whole sequence in one pass: torch and ONNX agree, and the scores of a greedy
+    answer are the log-probabilities decoding recorded for its tokens."""
+    from chatforge.runtime.decode import OnnxCausalLM
+
+    torch_gen, onnx_gen = load_generator(tiny_causal_lm, backend="torch"), load_generator(onnx_lm, backend="onnx")
+    prompt_ids = torch_gen.prompt_ids(USER)
+    answer = torch_gen.generate(USER, GenerationConfig(max_new_tokens=6))
+    ids = [*prompt_ids, *answer.token_ids]
+    a, b = torch_gen.logprobs(ids), onnx_gen.logprobs(ids)
+    assert a.shape == b.shape == (len(ids) - 1,)
+    np.testing.assert_allclose(a, b, atol=1e-4)
+    np.testing.assert_allclose(a[len(prompt_ids) - 1:], answer.token_logprobs, atol=1e-4)
+    logits = OnnxCausalLM(onnx_lm / "model.onnx").logits(ids)
+    assert logits.shape[0] == len(ids) and logits.dtype == np.float32
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    bad = onnx_lm.parent / "identity.onnx"
+    onnx.save(helper.make_model(graph), str(bad))
+    with pytest.raises(ValueError, match=r"not a chatforge ONNX export .* `dvc repro quantize`"):
+        OnnxCausalLM(bad)
+
+
 def test_auto_backend_prefers_onnx_and_fingerprints_differ(tiny_causal_lm: Path, onnx_lm: Path) -> None:
     assert load_generator(onnx_lm).fingerprint.startswith("onnx:")
     assert load_generator(tiny_causal_lm).fingerprint.startswith("torch:")
@@ -176,7 +203,7 @@ def test_a_reply_cut_by_the_length_limit_drops_a_half_character() -> None:
     """Byte-level tokens split 问 into three bytes: a reply cut after two of them must not end in U+FFFD."""
     from tinymodels import build_tiny_tokenizer
 
-    from chatforge.modeling.generate import _Reply
+    from chatforge.runtime.decode import _Reply
 
     tok = build_tiny_tokenizer()
     ids = tok("请问", add_special_tokens=False)["input_ids"]
@@ -194,8 +221,8 @@ def test_slot_placeholders_are_filled_from_the_prompt(tiny_causal_lm: Path, tmp_
     """A model whose tokenizer carries slot placeholders: the prompt is encoded, the reply decoded."""
     from transformers import AutoTokenizer
 
-    from chatforge.modeling import slots
-    from chatforge.modeling.generate import _Reply
+    from chatforge.runtime import slots
+    from chatforge.runtime.decode import _Reply
 
     tok = AutoTokenizer.from_pretrained(tiny_causal_lm)
     slots.enable(tok, slots.slot_config(["number", "city"], max_per_kind=2, gazetteer={"zh": {"city": ["北京"]}}))
@@ -217,7 +244,7 @@ MIXED = [GenerationConfig(max_new_tokens=12), GenerationConfig(max_new_tokens=5,
 @pytest.mark.parametrize("backend", ["torch", "onnx"])
 def test_generate_batch_equals_one_at_a_time_with_per_request_sampling(tiny_causal_lm: Path, onnx_lm: Path,
                                                                        backend: str) -> None:
-    from chatforge.modeling.generate import BatchRequest
+    from chatforge.runtime.decode import BatchRequest
 
     gen = load_generator(tiny_causal_lm if backend == "torch" else onnx_lm, backend=backend)
     single = [gen.generate(p, c) for p, c in zip(PROMPTS, MIXED, strict=True)]
@@ -232,7 +259,7 @@ def test_generate_batch_equals_one_at_a_time_with_per_request_sampling(tiny_caus
 
 
 def test_generate_batch_stops_a_cancelled_request_and_keeps_the_others(tiny_causal_lm: Path) -> None:
-    from chatforge.modeling.generate import BatchRequest
+    from chatforge.runtime.decode import BatchRequest
 
     gen = load_generator(tiny_causal_lm, backend="torch")
     cfg = GenerationConfig(max_new_tokens=12)
@@ -249,7 +276,7 @@ def test_generate_batch_stops_a_cancelled_request_and_keeps_the_others(tiny_caus
 
 
 def test_on_token_sees_every_generated_token_in_batch_and_alone(tiny_causal_lm: Path) -> None:
-    from chatforge.modeling.generate import BatchRequest
+    from chatforge.runtime.decode import BatchRequest
 
     gen = load_generator(tiny_causal_lm, backend="torch")
     seen: list[list[tuple[int, float]]] = [[], []]

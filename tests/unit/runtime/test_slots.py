@@ -1,6 +1,6 @@
 """Slot placeholders: exact encodings, lossless decoding, and the round trip through a saved tokenizer."""
 
-from chatforge.modeling import slots
+from chatforge.runtime import slots
 
 GAZ = {"zh": {"city": ["北京", "伦敦"], "product": ["空气净化器"]}, "en": {"city": ["Wuhan", "New York"], "product": ["iPhone 15"]}}
 
