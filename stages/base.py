@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from chatforge.io import EXIT_BAD_INPUT
-from chatforge.io import atomic_path, setup_logging, sha256_file, write_json
+from chatforge.io import setup_logging, sha256_file, write_json
 from chatforge.params import ParamsError, load_section
 
 
@@ -46,7 +46,7 @@ def main(
 
     from chatforge.knobs import report_knobs
     from chatforge.modeling.base import unknown_share, vocab_knob
-    from chatforge.runtime.folder import Manifest, sections_sha256, write_manifest
+    from chatforge.runtime.folder import Manifest, publish_folder, sections_sha256
 
     train = pl.read_parquet(train_split, columns=["content", "lang"])
     corpus = train["content"].to_list() if kind == "scratch" else None
@@ -65,14 +65,11 @@ def main(
         added = add_slot_placeholders(base, params.slots.kinds, max_per_kind=params.slots.max_per_kind, gazetteer=gazetteer)
         log.info("slot placeholders: %d tokens (%s)", len(added), ", ".join(params.slots.kinds))
     info = describe(base.model)
-    with atomic_path(out_dir) as tmp:
-        base.model.save_pretrained(tmp)
-        base.tokenizer.save_pretrained(tmp)
-        write_manifest(tmp, Manifest(
-            family=params.family, variant="base", parent=base.parent, base=params.base,
-            data_sha256=sha256_file(train_split) if kind == "scratch" else None,
-            params_sha256=sections_sha256(params), details={**base.details, **info},
-        ))
+    publish_folder(out_dir, Manifest(
+        family=params.family, variant="base", parent=base.parent, base=params.base,
+        data_sha256=sha256_file(train_split) if kind == "scratch" else None,
+        params_sha256=sections_sha256(params), details={**base.details, **info},
+    ), model=base.model, tokenizer=base.tokenizer)
     write_json({"source": kind, **{k: v for k, v in info.items() if v is not None},
                 **{k: v for k, v in unknown.items() if v is not None}, "knobs": report_knobs(knobs, log)}, metrics_path)
     log.info("wrote %s (%s, %d parameters)", out_dir, info["model_type"], info["parameters"])

@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 
 from chatforge.io import EXIT_BAD_INPUT
-from chatforge.io import atomic_path, setup_logging, write_json
+from chatforge.io import setup_logging, write_json
 from chatforge.params import ParamsError, load_section
 
 
@@ -56,26 +56,22 @@ def main(
         raise typer.Exit(code=subprocess.call(cmd))
     log = setup_logging("train")
 
-    from chatforge.runtime.folder import Manifest, write_manifest
+    from chatforge.runtime.folder import Manifest, publish_folder
 
     data_sha, params_sha, run = fingerprint(data_files=[train_data, val_data], base_dir=base_dir, sections=[mp, tp])
     outcome = train(model_params=mp, train_params=tp, base_dir=base_dir, train_turns=train_turns, val_turns=val_turns,
                     checkpoint_dir=checkpoints / run, live_dir=live_dir, responses=responses)
     if outcome.metrics["process_index"] != 0:
         return  # one process publishes
-    with atomic_path(out_dir) as tmp:
-        outcome.model.save_pretrained(tmp)
-        outcome.tokenizer.save_pretrained(tmp)
-        if outcome.responses is not None:
-            write_json(outcome.responses, tmp / "responses.json")
-        if index_data is not None and mp.family == "causal_lm":
-            from chatforge.runtime.conversation import conversations
-            from chatforge.runtime.index import write_index
+    exchanges = None
+    if index_data is not None and mp.family == "causal_lm":
+        from chatforge.runtime.conversation import conversations
 
-            original = pl.read_parquet(index_data).filter(pl.col("method") == "original")
-            log.info("retrieval in the loop: %d train conversations", write_index(tmp, conversations(original)))
-        write_manifest(tmp, Manifest(family=mp.family, variant="teacher", parent=str(base_dir), base=mp.base,
-                                     data_sha256=data_sha, params_sha256=params_sha, details=outcome.details))
+        exchanges = conversations(pl.read_parquet(index_data).filter(pl.col("method") == "original"))
+        log.info("retrieval in the loop: %d train conversations", len(exchanges))
+    publish_folder(out_dir, Manifest(family=mp.family, variant="teacher", parent=str(base_dir), base=mp.base,
+                                     data_sha256=data_sha, params_sha256=params_sha, details=outcome.details),
+                   model=outcome.model, tokenizer=outcome.tokenizer, responses=outcome.responses, exchanges=exchanges)
     write_json({k: v for k, v in outcome.metrics.items() if k != "process_index"}, metrics_path)
     clear_checkpoints(checkpoints / run)
     log.info("published %s after %d steps", out_dir, outcome.metrics["steps"])

@@ -340,34 +340,38 @@ def gate_failures(metrics: dict[str, Any]) -> list[str]:
 
 def build_onnx_folder(source_dir: Path, folder: Path, test_turns: Any, *, params: Any,
                       knobs: list[Any] | None = None) -> dict[str, Any]:
-    """Fill `folder` (being built) with model.onnx, model.int8.onnx, tokenizer, config and manifest;
+    """Fill `folder` (being built inside the caller's atomic_path) with model.onnx, model.int8.onnx,
+    and, through chatforge.runtime.folder.publish_folder, the tokenizer, config, the source's carried
+    files and a manifest derived from the source's;
     return the metrics: sizes, INT8-vs-float agreement, greedy equality, BLEU / accuracy, and
     `gates` (quantize_gates) with `gate_ok` (every gate passes). `knobs`, when given, receives the
     requested-vs-reached records (chatforge.knobs) the stage reports."""
     from chatforge.knobs import Reached
 
     knobs = [] if knobs is None else knobs
-    import shutil
+    import copy
+
+    from transformers import AutoTokenizer
 
     from chatforge.compress.onnx_export import export_causal_lm, export_classifier, load_for_export
     from chatforge.runtime.conversation import conversations
-    from chatforge.runtime.folder import CARRIED_FILES, Manifest, read_manifest, write_manifest
+    from chatforge.runtime.decode import ONNX_FLOAT_NAME, ONNX_INT8_NAME
+    from chatforge.runtime.folder import CARRIED_FILES, derived_manifest, publish_folder
 
     model, family = load_for_export(source_dir, key="quantize.source")
-    from transformers import AutoTokenizer
-
     tokenizer = AutoTokenizer.from_pretrained(source_dir)
+    config = copy.deepcopy(model.config)  # as loaded: tracing the export must not change what config.json says
     folder.mkdir(parents=True, exist_ok=True)
-    tokenizer.save_pretrained(folder)
-    model.config.save_pretrained(folder)
-    for extra in (*CARRIED_FILES, "generation_config.json"):
-        if (source_dir / extra).exists():
-            shutil.copy(source_dir / extra, folder / extra)
-    float_path, int8_path = folder / "model.onnx", folder / "model.int8.onnx"
+    float_path, int8_path = folder / ONNX_FLOAT_NAME, folder / ONNX_INT8_NAME
     (export_causal_lm if family == "causal_lm" else export_classifier)(model, float_path, key="quantize.source")
     options = QuantizeOptions(scheme=params.scheme, block_size=params.block_size, symmetric=params.symmetric,
                               accuracy_level=params.accuracy_level, keep_float=tuple(params.keep_float))
     done = quantize_onnx(float_path, int8_path, options=options)
+    # the folder is complete (graphs, config, tokenizer, the parent's files, manifest) before the
+    # parity checks open it the way evaluate and serving will
+    publish_folder(folder, derived_manifest(source_dir, variant="int8", details={"quantize": done}), tokenizer=tokenizer,
+                   config=config, carry_from=source_dir, carry=(*CARRIED_FILES, "generation_config.json"),
+                   in_place=True)
     float_bytes, int8_bytes = float_path.stat().st_size, int8_path.stat().st_size
     metrics: dict[str, Any] = {
         "family": family, **done, "block_size": params.block_size, "accuracy_level": params.accuracy_level,
@@ -385,10 +389,6 @@ def build_onnx_folder(source_dir: Path, folder: Path, test_turns: Any, *, params
     knobs.append(Reached("quantize.eval_max_conversations", params.eval_max_conversations, len(convs),
                          "as requested" if len(convs) == params.eval_max_conversations
                          else f"the test split has {available} conversations"))
-    parent = read_manifest(source_dir)
-    write_manifest(folder, Manifest(family=family, variant="int8", parent=str(source_dir), base=parent.base,
-                                    data_sha256=parent.data_sha256, params_sha256=parent.params_sha256,
-                                    details={**parent.details, "quantize": done}))
     return metrics
 
 

@@ -7,12 +7,14 @@ ONNX folders add model.onnx / model.int8.onnx next to the tokenizer.
 
 Every stage, evaluate and serving open a folder through `open_folder` / `read_family`, and a folder
 that is not a usable model folder raises one error, `ModelFolderError`, whose message says what is
-wrong and how to fix it.
+wrong and how to fix it. Every stage that builds a model (base, train, distill, prune, quantize)
+writes it through `publish_folder`; a derived folder's manifest is `derived_manifest` of its parent.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -148,22 +150,63 @@ def write_manifest(folder: Path | str, manifest: Manifest) -> None:
     (Path(folder) / MANIFEST_NAME).write_text(manifest_json(manifest), encoding="utf-8")
 
 
-def publish_derived(out_dir: Path, model: Any, tokenizer: Any, *, parent_dir: Path, variant: str,
-                    details: dict[str, Any]) -> None:
-    """Atomically publish a model derived from the folder `parent_dir` (distilled, pruned, ...).
+def derived_manifest(parent_dir: Path, *, variant: str, details: Mapping[str, Any]) -> Manifest:
+    """The manifest of a folder derived from the model folder `parent_dir` (distilled, pruned,
+    quantized): the parent's, with `variant`, the parent's path and `details` merged into the
+    parent's details under their own keys. Raises ModelFolderError when the parent has no valid manifest."""
+    parent = read_manifest(parent_dir)
+    return parent.model_copy(update={"variant": variant, "parent": str(parent_dir),
+                                     "details": {**parent.details, **details}})
 
-    The folder gets the weights, the tokenizer, the parent's CARRIED_FILES (`responses.json`, which
-    classifiers answer with; `retrieval.jsonl`, the exchanges of retrieval in the loop) and a manifest that inherits the parent's and records `variant`, the parent and
-    `details` (merged into the parent's details under their own keys).
-    """
+
+def publish_folder(folder: Path, manifest: Manifest, *, tokenizer: Any, model: Any = None, config: Any = None,
+                   responses: Mapping[str, Mapping[str, str]] | None = None, exchanges: Sequence[Any] | None = None,
+                   carry_from: Path | None = None, carry: Sequence[str] = CARRIED_FILES,
+                   in_place: bool = False) -> None:
+    """Publish a model folder: the one way base, train, distill, prune and quantize write theirs.
+
+    Written: the weights (`model.save_pretrained`: config.json, model.safetensors, generation
+    config), or only `config` (an ONNX folder, whose graphs the caller writes), the tokenizer with its
+    chat template, the files named in `carry` that `carry_from` (the parent folder) has, a
+    classifier's `responses` ({intent: {"zh": answer, "en": answer}} -> responses.json), a chat model's
+    `exchanges` (Conversations -> retrieval.jsonl, chatforge.runtime.index) and the `manifest`
+    (chatforge.json) last.
+
+    `folder` appears atomically (chatforge.io.atomic_path: a temporary sibling, then a rename), so no
+    stage ever reads a half-written folder. With `in_place`, `folder` is a folder the caller is already
+    building inside its own atomic_path (quantize writes its ONNX graphs there first) and is written
+    as it is."""
     from chatforge.io import atomic_path
 
-    parent = read_manifest(parent_dir)
-    with atomic_path(out_dir) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        for name in CARRIED_FILES:
-            if (parent_dir / name).exists():
-                (tmp / name).write_bytes((parent_dir / name).read_bytes())
-        update = {"variant": variant, "parent": str(parent_dir), "details": {**parent.details, **details}}
-        write_manifest(tmp, parent.model_copy(update=update))
+    if not in_place:
+        with atomic_path(folder) as tmp:
+            publish_folder(tmp, manifest, tokenizer=tokenizer, model=model, config=config, responses=responses,
+                           exchanges=exchanges, carry_from=carry_from, carry=carry, in_place=True)
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    if model is not None:
+        model.save_pretrained(folder)
+    if config is not None:
+        config.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    for name in carry if carry_from is not None else ():
+        if (carry_from / name).exists():
+            (folder / name).write_bytes((carry_from / name).read_bytes())
+    if responses is not None:
+        (folder / "responses.json").write_text(
+            json.dumps(responses, ensure_ascii=False, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    if exchanges is not None:
+        from chatforge.runtime.index import write_index
+
+        write_index(folder, exchanges)
+    write_manifest(folder, manifest)
+
+
+def publish_derived(out_dir: Path, model: Any, tokenizer: Any, *, parent_dir: Path, variant: str,
+                    details: dict[str, Any]) -> None:
+    """Publish a torch model derived from the folder `parent_dir` (distill's student, prune's output)
+    through `publish_folder`: its weights and tokenizer, the parent's CARRIED_FILES (`responses.json`,
+    which classifiers answer with; `retrieval.jsonl`, the exchanges of retrieval in the loop) and
+    `derived_manifest(parent_dir, variant=variant, details=details)`."""
+    publish_folder(out_dir, derived_manifest(parent_dir, variant=variant, details=details), model=model,
+                   tokenizer=tokenizer, carry_from=parent_dir)

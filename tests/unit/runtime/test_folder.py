@@ -11,7 +11,9 @@ from chatforge.runtime.folder import (
     MANIFEST_NAME,
     Manifest,
     ModelFolderError,
+    derived_manifest,
     open_folder,
+    publish_folder,
     read_family,
     read_manifest,
     write_manifest,
@@ -98,3 +100,60 @@ def test_a_manifest_missing_a_field_names_the_field(tmp_path: Path) -> None:
 
 def test_the_error_is_a_value_error() -> None:
     assert issubclass(ModelFolderError, ValueError)
+
+
+class _Saves:
+    """Stands in for a model, config or tokenizer: save_pretrained writes one named file."""
+
+    def __init__(self, name: str, text: str = "x") -> None:
+        self.name, self.text = name, text
+
+    def save_pretrained(self, folder: Path) -> None:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / self.name).write_text(self.text, encoding="utf-8")
+
+
+class _Fails(_Saves):
+    def save_pretrained(self, folder: Path) -> None:
+        raise RuntimeError("disk full")
+
+
+def test_publish_folder_writes_weights_tokenizer_carried_files_and_manifest_last(tmp_path: Path) -> None:
+    from chatforge.runtime.conversation import Conversation
+    from chatforge.runtime.index import read_index
+
+    parent = tmp_path / "teacher"
+    exchanges = [Conversation("c2", "en", "x", [{"role": "user", "content": "hi"}]),
+                 Conversation("c1", "zh", None, [{"role": "user", "content": "你好"}])]
+    publish_folder(parent, Manifest(family="classifier", variant="teacher", details={"a": 1}),
+                   model=_Saves("model.safetensors"), tokenizer=_Saves("tokenizer.json"),
+                   responses={"greet": {"zh": "你好", "en": "hello"}}, exchanges=exchanges)
+    assert sorted(p.name for p in parent.iterdir()) == [MANIFEST_NAME, "model.safetensors", "responses.json",
+                                                        "retrieval.jsonl", "tokenizer.json"]
+    assert json.loads((parent / "responses.json").read_text(encoding="utf-8")) == {"greet": {"zh": "你好", "en": "hello"}}
+    assert [c.conversation_id for c in read_index(parent)] == ["c1", "c2"]
+    # a derived folder: the parent's manifest with its own variant and details, the parent's files carried
+    child = tmp_path / "int8"
+    child.mkdir()
+    (child / "model.onnx").write_bytes(b"graph")  # in_place: the caller already wrote into the folder it builds
+    publish_folder(child, derived_manifest(parent, variant="int8", details={"quantize": {"scheme": "w8"}}),
+                   tokenizer=_Saves("tokenizer.json"), config=_Saves("config.json"), carry_from=parent, in_place=True)
+    manifest = read_manifest(child)
+    assert (manifest.family, manifest.variant, manifest.parent) == ("classifier", "int8", str(parent))
+    assert manifest.details == {"a": 1, "quantize": {"scheme": "w8"}}
+    assert (child / "model.onnx").read_bytes() == b"graph" and not (child / "model.safetensors").exists()
+    assert (child / "responses.json").read_bytes() == (parent / "responses.json").read_bytes()
+    assert (child / "retrieval.jsonl").read_bytes() == (parent / "retrieval.jsonl").read_bytes()
+
+
+def test_publish_folder_is_atomic(tmp_path: Path) -> None:
+    """A failure while writing leaves the published folder as it was (no half-written model)."""
+
+    out = tmp_path / "student"
+    publish_folder(out, Manifest(family="causal_lm", variant="student"), model=_Saves("model.safetensors", "v1"),
+                   tokenizer=_Saves("tokenizer.json"))
+    with pytest.raises(RuntimeError, match="disk full"):
+        publish_folder(out, Manifest(family="causal_lm", variant="student"), model=_Saves("model.safetensors", "v2"),
+                       tokenizer=_Fails("tokenizer.json"))
+    assert (out / "model.safetensors").read_text(encoding="utf-8") == "v1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["student"]  # no temporary sibling left behind
