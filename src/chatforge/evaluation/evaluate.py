@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from chatforge.runtime.quality import (
     assistant_perplexity,
     calibration,
     generate_answers,
+    request_latency,
     retention,
     score_answers,
 )
@@ -84,20 +84,14 @@ def subset(samples: Sequence[Sample], per_lang: int | None) -> list[Sample]:
 
 # ------------------------------------------------------------------------------ causal language model
 def generation_latency(generator: Any, prompts: Sequence[list[dict[str, str]]], *, new_tokens: int, runs: int) -> dict[str, float]:
-    """Batch-1 latency to generate `new_tokens` tokens (eos ignored by using no stop and counting
-    what came), and decoded tokens per second."""
+    """Latency of a greedy answer of at most `new_tokens` tokens at batch size 1, over `runs` requests
+    cycling through `prompts` (chatforge.runtime.quality.request_latency: one warm-up, ms, p50/p95),
+    and decoded tokens per second."""
     from chatforge.runtime.decode import GenerationConfig
 
     config = GenerationConfig(max_new_tokens=new_tokens, temperature=0.0)
-    generator.generate(prompts[0], config)  # warm-up: first-call allocations are not latency
-    seconds, tokens = [], 0
-    for i in range(runs):
-        t0 = time.perf_counter()
-        gen = generator.generate(prompts[i % len(prompts)], config)
-        seconds.append(time.perf_counter() - t0)
-        tokens += len(gen.token_ids)
-    out = metrics.latency_stats(seconds)
-    out["tokens_per_s"] = tokens / sum(seconds) if sum(seconds) > 0 else float("nan")
+    out, _ = request_latency(lambda prompt: generator.generate(prompt, config), prompts, runs=runs,
+                             tokens=lambda gen: len(gen.token_ids))
     return out
 
 
@@ -109,15 +103,15 @@ def evaluate_classifier(backend: Any, convs: Sequence[Conversation], *, threshol
     if not labelled:
         raise EvaluationError("no test conversation has an intent label: the classifier cannot be scored.")
     config = GenerationConfig()
-    y_true, y_pred, conf, seconds = [], [], [], []
-    for conv in progress(labelled, total=len(labelled), desc="classify"):
+
+    def classify(conv: Conversation) -> Any:
         first_user = next(m for m in conv.messages if m["role"] == "user")
-        t0 = time.perf_counter()
-        answer = backend.answer([first_user], config, lang=conv.lang or "en")
-        seconds.append(time.perf_counter() - t0)
-        y_true.append(conv.intent)
-        y_pred.append(answer.intent)
-        conf.append(answer.confidence)
+        return backend.answer([first_user], config, lang=conv.lang or "en")
+
+    latency, answers = request_latency(classify, labelled, desc="classify")  # each conversation once, timed
+    y_true = [c.intent for c in labelled]
+    y_pred = [a.intent for a in answers]
+    conf = [a.confidence for a in answers]
     labels = sorted(set(backend.labels) | set(y_true))
     scores = metrics.classification_scores(y_true, y_pred, labels=labels)
     correct = [t == p for t, p in zip(y_true, y_pred, strict=True)]
@@ -126,7 +120,7 @@ def evaluate_classifier(backend: Any, convs: Sequence[Conversation], *, threshol
         "macro_f1": scores.macro_f1,
         **{f"f1_{k}": v for k, v in scores.per_label_f1.items()},
         **metrics.fallback_stats(conf, correct, threshold=threshold),
-        **metrics.latency_stats(seconds),
+        **latency,
     }
     langs = [c.lang if c.lang in LANGS else "en" for c in labelled]
     for lang in LANGS:  # a vocabulary that cannot read one language shows here, not in the overall number
@@ -364,13 +358,10 @@ def evaluate_retrieval(train: pl.DataFrame, samples: Sequence[Sample], *,
     from chatforge.runtime.retrieval import RetrievalBot
 
     bot = RetrievalBot(conversations(train.filter(pl.col("method") == "original")))
-    answers, seconds = [], []
-    for s in progress(samples, total=len(samples), desc="retrieval answers", every=max(1, len(samples) // 10)):
-        t0 = time.perf_counter()
-        answers.append(Answer(bot.answer(s.prompt, lang=s.lang), "stop"))
-        seconds.append(time.perf_counter() - t0)
+    latency, answers = request_latency(lambda s: Answer(bot.answer(s.prompt, lang=s.lang), "stop"), samples,
+                                       desc="retrieval answers")
     out = {"params": 0, "size_mb": bot.size_bytes() / 1e6, "entries": len(bot.entries),
-           **score_answers(samples, answers, gazetteer=gazetteer), **metrics.latency_stats(seconds)}
+           **score_answers(samples, answers, gazetteer=gazetteer), **latency}
     extra: dict[str, Any] = {"answers": [a.text for a in answers], "finish": [a.finish_reason for a in answers]}
     if questions and judge is not None:
         p_answers = [bot.answer(q.prompt, lang=q.lang) for q in questions]

@@ -3,16 +3,15 @@ quality path, chatforge.runtime.quality), latency, parameters and size."""
 
 from __future__ import annotations
 
-import time
 from typing import Any, Literal
 
 import torch
 
-from chatforge.metrics import classification_scores, latency_stats
+from chatforge.metrics import classification_scores
 from chatforge.modeling.short_train import make_batches, target_logits
 from chatforge.runtime.conversation import Conversation
 from chatforge.runtime.device import to_device
-from chatforge.runtime.quality import assistant_perplexity, model_answer_scores
+from chatforge.runtime.quality import assistant_perplexity, model_answer_scores, request_latency
 
 
 def parameter_count(model: Any) -> int:
@@ -60,24 +59,24 @@ def quality(model: Any, tokenizer: Any, convs: list[Conversation], *, family: st
 
 @torch.no_grad()
 def latency(model: Any, tokenizer: Any, convs: list[Conversation], *, family: str, requests: int, max_new_tokens: int) -> dict[str, float]:
-    """Per-request latency: a classifier forward, or greedy generation of max_new_tokens for a causal LM."""
+    """latency_p50_ms / latency_p95_ms as evaluate measures them (chatforge.runtime.quality.request_latency:
+    one warm-up request, then each request timed once, ms): one request is the first user message of
+    one of the first `requests` conversations; a classifier forward, or greedy generation of
+    max_new_tokens for a causal LM."""
     from chatforge.runtime.decode import GenerationConfig, TorchGenerator
 
     model.eval()
     prompts = [[m for m in c.messages if m["role"] != "assistant"][:1] for c in convs[:requests]]
     prompts = [p for p in prompts if p]
-    seconds = []
     if family == "classifier":
-        for p in prompts:
+        def serve(p: list[dict[str, str]]) -> Any:
             enc = tokenizer(p[0]["content"], return_tensors="pt").to(model.device)
-            start = time.perf_counter()
-            model(**enc).logits.cpu()  # .cpu(): waits for an accelerator to finish
-            seconds.append(time.perf_counter() - start)
+            return model(**enc).logits.cpu()  # .cpu(): waits for an accelerator to finish
     else:
         gen = TorchGenerator(model, tokenizer, fingerprint="latency")
         config = GenerationConfig(max_new_tokens=max_new_tokens)
-        for p in prompts:
-            start = time.perf_counter()
-            gen.generate(p, config)
-            seconds.append(time.perf_counter() - start)
-    return latency_stats(seconds)
+
+        def serve(p: list[dict[str, str]]) -> Any:
+            return gen.generate(p, config)
+    out, _ = request_latency(serve, prompts)
+    return out

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -29,6 +30,11 @@ LANGS = ("zh", "en")
 RETENTION_KEYS = ("bleu_zh", "bleu_en", "slot_carry")
 # what the train/distill/prune/quantize reports carry of a model's answers
 ANSWER_KEYS = ("bleu", "bleu_zh", "bleu_en", "chrf", "exact_match", "slot_carry", "degenerate_rate")
+# untimed requests before latency is measured (request_latency)
+LATENCY_WARMUP_RUNS = 1
+
+Request = TypeVar("Request")
+Result = TypeVar("Result")
 
 
 @dataclass(frozen=True)
@@ -220,6 +226,43 @@ def assistant_perplexity(generator: Any, convs: Sequence[Conversation], *, max_s
     out = {f"perplexity_{k}": metrics.perplexity(nll[k], count[k]) for k in LANGS}
     out["perplexity"] = metrics.perplexity(sum(nll.values()), sum(count.values()))
     return out
+
+
+def request_latency(serve: Callable[[Request], Result], requests: Sequence[Request], *, runs: int | None = None,
+                    warmup_runs: int = LATENCY_WARMUP_RUNS, tokens: Callable[[Result], int] | None = None,
+                    desc: str | None = None) -> tuple[dict[str, float], list[Result]]:
+    """The one latency definition: what `latency_p50_ms` / `latency_p95_ms` mean in distill.json,
+    prune.json and evaluate.json.
+
+    Latency is the wall-clock time (time.perf_counter) of one request served alone, `serve(request)`:
+    a causal LM's greedy answer, a classifier's intent and canned answer, the retrieval baseline's
+    answer. `warmup_runs` requests (LATENCY_WARMUP_RUNS = 1; the first ones, cycled) are served
+    untimed first, so one-time costs (allocations, lazy initialisation, caches) are not latency.
+    Then `runs` requests are timed (default: each of `requests` once, in order; cycled when more).
+    Reported in milliseconds: `latency_p50_ms` and `latency_p95_ms`, numpy percentiles 50 and 95
+    (linear interpolation) over the timed requests (chatforge.metrics.latency_stats); nan when nothing
+    was timed. With `tokens` (the tokens a result generated), also `tokens_per_s`: generated tokens
+    over the timed seconds. `desc` logs progress.
+
+    Returns (the numbers above, the results of the timed requests in order). Raises ValueError
+    when there are runs to time but no requests."""
+    count = len(requests) if runs is None else runs
+    if count and not requests:
+        raise ValueError(f"request_latency: {count} runs asked for, but there are no requests to time")
+    for i in range(warmup_runs if requests else 0):
+        serve(requests[i % len(requests)])
+    order = [requests[i % len(requests)] for i in range(count)]
+    timed = order if desc is None else progress(order, total=count, desc=desc, every=max(1, count // 10))
+    seconds: list[float] = []
+    results: list[Result] = []
+    for request in timed:  # progress logs between requests, outside the timed span
+        t0 = time.perf_counter()
+        results.append(serve(request))
+        seconds.append(time.perf_counter() - t0)
+    out = metrics.latency_stats(seconds)
+    if tokens is not None:
+        out["tokens_per_s"] = sum(tokens(r) for r in results) / sum(seconds) if sum(seconds) > 0 else float("nan")
+    return out, results
 
 
 def retention(child: Mapping[str, float], parent: Mapping[str, float], *, keys: Sequence[str] = RETENTION_KEYS) -> dict[str, float]:
