@@ -3,7 +3,8 @@
     python bench/inference.py [--onnx-dir models/onnx] [--runs 10]
 
 Causal LM: greedy generation of 32 new tokens at batch 1 through chatforge.runtime.decode (the
-path serving uses), p50/p95 over --runs prompts after one warm-up each. Default model: models/onnx
+path serving uses), p50/p95 over --runs prompts after one warm-up each (the latency evaluate reports,
+chatforge.runtime.quality.request_latency). Default model: models/onnx
 and the torch folder it was exported from, when the pipeline built them; otherwise the pip-shipped
 SmolLM2-135M-Instruct, exported and quantized on the fly into a temp folder. Classifier: per-request
 latency (torch fp32 vs ONNX INT8) of models/teacher when it is a classifier, else of the pip-shipped
@@ -16,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +24,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 PROMPTS = ["查询北京天气", "What is the weather in Paris today?", "我想订一张去上海的机票", "How do I reset my password?",
            "Tell me something about cats.", "明天会下雨吗？", "Recommend a good book.", "帮我查一下快递到哪里了"]
-
-
-def _percentiles(seconds: list[float]) -> dict[str, float]:
-    from chatforge.metrics import latency_stats
-
-    return latency_stats(seconds)
 
 
 def _smollm2_folder(root: Path) -> Path:
@@ -56,6 +50,7 @@ def _onnx_folder(source: Path, root: Path) -> Path:
 
 def bench_causal(torch_dir: Path, onnx_dir: Path, *, runs: int, new_tokens: int) -> dict[str, Any]:
     from chatforge.runtime.decode import GenerationConfig, load_generator
+    from chatforge.runtime.quality import request_latency
 
     # min_new_tokens is not a knob: a stop at eos would shorten a run, so eos is disabled here
     config = GenerationConfig(max_new_tokens=new_tokens)
@@ -63,14 +58,10 @@ def bench_causal(torch_dir: Path, onnx_dir: Path, *, runs: int, new_tokens: int)
     for name, folder, backend in (("torch_fp32", torch_dir, "torch"), ("onnx_fp32", onnx_dir, "onnx"), ("onnx_int8", onnx_dir, "onnx_int8")):
         gen = load_generator(folder, backend=backend)  # type: ignore[arg-type]
         gen.eos_ids = set()  # type: ignore[attr-defined]
-        gen.generate([{"role": "user", "content": PROMPTS[0]}], config)  # warm-up (session init, caches)
-        seconds = []
-        for i in range(runs):
-            start = time.perf_counter()
-            out = gen.generate([{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}], config)
-            seconds.append(time.perf_counter() - start)
-            assert len(out.token_ids) == new_tokens
-        results[name] = _percentiles(seconds)
+        # the latency evaluate reports (one warm-up request, ms, p50/p95), over `runs` prompts
+        results[name], outs = request_latency(lambda prompt: gen.generate(prompt, config),
+                                              [[{"role": "user", "content": p}] for p in PROMPTS], runs=runs)
+        assert all(len(out.token_ids) == new_tokens for out in outs)
         print(f"{name:11s} p50 {results[name]['latency_p50_ms']:8.1f} ms  p95 {results[name]['latency_p95_ms']:8.1f} ms", flush=True)
     base = results["torch_fp32"]["latency_p50_ms"]
     results["speedup_onnx_fp32_vs_torch"] = base / results["onnx_fp32"]["latency_p50_ms"]
@@ -79,13 +70,14 @@ def bench_causal(torch_dir: Path, onnx_dir: Path, *, runs: int, new_tokens: int)
 
 
 def bench_classifier(root: Path, *, runs: int) -> dict[str, Any]:
-    import numpy as np
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from chatforge.compress.onnx_export import export_classifier
-    from chatforge.compress.quantize import QuantizeOptions, _session, quantize_onnx
+    from chatforge.compress.quantize import QuantizeOptions, quantize_onnx
+    from chatforge.runtime.backends import OnnxClassifier
     from chatforge.runtime.folder import read_manifest
+    from chatforge.runtime.quality import request_latency
 
     teacher = Path("models/teacher")
     if teacher.is_dir() and (teacher / "chatforge.json").exists() and read_manifest(teacher).family == "classifier":
@@ -101,21 +93,15 @@ def bench_classifier(root: Path, *, runs: int) -> dict[str, Any]:
     quantize_onnx(float_path, int8_path, options=QuantizeOptions())
     out: dict[str, Any] = {"model": name}
     encodings = [tokenizer(p, return_tensors="np") for p in PROMPTS]
-    timings: dict[str, list[float]] = {"torch_fp32": [], "onnx_int8": []}
-    session = _session(int8_path)
-    for i in range(runs * 4 + 1):
-        enc = encodings[i % len(encodings)]
-        start = time.perf_counter()
+    int8 = OnnxClassifier(int8_path)
+
+    def torch_forward(enc: Any) -> Any:
         with torch.no_grad():
-            model(input_ids=torch.from_numpy(enc["input_ids"]), attention_mask=torch.from_numpy(enc["attention_mask"]))
-        if i:
-            timings["torch_fp32"].append(time.perf_counter() - start)
-        start = time.perf_counter()
-        session.run(["logits"], {"input_ids": enc["input_ids"].astype(np.int64), "attention_mask": enc["attention_mask"].astype(np.int64)})
-        if i:
-            timings["onnx_int8"].append(time.perf_counter() - start)
-    for key, seconds in timings.items():
-        out[key] = _percentiles(seconds)
+            return model(input_ids=torch.from_numpy(enc["input_ids"]), attention_mask=torch.from_numpy(enc["attention_mask"]))
+
+    # the latency evaluate reports (one warm-up request, ms, p50/p95) over runs x 4 requests each
+    for key, serve in (("torch_fp32", torch_forward), ("onnx_int8", int8.logits)):
+        out[key], _ = request_latency(serve, encodings, runs=runs * 4)
         print(f"classifier {key:10s} p50 {out[key]['latency_p50_ms']:7.2f} ms  p95 {out[key]['latency_p95_ms']:7.2f} ms")
     out["speedup_onnx_int8_vs_torch"] = out["torch_fp32"]["latency_p50_ms"] / out["onnx_int8"]["latency_p50_ms"]
     return out
