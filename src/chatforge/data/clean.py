@@ -406,6 +406,8 @@ _LOCAL, _LABEL = r"[A-Za-z0-9._%+\-]+", r"[A-Za-z0-9\-]+"
 _AT = rf"{_SPACE}{{0,2}}(?:[@＠]|[\[(](?i:at)[\])]){_SPACE}{{0,2}}"
 _DOT = rf"{_SPACE}{{0,2}}(?:[.．]|[\[(](?i:dot)[\])]){_SPACE}{{0,2}}"
 COMMON_TLDS = "com|net|org|edu|gov|mil|int|info|biz|io|co|me|cn|hk|tw|mo|jp|kr|sg|uk|us|ca|au|de|fr"
+# the tags mask_pii writes in place of a value; a served answer never shows one the dialogue lacks
+PII_TAGS: tuple[str, ...] = ("<PHONE>", "<EMAIL>", "<ID>", "<CARD>")
 EMAIL = (
     rf"{_LOCAL}[@＠]{_LABEL}(?:[.．]{_LABEL})*[.．][A-Za-z]{{2,}}"  # written as usual
     rf"|{_LOCAL}{_AT}{_LABEL}(?:{_DOT}{_LABEL})*{_DOT}(?i:{COMMON_TLDS})\b"  # spaced or spelled out

@@ -126,3 +126,36 @@ def test_a_confident_answer_unlike_every_past_answer_is_replaced(folder):
     off = RetrievalInTheLoop.open(folder, gen, ServeHybrid(top_k=3, min_similarity=0.0, min_agreement=0.0))
     assert served_answer("汉堡包", 0.95, threshold=0.7, prompt=prompt, lang="en", loop=off,
                          fallback="Sorry.") == ("汉堡包", "model")
+
+
+def test_unfilled_pii_is_a_mask_tag_the_dialogue_never_held():
+    from chatforge.runtime.hybrid import unfilled_pii
+
+    asked = [{"role": "user", "content": "这个餐馆的电话是啥啊？"}]
+    assert unfilled_pii("电话是<PHONE>。", asked) is True
+    assert unfilled_pii("Mail us at <EMAIL> or call <PHONE>", asked) is True
+    assert unfilled_pii("电话是01058591588。", asked) is False
+    assert unfilled_pii("<phone> in lower case is not a tag", asked) is False
+    # the dialogue (masked as clean masks test data) gave the value: the answer may repeat the tag
+    gave = [{"role": "user", "content": "我的电话是<PHONE>，请回电"}]
+    assert unfilled_pii("已记录<PHONE>，人工客服会回电。", gave) is False
+    assert unfilled_pii("已记录，发到<EMAIL>", gave) is True
+
+
+def test_an_answer_with_a_mask_tag_never_reaches_the_user(folder):
+    gen = load_generator(folder, backend="torch")
+    # c5's answer holds a mask tag; it is the most relevant exchange for the question below
+    write_index(folder, [*CONVS, conv("c5", "what is the store phone number", "The phone number is <PHONE>."),
+                         conv("c6", "what is the store address", "The store is at 5 Main Street.")])
+    loop = RetrievalInTheLoop.open(folder, gen, ServeHybrid(top_k=3, min_similarity=0.0, min_agreement=0.5,
+                                                            encoder=None, rerank_weight=0.0))
+    prompt = [{"role": "user", "content": "what is the store phone number"}]
+    assert loop.ranked(prompt, lang="en")[0][0].conversation_id == "c5"
+    # the candidate with the tag is left out: the next most relevant one is chosen
+    assert loop.choose(prompt, lang="en").conversation_id == "c6"
+    # a confident model answer showing the tag counts as unconfident: replaced by the choice
+    assert served_answer("The phone number is <PHONE>.", 0.99, threshold=0.7, prompt=prompt, lang="en", loop=loop,
+                         fallback="Sorry.") == ("The store is at 5 Main Street.", "retrieval")
+    # no loop: the fallback message, never the tag
+    assert served_answer("The phone number is <PHONE>.", 0.99, threshold=0.7, prompt=prompt, lang="en", loop=None,
+                         fallback="Sorry.") == ("Sorry.", "fallback")
