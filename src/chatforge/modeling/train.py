@@ -628,6 +628,21 @@ def _log_live(live: Any, record: dict[str, float]) -> None:
     live.next_step()
 
 
+def write_extras(folder: Path, outcome: TrainOutcome, *, index_data: Path | None, family: str) -> None:
+    """Write the files a teacher folder carries besides weights, tokenizer and chatforge.json, into
+    `folder` (the stage's temporary publish folder): responses.json (the answers a classifier gives
+    per intent, when it has them) and, for a causal LM with `index_data` (the train split parquet),
+    the exchanges index of its original conversations that retrieval in the loop answers from."""
+    from chatforge.io import write_json
+    from chatforge.runtime.index import write_index
+
+    if outcome.responses is not None:
+        write_json(outcome.responses, folder / "responses.json")
+    if index_data is not None and family == "causal_lm":
+        original = pl.read_parquet(index_data).filter(pl.col("method") == "original")
+        log.info("retrieval in the loop: %d train conversations", write_index(folder, conversations(original)))
+
+
 def clear_checkpoints(folder: Path) -> None:
     """Drop a run's checkpoints once its model is published (they would only resume a finished run)."""
     shutil.rmtree(folder, ignore_errors=True)
