@@ -37,6 +37,7 @@ from chatforge.modeling.quality import (
     score_answers,
 )
 from chatforge.params import EvaluateParams, ServeHybrid
+from chatforge.runtime.fallback import falls_back
 from chatforge.runtime.folder import read_family
 
 log = logging.getLogger("chatforge.evaluate")
@@ -121,17 +122,18 @@ def evaluate_classifier(backend: Any, convs: Sequence[Conversation], *, threshol
     labels = sorted(set(backend.labels) | set(y_true))
     scores = metrics.classification_scores(y_true, y_pred, labels=labels)
     correct = [t == p for t, p in zip(y_true, y_pred, strict=True)]
+    fell = [falls_back(c, threshold) for c in conf]  # the rule serve applies (runtime.fallback)
     out: dict[str, Any] = {
         "accuracy": scores.accuracy,
         "macro_f1": scores.macro_f1,
         **{f"f1_{k}": v for k, v in scores.per_label_f1.items()},
-        **metrics.fallback_stats(conf, correct, threshold=threshold),
+        **metrics.fallback_stats(fell, correct),
         **metrics.latency_stats(seconds),
     }
     langs = [c.lang if c.lang in LANGS else "en" for c in labelled]
     for lang in LANGS:  # a vocabulary that cannot read one language shows here, not in the overall number
         pick = [i for i, x in enumerate(langs) if x == lang]
-        fb = metrics.fallback_stats([conf[i] for i in pick], [correct[i] for i in pick], threshold=threshold)
+        fb = metrics.fallback_stats([fell[i] for i in pick], [correct[i] for i in pick])
         out[f"conversations_{lang}"] = len(pick)
         out[f"accuracy_{lang}"] = float(np.mean([correct[i] for i in pick])) if pick else float("nan")
         out[f"fallback_rate_{lang}"] = fb["fallback_rate"]

@@ -23,6 +23,7 @@ from chatforge import metrics
 from chatforge.data.lang import detect_lang
 from chatforge.io import progress
 from chatforge.modeling.data import IGNORE, Conversation, tokenize_chat
+from chatforge.runtime.fallback import falls_back
 
 LANGS = ("zh", "en")
 # what a retention gate compares between a model and its parent
@@ -111,7 +112,7 @@ def calibration(samples: Sequence[Sample], answers: Sequence[Answer], *, thresho
     `threshold` (keys fallback_rate, answered_bleu_zh ...) and at each of `thresholds`
     (keys calibration_t070_fallback_rate ...). Answers without a confidence (nan) never fall back."""
     def at(t: float) -> dict[str, float]:
-        kept = [i for i, a in enumerate(answers) if not a.confidence < t]
+        kept = [i for i, a in enumerate(answers) if not falls_back(a.confidence, t)]  # chatforge.runtime.fallback
         scores = score_answers([samples[i] for i in kept], [answers[i] for i in kept], gazetteer=gazetteer) if kept else {}
         nan = float("nan")
         return {"fallback_rate": 1.0 - len(kept) / len(answers) if answers else nan,

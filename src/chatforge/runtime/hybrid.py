@@ -42,6 +42,7 @@ import numpy as np
 
 from chatforge.modeling.data import Conversation
 from chatforge.params import ServeHybrid
+from chatforge.runtime.fallback import falls_back
 from chatforge.runtime.index import read_index
 
 Source = Literal["model", "retrieval", "fallback"]
@@ -280,7 +281,7 @@ def served_answer(text: str, confidence: float, *, threshold: float, prompt: lis
     above `threshold` when it agrees with the past answers (or the check is off), else the reranked
     retrieval candidate, else `fallback` (an unconfident answer) or the answer (a confident one). A
     nan confidence (not generated) counts as confident."""
-    confident = not confidence < threshold
+    confident = not falls_back(confidence, threshold)
     if loop is None:
         return (text, "model") if confident else (fallback, "fallback")
     if confident and loop.settings.min_agreement <= 0:
