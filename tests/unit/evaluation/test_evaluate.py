@@ -15,7 +15,7 @@ from chatforge.modeling import quality
 from chatforge.modeling.generate import load_generator
 from chatforge.modeling.quality import answer_samples
 from chatforge.params import EvaluateParams, ServeHybrid
-from chatforge.serving.tiny import build_tiny_causal_lm, build_tiny_classifier
+from tinymodels import build_tiny_causal_lm, build_tiny_classifier
 
 torch.set_num_threads(1)
 
