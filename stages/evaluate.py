@@ -1,8 +1,5 @@
-"""Evaluate every variant the pipeline built, and the retrieval baseline, on the test split.
-
-    dvc repro evaluate
-
-Writes reports/evaluate.json (one block per variant + gates + summary; `dvc metrics diff` reads
+"""Evaluate every variant the pipeline built, and the retrieval baseline, on the test split
+(`dvc repro evaluate`). Writes reports/evaluate.json (one block per variant + gates + summary; `dvc metrics diff` reads
 it) and a details file (full answers to the test prompts, confusion matrices) for the report
 stage. The served variant (serve.variants[0]) must beat the retrieval baseline on answers; a
 failed gate fails the stage unless evaluate.fail_on_gate is false.
@@ -32,20 +29,18 @@ def main(
     paraphrases: Annotated[Path | None, typer.Option(help="Paraphrase set JSONL (new phrasings with intents).")] = None,
     timings: stage.Timings = None,
 ) -> None:
+    from chatforge.data.entities import GazetteerError
     from chatforge.evaluation import evaluate as ev
+    from chatforge.evaluation.paraphrase import ParaphraseError
+    from chatforge.io import write_json, write_text
+    from chatforge.runtime.folder import ModelFolderError
 
     with stage.bad_input("evaluate", DeviceError):
         params, serve, model = load_section("evaluate"), load_section("serve"), load_section("model")
         threshold = params.confidence_threshold or serve.confidence_threshold
         providers = onnx_providers(load_section("quantize").providers)  # ONNX variants: quantize.providers
-    serving = ev.Serving(threshold, serve.confidence_tokens, serve.hybrid, serve.fallback)
-
-    from chatforge.data.entities import GazetteerError
-    from chatforge.evaluation.paraphrase import ParaphraseError
-    from chatforge.io import write_json, write_text
-    from chatforge.runtime.folder import ModelFolderError
-
     log = stage.start("evaluate")
+    serving = ev.Serving(threshold, serve.confidence_tokens, serve.hybrid, serve.fallback)
     with stage.bad_input("evaluate", ev.EvaluationError, GazetteerError, ParaphraseError, ValueError):
         inputs = ev.read_inputs(test_path, train_path, gazetteers, paraphrases, params=params,
                                 slot_kinds=model.slots.kinds, fallbacks=serve.fallback.values())
