@@ -3,7 +3,11 @@
 Only original rows are evaluated (the split stage keeps augmented rows out of val/test already;
 this is checked again here). Causal LMs are scored on every assistant turn they are asked for:
 the conversation up to that turn is the prompt, the turn is the reference. Classifiers are scored
-on conversation intents with the same input rule the serving backend uses.
+on conversation intents with the same input rule the serving backend uses; whether an answer is
+shown or falls back is chatforge.runtime.fallback's rule, the one serve applies.
+
+The stage script (stages/evaluate.py) reads its inputs with `read_inputs`, picks the variants with
+`select_variants` and runs `evaluate_all`: the retrieval baseline, every variant, the gates.
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@ Reads top to bottom: check inputs (cheap, before any weights load) -> tokenize -
 with the dropout overrides -> optimizer + cosine schedule -> resume from the newest complete
 checkpoint of the same fingerprint -> loop over optimizer steps (freezing state, accumulation,
 gradient averaging across processes, clipping, step, log, evaluate, early stopping, checkpoint).
+The family (model.family) is chosen once: FAMILIES maps it to CausalLMTraining or
+ClassifierTraining, which build the examples, the batches of each epoch, the loss and the val
+scores; the loop itself is the same for both.
 
 Data parallelism: accelerate starts the process group (gloo on CPU, nccl on GPUs). Every process
 builds the same epoch batches from (seed, epoch) and takes its share of each optimizer step's
