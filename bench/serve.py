@@ -130,6 +130,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sys.path.insert(0, str(ROOT / "src"))
+    sys.path.insert(0, str(ROOT / "tests"))  # tinymodels: the tiny-model factory (not in the wheel)
     from chatforge.io import write_json
     from chatforge.serving.auth import add_key
 
@@ -140,7 +141,7 @@ def main() -> None:
     if model_path.is_dir():
         model_desc = f"default build {variant['model']} (variant {variant['name']}, backend {variant.get('backend', 'auto')})"
     else:
-        from chatforge.serving.tiny import build_tiny_causal_lm
+        from tinymodels import build_tiny_causal_lm
 
         model_path = build_tiny_causal_lm(work / "tiny")
         variant = {"name": "tiny", "model": str(model_path), "backend": "torch"}
@@ -162,7 +163,7 @@ def main() -> None:
         results[label] = run_server(work, key, args, label, batched=batch > 1)
     # time to first chunk for a 128-token answer: the demo model answers in ~11 tokens, so a tiny
     # random model (it never emits EOS) stands in for a long answer through the same streaming path
-    from chatforge.serving.tiny import build_tiny_causal_lm
+    from tinymodels import build_tiny_causal_lm
 
     tiny = build_tiny_causal_lm(work / "tiny-long")
     long_serve = serve | {"variants": [{"name": "tiny", "model": str(tiny), "backend": "torch"}]}

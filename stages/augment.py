@@ -14,8 +14,8 @@ from typing import Annotated
 
 import typer
 
-from chatforge.io import EXIT_BAD_INPUT
-from chatforge.params import AugmentParams, ParamsError, load_section
+from chatforge import stage
+from chatforge.params import load_section
 
 
 def main(
@@ -26,46 +26,28 @@ def main(
     metrics_path: Annotated[Path, typer.Argument(help="Metrics JSON to write.")],
     examples_path: Annotated[Path, typer.Argument(help="Examples JSON to write (a few per method).")],
     cache: Annotated[Path, typer.Option(help="Translation cache folder.")] = Path(".cache/translations"),
+    timings: stage.Timings = None,
 ) -> None:
-    try:
+    with stage.bad_input("augment"):
         params = load_section("augment")
-    except ParamsError as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(code=EXIT_BAD_INPUT) from None
-    assert isinstance(params, AugmentParams)
 
     import polars as pl
 
-    from chatforge.data.augment import augment_turns
-    from chatforge.data.entities import GazetteerError, read_gazetteers
-    from chatforge.io import setup_logging, write_json, write_parquet
-    from chatforge.modeling import translate as tr
+    from chatforge.data.augment import augment_turns, read_augment_gazetteers
+    from chatforge.data.entities import GazetteerError
+    from chatforge.io import write_json, write_parquet
+    from chatforge.modeling.translate import CachedTranslator, TranslatorLoadError, back_translator
 
-    log = setup_logging("augment")
-    if not train.exists():
-        log.error("%s not found: run `dvc repro balance` first.", train)
-        raise typer.Exit(code=EXIT_BAD_INPUT)
-    turns = pl.read_parquet(train)
-    bt, es = params.back_translation, params.entity_swap
-    translator = None
-    try:
-        use_gazetteers = es.enabled or (bt.enabled and bt.keep_entities)
-        gazetteers = read_gazetteers(gazetteer_dir, langs=("zh", "en"), kinds=es.kinds) if use_gazetteers else None
-        if bt.enabled and bt.ratio > 0:
-            options = tr.DecodeOptions(batch_size=bt.batch_size, num_beams=bt.num_beams, max_new_tokens=bt.max_new_tokens,
-                                       no_repeat_ngram_size=bt.no_repeat_ngram_size)
-            translator = tr.load_translator(bt.translator or translator_dir, kind=bt.kind, options=options,
-                                            trust_remote_code=bt.trust_remote_code)
-            if bt.cache:
-                translator = tr.CachedTranslator(translator, tr.TranslationCache(cache / "translations.sqlite"))
-    except (GazetteerError, tr.TranslatorLoadError) as exc:
-        typer.echo(f"augment: {exc}", err=True)
-        raise typer.Exit(code=EXIT_BAD_INPUT) from None
+    log = stage.start("augment")
+    turns = pl.read_parquet(stage.require(train, "balance"))
+    with stage.bad_input("augment", GazetteerError, TranslatorLoadError):
+        gazetteers = read_augment_gazetteers(gazetteer_dir, params)
+        translator = back_translator(params.back_translation, built=translator_dir, cache=cache)
     result = augment_turns(turns, params=params, translator=translator, gazetteers=gazetteers)
     write_parquet(result.turns, out)
-    write_json(result.metrics, metrics_path)
     write_json(result.examples, examples_path)
-    if isinstance(translator, tr.CachedTranslator):
+    stage.write_metrics(result.metrics, metrics_path, timings=timings)
+    if isinstance(translator, CachedTranslator):
         log.info("translation cache: %d hits, %d texts translated", translator.hits, translator.texts_translated)
     log.info("%d rows in, %d added (ratio %.3f)", result.metrics["rows_in"], result.metrics["rows_added"],
              result.metrics["augmented_ratio"])

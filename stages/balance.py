@@ -11,8 +11,8 @@ from typing import Annotated
 
 import typer
 
-from chatforge.io import EXIT_BAD_INPUT
-from chatforge.params import BalanceParams, ParamsError, load_section
+from chatforge import stage
+from chatforge.params import load_section
 
 
 def main(
@@ -20,28 +20,20 @@ def main(
     out: Annotated[Path, typer.Argument(help="Balanced train turns parquet to write.")],
     metrics: Annotated[Path, typer.Argument(help="Metrics JSON to write.")],
     plot: Annotated[Path, typer.Argument(help="Plot CSV to write: intent, stage, conversations.")],
+    timings: stage.Timings = None,
 ) -> None:
-    try:
+    with stage.bad_input("balance"):
         params = load_section("balance")
-    except ParamsError as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(code=EXIT_BAD_INPUT) from None
-    assert isinstance(params, BalanceParams)
 
     import polars as pl
 
     from chatforge.data.balance import BalanceError, balance_turns
-    from chatforge.io import atomic_path, setup_logging, write_json, write_parquet
+    from chatforge.io import atomic_path, write_parquet
 
-    log = setup_logging("balance")
-    if not train.exists():
-        log.error("%s not found: run `dvc repro split` first.", train)
-        raise typer.Exit(code=EXIT_BAD_INPUT)
-    try:
-        result = balance_turns(pl.read_parquet(train), **params.model_dump())
-    except BalanceError as exc:
-        log.error("%s", exc)
-        raise typer.Exit(code=EXIT_BAD_INPUT) from None
+    log = stage.start("balance")
+    turns = pl.read_parquet(stage.require(train, "split"))
+    with stage.bad_input("balance", BalanceError):
+        result = balance_turns(turns, **params.model_dump())
     if not result.metrics["goal_met"]:
         log.warning("imbalance goal not met: %s", result.metrics["reason"])
     elif result.metrics["reason"]:
@@ -49,7 +41,7 @@ def main(
     write_parquet(result.turns, out)
     with atomic_path(plot) as tmp:
         result.distribution.write_csv(tmp)
-    write_json(result.metrics, metrics)
+    stage.write_metrics(result.metrics, metrics, timings=timings)
     log.info("imbalance %.3f -> %.3f", result.metrics["imbalance_before"], result.metrics["imbalance_after"])
 
 

@@ -10,46 +10,33 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from chatforge.io import EXIT_BAD_INPUT
+
+from chatforge import stage
+from chatforge.params import load_section
 
 
 def main(
     turns_path: Annotated[Path, typer.Argument(help="Output turns parquet.")],
-    rejects_path: Annotated[
-        Path, typer.Argument(help="Output rejects JSONL (source, location, reason, raw).")
-    ],
+    rejects_path: Annotated[Path, typer.Argument(help="Output rejects JSONL (source, location, reason, raw).")],
     metrics_path: Annotated[Path, typer.Argument(help="Output metrics JSON.")],
+    timings: stage.Timings = None,
 ) -> None:
-    from chatforge.params import IngestParams, ParamsError, load_section
-
-    try:
+    with stage.bad_input("ingest"):
         params = load_section("ingest")
-    except ParamsError as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(code=EXIT_BAD_INPUT) from None
-    assert isinstance(params, IngestParams)
 
     from chatforge.data.ingest import IngestError, ingest
-    from chatforge.io import setup_logging, write_json, write_jsonl, write_parquet
+    from chatforge.io import write_jsonl, write_parquet
 
-    log = setup_logging("ingest")
-    try:
+    log = stage.start("ingest")
+    with stage.bad_input("ingest", IngestError):
         result = ingest(params)
-    except IngestError as exc:
-        typer.echo(f"ingest: {exc}", err=True)
-        raise typer.Exit(code=EXIT_BAD_INPUT) from None
 
     write_parquet(result.turns, turns_path)
     write_jsonl(result.rejects.iter_rows(named=True), rejects_path)
     metrics = result.metrics()
-    write_json(metrics, metrics_path)
-    log.info(
-        "%d conversations, %d turns, %d rejects -> %s",
-        metrics["conversations"],
-        metrics["turns"],
-        metrics["rejects"],
-        turns_path,
-    )
+    stage.write_metrics(metrics, metrics_path, timings=timings)
+    log.info("%d conversations, %d turns, %d rejects -> %s", metrics["conversations"], metrics["turns"],
+             metrics["rejects"], turns_path)
 
 
 if __name__ == "__main__":

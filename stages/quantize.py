@@ -13,9 +13,8 @@ from typing import Annotated
 
 import typer
 
-from chatforge.io import EXIT_BAD_INPUT, EXIT_FAILED
-from chatforge.io import atomic_path, setup_logging, write_json
-from chatforge.params import ParamsError, load_section
+from chatforge import stage
+from chatforge.params import load_section
 
 
 def main(
@@ -23,37 +22,31 @@ def main(
     test_data: Annotated[Path, typer.Argument(help="Test turns parquet (parity and quality checks).")],
     out_dir: Annotated[Path, typer.Argument(help="ONNX folder to publish (models/onnx).")],
     metrics_path: Annotated[Path, typer.Argument(help="Metrics JSON (reports/quantize.json).")],
+    timings: stage.Timings = None,
 ) -> None:
     import polars as pl
 
     from chatforge.compress.onnx_export import ExportError
     from chatforge.compress.quantize import build_onnx_folder, gate_failures
+    from chatforge.io import atomic_path
     from chatforge.knobs import report_knobs
     from chatforge.runtime.device import DeviceError, onnx_providers
     from chatforge.runtime.folder import ModelFolderError, open_folder
 
-    try:
+    with stage.bad_input("quantize", ModelFolderError, DeviceError):
         params = load_section("quantize")
         open_folder(source_dir, key="quantize.source")
         onnx_providers(params.providers)  # before any work: names the installed onnxruntime lacks
-    except (ParamsError, ModelFolderError, DeviceError) as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(code=EXIT_BAD_INPUT) from None
-    log = setup_logging("quantize")
-    try:
-        with atomic_path(out_dir) as tmp:
-            knobs: list = []
-            metrics = build_onnx_folder(source_dir, tmp, pl.read_parquet(test_data), params=params, knobs=knobs)
-    except (ModelFolderError, ExportError) as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(code=EXIT_BAD_INPUT) from None
-    write_json({**metrics, "knobs": report_knobs(knobs, log)}, metrics_path)
+    log = stage.start("quantize")
+    with stage.bad_input("quantize", ModelFolderError, ExportError), atomic_path(out_dir) as tmp:
+        knobs: list = []
+        metrics = build_onnx_folder(source_dir, tmp, pl.read_parquet(test_data), params=params, knobs=knobs)
+    stage.write_metrics({**metrics, "knobs": report_knobs(knobs, log)}, metrics_path, timings=timings)
     log.info("int8 %.1f MB = %.1f%% of float; top-1 agreement %.3f", metrics["int8_mb"], 100 * metrics["size_ratio"],
              metrics["top1_agreement"])
     if params.enforce and not metrics["gate_ok"]:
-        typer.echo(f"quantize gate failed ({metrics['family']}): {'; '.join(gate_failures(metrics))}. Try quantize.block_size "
-                   "16/32 or keep_float; quantize.min_top1_agreement / max_size_ratio set the bars.", err=True)
-        raise typer.Exit(code=EXIT_FAILED)
+        stage.fail("quantize", f"gate failed ({metrics['family']}): {'; '.join(gate_failures(metrics))}. Try "
+                   "quantize.block_size 16/32 or keep_float; quantize.min_top1_agreement / max_size_ratio set the bars.")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ from typing import Annotated
 
 import typer
 
+from chatforge import stage
+
 
 def main(
     reports_dir: Annotated[Path, typer.Argument(help="Folder with the stages' metrics JSON.")],
@@ -21,11 +23,12 @@ def main(
     lock_path: Annotated[Path, typer.Argument(help="dvc.lock, for the hashes of data and params.")],
     report_path: Annotated[Path, typer.Argument(help="Markdown report to write.")],
     figures_dir: Annotated[Path, typer.Argument(help="Folder for the PNG figures.")],
+    timings: stage.Timings = None,
 ) -> None:
     from chatforge.evaluation import report
-    from chatforge.io import atomic_path, setup_logging, write_text
+    from chatforge.io import atomic_path, write_text
 
-    log = setup_logging("report")
+    log = stage.start("report")
     reports = report.load_reports(reports_dir)
     details = json.loads(details_path.read_text(encoding="utf-8")) if details_path.exists() else {}
     figures = {}
@@ -50,6 +53,8 @@ def main(
         timings=report.load_timings(reports_dir / "timings"),
     )
     write_text(text, report_path)
+    if timings is not None:  # the report has no metrics of its own: only its wall time
+        stage.write_timings(timings)
     log.info("wrote %s (%d figures)", report_path, len(figures))
 
 

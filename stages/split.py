@@ -11,39 +11,29 @@ from typing import Annotated
 
 import typer
 
-from chatforge.io import EXIT_BAD_INPUT
-from chatforge.params import ParamsError, SplitParams, load_section
+from chatforge import stage
+from chatforge.params import load_section
 
 
 def main(
     clean: Annotated[Path, typer.Argument(help="Cleaned turns parquet (the clean stage's output).")],
     out_dir: Annotated[Path, typer.Argument(help="Folder to write train/val/test.parquet into.")],
     metrics: Annotated[Path, typer.Argument(help="Metrics JSON to write.")],
+    timings: stage.Timings = None,
 ) -> None:
-    try:
+    with stage.bad_input("split"):
         params = load_section("split")
-    except ParamsError as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(code=EXIT_BAD_INPUT) from None
-    assert isinstance(params, SplitParams)
 
     import polars as pl
 
     from chatforge.data.split import SplitError, intents_missing, split_turns
-    from chatforge.io import atomic_path, setup_logging, write_json, write_parquet
+    from chatforge.io import atomic_path, write_parquet
 
-    log = setup_logging("split")
-    if not clean.exists():
-        log.error("%s not found: run `dvc repro clean` first.", clean)
-        raise typer.Exit(code=EXIT_BAD_INPUT)
-    turns = pl.read_parquet(clean)
-    try:
-        result = split_turns(
-            turns, val_fraction=params.val_fraction, test_fraction=params.test_fraction, salt=params.salt
-        )
-    except SplitError as exc:
-        log.error("%s", exc)
-        raise typer.Exit(code=EXIT_BAD_INPUT) from None
+    log = stage.start("split")
+    turns = pl.read_parquet(stage.require(clean, "clean"))
+    with stage.bad_input("split", SplitError):
+        result = split_turns(turns, val_fraction=params.val_fraction, test_fraction=params.test_fraction,
+                             salt=params.salt)
     for split in ("val", "test"):
         if missing := intents_missing(result.metrics, split):
             log.warning("intents with no %s conversation (evaluate cannot score them): %s", split, ", ".join(missing))
@@ -51,7 +41,7 @@ def main(
         tmp.mkdir()
         for name, frame in result.splits.items():
             write_parquet(frame, tmp / f"{name}.parquet")
-    write_json(result.metrics, metrics)
+    stage.write_metrics(result.metrics, metrics, timings=timings)
     log.info("conversations per split: %s", result.metrics["conversations"])
 
 

@@ -15,9 +15,8 @@ from typing import Annotated
 
 import typer
 
-from chatforge.io import EXIT_BAD_INPUT
-from chatforge.io import setup_logging, write_json
-from chatforge.params import ParamsError, load_section
+from chatforge import stage
+from chatforge.params import load_section
 
 
 def main(
@@ -30,50 +29,34 @@ def main(
     checkpoints: Annotated[Path, typer.Argument(help="Persistent checkpoint root (checkpoints/train).")],
     index_data: Annotated[Path | None, typer.Option(help="Train split parquet: the exchanges the model answers "
                                                          "from when unsure (retrieval in the loop).")] = None,
+    timings: stage.Timings = None,
 ) -> None:
     import polars as pl
 
     from chatforge.modeling.classifier import read_responses
-    from chatforge.modeling.train import (
-        TrainError,
-        check_inputs,
-        clear_checkpoints,
-        fingerprint,
-        relaunch_command,
-        train,
-    )
-    from chatforge.runtime.folder import ModelFolderError
+    from chatforge.modeling import train as tr
+    from chatforge.runtime.folder import Manifest, ModelFolderError, publish_folder
 
-    try:
+    with stage.bad_input("train", ModelFolderError, tr.TrainError):
         mp, tp = load_section("model"), load_section("train")
         train_turns, val_turns = pl.read_parquet(train_data), pl.read_parquet(val_data)
-        check_inputs(mp, tp, base_dir=base_dir, train_turns=train_turns, val_turns=val_turns)
+        tr.check_inputs(mp, tp, base_dir=base_dir, train_turns=train_turns, val_turns=val_turns)
         responses = read_responses(tp.responses_path) if tp.responses_path else None
-    except (ParamsError, ModelFolderError, TrainError) as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(code=EXIT_BAD_INPUT) from None
-    if (cmd := relaunch_command(tp.num_processes, sys.argv)) is not None:
+    if (cmd := tr.relaunch_command(tp.num_processes, sys.argv)) is not None:
         raise typer.Exit(code=subprocess.call(cmd))
-    log = setup_logging("train")
+    log = stage.start("train")
 
-    from chatforge.runtime.folder import Manifest, publish_folder
-
-    data_sha, params_sha, run = fingerprint(data_files=[train_data, val_data], base_dir=base_dir, sections=[mp, tp])
-    outcome = train(model_params=mp, train_params=tp, base_dir=base_dir, train_turns=train_turns, val_turns=val_turns,
-                    checkpoint_dir=checkpoints / run, live_dir=live_dir, responses=responses)
+    data_sha, params_sha, run = tr.fingerprint(data_files=[train_data, val_data], base_dir=base_dir, sections=[mp, tp])
+    outcome = tr.train(model_params=mp, train_params=tp, base_dir=base_dir, train_turns=train_turns,
+                       val_turns=val_turns, checkpoint_dir=checkpoints / run, live_dir=live_dir, responses=responses)
     if outcome.metrics["process_index"] != 0:
         return  # one process publishes
-    exchanges = None
-    if index_data is not None and mp.family == "causal_lm":
-        from chatforge.runtime.conversation import conversations
-
-        exchanges = conversations(pl.read_parquet(index_data).filter(pl.col("method") == "original"))
-        log.info("retrieval in the loop: %d train conversations", len(exchanges))
     publish_folder(out_dir, Manifest(family=mp.family, variant="teacher", parent=str(base_dir), base=mp.base,
                                      data_sha256=data_sha, params_sha256=params_sha, details=outcome.details),
-                   model=outcome.model, tokenizer=outcome.tokenizer, responses=outcome.responses, exchanges=exchanges)
-    write_json({k: v for k, v in outcome.metrics.items() if k != "process_index"}, metrics_path)
-    clear_checkpoints(checkpoints / run)
+                   model=outcome.model, tokenizer=outcome.tokenizer, responses=outcome.responses,
+                   exchanges=tr.index_exchanges(index_data, family=mp.family))
+    stage.write_metrics({k: v for k, v in outcome.metrics.items() if k != "process_index"}, metrics_path, timings=timings)
+    tr.clear_checkpoints(checkpoints / run)
     log.info("published %s after %d steps", out_dir, outcome.metrics["steps"])
 
 

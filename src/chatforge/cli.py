@@ -113,14 +113,13 @@ KeysOpt = Annotated[Path, typer.Option("--keys", envvar="CHATFORGE_API_KEYS", he
 
 
 def _serve_params(path: Path, database_url: str | None):
-    from chatforge.params import ParamsError, ServeParams, load_section
+    from chatforge.params import ParamsError, load_section
 
     try:
         params = load_section("serve", path=path)
     except ParamsError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(code=2) from None
-    assert isinstance(params, ServeParams)
     return params.model_copy(update={"database_url": database_url}) if database_url else params
 
 

@@ -6,7 +6,6 @@ leaves a half-written file that a later stage (or DVC) could read as complete.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import hashlib
 import json
@@ -15,7 +14,6 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,32 +25,25 @@ T = TypeVar("T")
 log = logging.getLogger("chatforge")
 
 
-TIMINGS_DIR = Path("reports/timings")  # per-stage wall times for the report; not DVC outputs (git-ignored)
-
 # The exit-code rule every stage script follows: 2 when params or inputs are wrong (the message says
 # what to change), 1 when a gate fails or the work itself fails. `dvc repro` shows either.
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
 
 
-def setup_logging(stage: str, level: int = logging.INFO) -> logging.Logger:
-    """Configure the root logger once for a stage script, and record the stage's wall time.
-
-    The time is written at exit to reports/timings/<stage>.json when run from a project root
-    (a folder with dvc.yaml); the report stage lists them. It is kept out of the metrics files so
-    that equal inputs still give equal metrics.
+def setup_logging(name: str, level: int = logging.INFO) -> logging.Logger:
+    """Configure the root logger once for a process (a stage script, `chatforge serve`, a bench):
+    `HH:MM:SS <name> LEVEL message` lines on stderr. Returns the `chatforge.<name>` logger. A stage
+    script calls it through chatforge.stage.start, which also starts the stage's clock.
     """
-    started = time.time()
-    if Path("dvc.yaml").exists():
-        atexit.register(_write_timing, stage, started)
     logging.basicConfig(
         level=level,
-        format=f"%(asctime)s {stage} %(levelname)s %(message)s",
+        format=f"%(asctime)s {name} %(levelname)s %(message)s",
         datefmt="%H:%M:%S",
         stream=sys.stderr,
         force=True,
     )
-    return logging.getLogger(f"chatforge.{stage}")
+    return logging.getLogger(f"chatforge.{name}")
 
 
 @contextlib.contextmanager
@@ -72,11 +63,6 @@ def atomic_path(target: Path | str) -> Iterator[Path]:
             os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp.parent, ignore_errors=True)
-
-
-def _write_timing(stage: str, started: float) -> None:
-    with contextlib.suppress(OSError):
-        write_json({"stage": stage, "wall_seconds": round(time.time() - started, 2)}, TIMINGS_DIR / f"{stage}.json")
 
 
 def write_parquet(frame: pl.DataFrame, target: Path | str) -> None:

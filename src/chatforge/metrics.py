@@ -212,15 +212,15 @@ def answer_confidence(token_logprobs: Sequence[float], *, first: int | None = No
     return float(math.exp(sum(taken) / len(taken)))
 
 
-def fallback_stats(confidences: Sequence[float], correct: Sequence[bool], *, threshold: float) -> dict[str, float]:
-    """Share of answers below the confidence threshold (served as the fallback message) and the
-    accuracy on the answered part."""
-    _same_length(confidences, correct)
-    if not confidences:
+def fallback_stats(fell_back: Sequence[bool], correct: Sequence[bool]) -> dict[str, float]:
+    """Share of answers shown as the fallback message (`fell_back`, decided by
+    chatforge.runtime.fallback.falls_back) and the accuracy on the answered part (nan when none is
+    answered or there is no answer)."""
+    _same_length(fell_back, correct)
+    if not fell_back:
         return {"fallback_rate": float("nan"), "answered_accuracy": float("nan")}
-    conf = np.asarray(confidences, dtype=float)
+    answered = ~np.asarray(fell_back, dtype=bool)
     ok = np.asarray(correct, dtype=bool)
-    answered = conf >= threshold
     return {
         "fallback_rate": float(1.0 - answered.mean()),
         "answered_accuracy": float(ok[answered].mean()) if answered.any() else float("nan"),

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import codecs
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -781,8 +781,41 @@ def read_params_file(path: Path = DEFAULT_PARAMS_PATH) -> dict[str, Any]:
     return data
 
 
+# one overload per section: `load_section("split")` is typed SplitParams, no isinstance check at the caller
+@overload
+def load_section(name: Literal["ingest"], *, path: Path = ...) -> IngestParams: ...
+@overload
+def load_section(name: Literal["clean"], *, path: Path = ...) -> CleanParams: ...
+@overload
+def load_section(name: Literal["split"], *, path: Path = ...) -> SplitParams: ...
+@overload
+def load_section(name: Literal["balance"], *, path: Path = ...) -> BalanceParams: ...
+@overload
+def load_section(name: Literal["model"], *, path: Path = ...) -> ModelParams: ...
+@overload
+def load_section(name: Literal["translator"], *, path: Path = ...) -> TranslatorParams: ...
+@overload
+def load_section(name: Literal["augment"], *, path: Path = ...) -> AugmentParams: ...
+@overload
+def load_section(name: Literal["train"], *, path: Path = ...) -> TrainParams: ...
+@overload
+def load_section(name: Literal["distill"], *, path: Path = ...) -> DistillParams: ...
+@overload
+def load_section(name: Literal["prune"], *, path: Path = ...) -> PruneParams: ...
+@overload
+def load_section(name: Literal["quantize"], *, path: Path = ...) -> QuantizeParams: ...
+@overload
+def load_section(name: Literal["evaluate"], *, path: Path = ...) -> EvaluateParams: ...
+@overload
+def load_section(name: Literal["serve"], *, path: Path = ...) -> ServeParams: ...
+@overload
+def load_section(name: str, *, path: Path = ...) -> Section: ...
+
+
 def load_section(name: str, *, path: Path = DEFAULT_PARAMS_PATH) -> Section:
-    """Validate one section of params.yaml (what a stage calls before any heavy work)."""
+    """Validate one section of params.yaml (what a stage calls before any heavy work) and return its
+    typed model (SplitParams for "split" ...). Raises ParamsError naming the key, the value and what
+    is allowed; a stage script turns it into exit code 2 (chatforge.stage.bad_input)."""
     data = read_params_file(path)
     if name not in SECTIONS:
         raise ParamsError(f"unknown params section '{name}'; known: {', '.join(SECTIONS)}")

@@ -95,7 +95,7 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     import torch
 
-    from chatforge.serving.tiny import build_tiny_causal_lm, build_tiny_classifier
+    from tinymodels import build_tiny_causal_lm, build_tiny_classifier
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("models")

@@ -92,7 +92,7 @@ def build_varied_lm(folder: Path) -> Path:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from chatforge.serving.tiny import build_tiny_causal_lm
+    from tinymodels import build_tiny_causal_lm
 
     torch.set_num_threads(1)
     build_tiny_causal_lm(folder, seed=4)

@@ -1,7 +1,7 @@
 from chatforge.chat import Persona, chat_loop
 from chatforge.runtime.decode import GenerationConfig
 from chatforge.serving.backends import open_backend
-from chatforge.serving.tiny import build_tiny_causal_lm, build_tiny_classifier
+from tinymodels import build_tiny_causal_lm, build_tiny_classifier
 
 
 def test_chat_with_causal_lm_streams_and_keeps_history(tmp_path):

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "src" / "chatforge"
 
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("params", "io", "metrics", "knobs"),
+    ("params", "io", "metrics", "knobs", "stage"),
     ("data",),
     ("runtime",),
     ("modeling", "compress"),

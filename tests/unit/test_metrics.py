@@ -3,6 +3,7 @@ import math
 import pytest
 
 from chatforge import metrics
+from chatforge.runtime.fallback import falls_back
 
 
 def test_bleu_english_hand_computed():
@@ -49,7 +50,8 @@ def test_classification_unknown_label_is_an_error():
 
 
 def test_fallback_stats():
-    out = metrics.fallback_stats([0.9, 0.5, 0.8, 0.65], [True, True, False, False], threshold=0.7)
+    fell = [falls_back(c, 0.7) for c in [0.9, 0.5, 0.8, 0.65]]
+    out = metrics.fallback_stats(fell, [True, True, False, False])
     assert out == {"fallback_rate": 0.5, "answered_accuracy": 0.5}
 
 

@@ -147,6 +147,17 @@ def check_prune(config: Any, *, ratio: float, heads: bool, round_to: int, family
     return PrunePlan(width, keep, n, keep_heads, kv)
 
 
+def check_source(source_dir: Path, params: Any) -> PrunePlan:
+    """Check the folder prune.source names and `params` (a PruneParams) against its config before
+    any work: the plan `check_prune` gives. Raises ModelFolderError (not a built model folder) or
+    CompressError (a ratio/heads setting this model cannot take, naming the settings it can)."""
+    from transformers import AutoConfig
+
+    family = read_family(source_dir, key="prune.source")
+    return check_prune(AutoConfig.from_pretrained(source_dir), ratio=params.ratio, heads=params.heads,
+                       round_to=params.round_to, family=family)
+
+
 def _round_keep(width: int, ratio: float, round_to: int) -> int:
     keep = max(round_to, round(width * (1 - ratio) / round_to) * round_to)
     return min(width, keep)

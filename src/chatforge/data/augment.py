@@ -20,10 +20,11 @@ import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import polars as pl
 
-from chatforge.data.entities import EntityMatcher, plan_swaps, replace_matches
+from chatforge.data.entities import EntityMatcher, plan_swaps, read_gazetteers, replace_matches
 from chatforge.data.lang import decide_lang, script_counts
 from chatforge.data.schema import conform, sort_turns
 from chatforge.data.voice import rewrite_voice
@@ -99,6 +100,16 @@ def _variant_rows(conv: _Conversation, texts: dict[int, str], *, method: str, n:
          "method": method}
         for r in conv.rows
     ]
+
+
+def read_augment_gazetteers(folder: Path, params: AugmentParams) -> dict[str, dict[str, list[str]]] | None:
+    """The gazetteers (lang -> kind -> entries) augment needs from `folder` (<lang>/<kind>.txt, the
+    kinds of augment.entity_swap.kinds): for entity swaps, or for back-translation that keeps
+    entities; None when neither is on. Raises GazetteerError naming the file and line."""
+    bt, es = params.back_translation, params.entity_swap
+    if not (es.enabled or (bt.enabled and bt.keep_entities)):
+        return None
+    return read_gazetteers(folder, langs=("zh", "en"), kinds=es.kinds)
 
 
 def augment_turns(

@@ -83,7 +83,7 @@ from __future__ import annotations
 import html
 import logging
 import re
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 
 import polars as pl
@@ -408,6 +408,17 @@ _DOT = rf"{_SPACE}{{0,2}}(?:[.．]|[\[(](?i:dot)[\])]){_SPACE}{{0,2}}"
 COMMON_TLDS = "com|net|org|edu|gov|mil|int|info|biz|io|co|me|cn|hk|tw|mo|jp|kr|sg|uk|us|ca|au|de|fr"
 # the tags mask_pii writes in place of a value; a served answer never shows one the dialogue lacks
 PII_TAGS: tuple[str, ...] = ("<PHONE>", "<EMAIL>", "<ID>", "<CARD>")
+
+
+def unfilled_pii(text: str, messages: Sequence[Mapping[str, str]]) -> bool:
+    """True when `text` shows a PII mask tag (PII_TAGS) that no message of the dialogue holds.
+
+    Trained on masked data, a model answers "电话是<PHONE>。" where the answer needs a number it
+    does not have (CrossWOZ: 16 of 150 served zh answers). Such a tag never reaches a user
+    (chatforge.runtime.hybrid) and such a reference is not scored (chatforge.runtime.quality
+    .answer_samples). A tag the dialogue itself holds (a masked test turn) may be repeated."""
+    said = " ".join(m.get("content", "") or "" for m in messages)
+    return any(tag in text and tag not in said for tag in PII_TAGS)
 EMAIL = (
     rf"{_LOCAL}[@＠]{_LABEL}(?:[.．]{_LABEL})*[.．][A-Za-z]{{2,}}"  # written as usual
     rf"|{_LOCAL}{_AT}{_LABEL}(?:{_DOT}{_LABEL})*{_DOT}(?i:{COMMON_TLDS})\b"  # spaced or spelled out

@@ -3,14 +3,18 @@
 Only original rows are evaluated (the split stage keeps augmented rows out of val/test already;
 this is checked again here). Causal LMs are scored on every assistant turn they are asked for:
 the conversation up to that turn is the prompt, the turn is the reference. Classifiers are scored
-on conversation intents with the same input rule the serving backend uses.
+on conversation intents with the same input rule the serving backend uses; whether an answer is
+shown or falls back is chatforge.runtime.fallback's rule, the one serve applies.
+
+The stage script (stages/evaluate.py) reads its inputs with `read_inputs`, picks the variants with
+`select_variants` and runs `evaluate_all`: the retrieval baseline, every variant, the gates.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +42,7 @@ from chatforge.runtime.quality import (
     retention,
     score_answers,
 )
+from chatforge.runtime.fallback import falls_back
 
 log = logging.getLogger("chatforge.evaluate")
 
@@ -115,17 +120,18 @@ def evaluate_classifier(backend: Any, convs: Sequence[Conversation], *, threshol
     labels = sorted(set(backend.labels) | set(y_true))
     scores = metrics.classification_scores(y_true, y_pred, labels=labels)
     correct = [t == p for t, p in zip(y_true, y_pred, strict=True)]
+    fell = [falls_back(c, threshold) for c in conf]  # the rule serve applies (runtime.fallback)
     out: dict[str, Any] = {
         "accuracy": scores.accuracy,
         "macro_f1": scores.macro_f1,
         **{f"f1_{k}": v for k, v in scores.per_label_f1.items()},
-        **metrics.fallback_stats(conf, correct, threshold=threshold),
+        **metrics.fallback_stats(fell, correct),
         **latency,
     }
     langs = [c.lang if c.lang in LANGS else "en" for c in labelled]
     for lang in LANGS:  # a vocabulary that cannot read one language shows here, not in the overall number
         pick = [i for i, x in enumerate(langs) if x == lang]
-        fb = metrics.fallback_stats([conf[i] for i in pick], [correct[i] for i in pick], threshold=threshold)
+        fb = metrics.fallback_stats([fell[i] for i in pick], [correct[i] for i in pick])
         out[f"conversations_{lang}"] = len(pick)
         out[f"accuracy_{lang}"] = float(np.mean([correct[i] for i in pick])) if pick else float("nan")
         out[f"fallback_rate_{lang}"] = fb["fallback_rate"]
@@ -568,3 +574,119 @@ def _first_number(d: dict[str, Any], keys: Sequence[str]) -> float | None:
 
 def _nan(x: float) -> bool:
     return isinstance(x, float) and math.isnan(x)
+
+
+# ------------------------------------------------------------------------------------ the whole stage
+def named_paths(items: Sequence[str]) -> dict[str, Path]:
+    """NAME=PATH options (`--variant teacher=models/teacher`) as {name: path}. Raises EvaluationError
+    for an item without '=' (the stage's dvc.yaml command passes them)."""
+    bad = [item for item in items if "=" not in item]
+    if bad:
+        raise EvaluationError(f"expected NAME=PATH, got {bad}; fix the evaluate command in dvc.yaml")
+    return {k: Path(v) for k, v in (item.split("=", 1) for item in items)}
+
+
+def read_reports(paths: Mapping[str, Path]) -> dict[str, dict[str, Any]]:
+    """Earlier stages' metrics JSON by stage name ({} for a file not written: that stage did not run)."""
+    import json
+
+    return {k: json.loads(v.read_text(encoding="utf-8")) if v.exists() else {} for k, v in paths.items()}
+
+
+@dataclass
+class EvaluateInputs:
+    """What every variant is evaluated on (`read_inputs`)."""
+
+    convs: list[Conversation]  # test conversations (original rows)
+    counts: dict[str, int]  # test conversations/turns per language (summary keys)
+    samples: list[Sample]  # the served variant's prompts: up to evaluate.max_samples_per_lang per language
+    sample_counts: dict[str, int]
+    train: pl.DataFrame  # the train split: what the retrieval baseline looks up
+    gazetteer: dict[str, list[str]]  # lang -> entity surfaces counted as slots
+    questions: list[Question]  # the paraphrase set ([] without one)
+    judge: IntentJudge | None  # the on-intent rule fitted on the train split (None without paraphrases)
+
+
+def read_inputs(test_path: Path, train_path: Path, gazetteers: Path, paraphrases: Path | None, *,
+                params: EvaluateParams, slot_kinds: Sequence[str], fallbacks: Iterable[str]) -> EvaluateInputs:
+    """Read and check the stage's inputs: the test and train splits, the gazetteer entities of
+    `slot_kinds` (model.slots.kinds; numbers need none), the paraphrase set and the judge that tells
+    an on-intent answer (`fallbacks`: serve.fallback's messages, never on any intent). Raises
+    EvaluationError (an empty test split ...), GazetteerError, ParaphraseError or ValueError, each
+    naming the file or key to fix."""
+    from chatforge.data.entities import read_gazetteers
+    from chatforge.evaluation.paraphrase import read_paraphrases
+    from chatforge.runtime.quality import answer_samples
+
+    kinds = [k for k in slot_kinds if k != "number"]
+    gazetteer = {lang: [e for entries in by_kind.values() for e in entries]
+                 for lang, by_kind in read_gazetteers(gazetteers, langs=("zh", "en"), kinds=kinds).items()}
+    convs, counts = test_conversations(pl.read_parquet(test_path))
+    samples, sample_counts = answer_samples(convs, max_per_lang=params.max_samples_per_lang, seed=params.seed)
+    train = pl.read_parquet(train_path)
+    questions = read_paraphrases(paraphrases) if paraphrases else []
+    judge = IntentJudge(conversations(train.filter(pl.col("method") == "original")),
+                        fallbacks=fallbacks) if questions else None
+    return EvaluateInputs(convs, counts, samples, sample_counts, train, gazetteer, questions, judge)
+
+
+def select_variants(folders: dict[str, Path], wanted: Sequence[str]) -> tuple[dict[str, Path], list[str], dict[str, str]]:
+    """(the variants to evaluate, the missing ones, {skipped: reason}): `check_variants`, then
+    `unevaluable`, each skipped one logged. Raises ModelFolderError / EvaluationError for a folder
+    that is not a built model folder."""
+    present, missing = check_variants(folders, wanted)
+    skipped = unevaluable(present)
+    for name, reason in skipped.items():
+        log.warning("variant %s skipped: %s", name, reason)
+    return {k: v for k, v in present.items() if k not in skipped}, missing, skipped
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, Any]  # reports/evaluate.json: one block per variant + skipped, gates, summary, knobs, models
+    details: dict[str, Any]  # answers to the first 20 samples per variant, confusion, paraphrases (for the report)
+    plot_csv: str  # `variants_csv`: quality, size, latency per variant
+    gates: dict[str, dict[str, Any]]  # name -> status, value, limit (also inside metrics)
+
+
+def evaluate_all(inputs: EvaluateInputs, present: Mapping[str, Path], reports: dict[str, dict[str, Any]], *,
+                 params: EvaluateParams, serving: Serving, serve_model: str | None, providers: Sequence[str] | None,
+                 missing: Sequence[str] = (), skipped: Mapping[str, str] | None = None) -> Evaluation:
+    """Evaluate the retrieval baseline and every `present` variant, then the gates.
+
+    The served variant (`serve_model`: serve.variants[0].model, `served_variant`) answers every
+    sample; the others answer evaluate.other_samples_per_lang per language. `reports` are the
+    earlier stages' metrics (retention gates). `providers`: ONNX execution providers."""
+    from chatforge.io import sha256_tree
+    from chatforge.knobs import report_knobs
+
+    skipped = dict(skipped or {})
+    samples, questions, judge = inputs.samples, inputs.questions, inputs.judge
+    served = served_variant(serve_model, present)
+    others = subset(samples, params.other_samples_per_lang)
+    log.info("%d samples (%s); served variant: %s", len(samples), inputs.sample_counts, served)
+    results, details = {}, {"samples": [s.__dict__ for s in samples[:20]], "served_variant": served, "variants": {},
+                            "paraphrases": [q.__dict__ for q in questions]}
+    results["retrieval"], extra = evaluate_retrieval(inputs.train, samples, gazetteer=inputs.gazetteer,
+                                                     questions=questions, judge=judge)
+    details["variants"]["retrieval"] = align_answers(extra, samples, samples[:20])
+    for name, folder in present.items():
+        log.info("evaluating %s (%s)", name, folder)
+        asked = samples if name == served else others
+        results[name], extra = evaluate_variant(name, folder, inputs.convs, asked, params, serving=serving,
+                                                gazetteer=inputs.gazetteer, providers=providers, questions=questions,
+                                                judge=judge)
+        details["variants"][name] = align_answers(extra, asked, samples[:20])
+    references = reference_scores(samples)
+    gates = compute_gates(results, reports, params, served=served, references=references)
+    summary = {**inputs.counts, **inputs.sample_counts, **references, "served_variant": served or "none",
+               "paraphrase_questions_zh": sum(q.lang == "zh" for q in questions),
+               "paraphrase_questions_en": sum(q.lang == "en" for q in questions),
+               "other_samples_zh": sum(s.lang == "zh" for s in others), "other_samples_en": sum(s.lang == "en" for s in others),
+               "variants_missing": ",".join(missing) or "none", "variants_skipped": ",".join(skipped) or "none",
+               "gates_failed": sum(g["status"] == "fail" for g in gates.values())}
+    knobs = report_knobs(sample_knobs(inputs.convs, params, inputs.sample_counts), log)
+    # which folder each number is about: `chatforge export` trusts a row only for the folder with this hash
+    models = {name: {"folder": str(folder), "sha256": sha256_tree(folder)} for name, folder in present.items()}
+    out = {**results, "skipped": skipped, "gates": gates, "summary": summary, "knobs": knobs, "models": models}
+    return Evaluation(out, details, variants_csv(results), gates)

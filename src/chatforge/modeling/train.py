@@ -4,6 +4,9 @@ Reads top to bottom: check inputs (cheap, before any weights load) -> tokenize -
 with the dropout overrides -> optimizer + cosine schedule -> resume from the newest complete
 checkpoint of the same fingerprint -> loop over optimizer steps (freezing state, accumulation,
 gradient averaging across processes, clipping, step, log, evaluate, early stopping, checkpoint).
+The family (model.family) is chosen once: FAMILIES maps it to CausalLMTraining or
+ClassifierTraining, which build the examples, the batches of each epoch, the loss and the val
+scores; the loop itself is the same for both.
 
 Data parallelism: accelerate starts the process group (gloo on CPU, nccl on GPUs). Every process
 builds the same epoch batches from (seed, epoch) and takes its share of each optimizer step's
@@ -26,7 +29,7 @@ import shutil
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -297,6 +300,135 @@ def relaunch_command(num_processes: int, argv: list[str]) -> list[str] | None:
     ]
 
 
+# ---------------------------------------------------------------------- the family, chosen once
+Batch = dict[str, torch.Tensor]
+
+
+@dataclass
+class FamilyTraining:
+    """What differs between the two families in `train` (model.family), built once by FAMILIES:
+    the tokenized examples, the batches of an epoch, the loss, the val scores besides the loss, and
+    what a finished model adds. The loop itself is the same for both."""
+
+    train_ex: list[Any]
+    train_stats: Any  # TokenizeStats: .as_metrics(prefix)
+    val_ex: list[Any]
+    val_stats: Any
+    val_batches: list[Batch]
+    batching: str  # what the start-of-training log line calls the batching
+    batches_for: Callable[[int], list[Batch]]  # epoch -> its micro-batches, deterministic per (seed, epoch)
+    loss_sums: Callable[..., tuple[torch.Tensor, torch.Tensor]]  # (model, batch, label_smoothing=) -> (loss, nll sum)
+    labels: list[str] = field(default_factory=list)  # classifier intents (id order); [] for a causal LM
+
+    @classmethod
+    def build(cls, tp: TrainParams, tokenizer: Any, train_convs: list[Conversation], val_sample: list[Conversation],
+              *, labels: list[str]) -> FamilyTraining:
+        """Tokenize the train conversations and the val sample; the batches of each epoch."""
+        raise NotImplementedError
+
+    @staticmethod
+    def label_names(train_convs: list[Conversation]) -> list[str] | None:
+        """The classifier head's labels (None: no head); known before the model is loaded."""
+        return None
+
+    def val_scores(self, model: Any, acc: Any, val_loss: float, val_convs: list[Conversation]) -> dict[str, float]:
+        """Val numbers besides the loss, keyed val/<name>; overridden per family."""
+        raise NotImplementedError
+
+    def finish(self, model: Any, acc: Any, metrics: dict[str, Any], tp: TrainParams) -> dict[str, Any]:
+        """Manifest details a finished model adds (a classifier's calibration); may add to `metrics`."""
+        return {}
+
+    def responses(self, given: dict[str, dict[str, str]] | None, train_convs: list[Conversation],
+                  metrics: dict[str, Any]) -> dict[str, dict[str, str]] | None:
+        """The responses the folder carries: `given` for a causal LM (None: none)."""
+        return given
+
+
+@dataclass
+class CausalLMTraining(FamilyTraining):
+    """Chat-formatted conversations, loss on assistant tokens; val perplexity and answer BLEU."""
+
+    tp: TrainParams | None = None
+    tokenizer: Any = None
+
+    @classmethod
+    def build(cls, tp: TrainParams, tokenizer: Any, train_convs: list[Conversation], val_sample: list[Conversation],
+              *, labels: list[str]) -> CausalLMTraining:
+        pad_id = tokenizer.pad_token_id
+        train_ex, train_stats = tokenize_conversations(train_convs, tokenizer, max_seq_len=tp.max_seq_len, overlong=tp.overlong)
+        val_ex, val_stats = tokenize_conversations(val_sample, tokenizer, max_seq_len=tp.max_seq_len, overlong="truncate")
+        rows = pack(train_ex, max_seq_len=tp.max_seq_len) if tp.batching == "pack" else None
+        val_batches = [collate_packed(r, pad_id=pad_id) for r in _chunks(pack(val_ex, max_seq_len=tp.max_seq_len), tp.batch_size)]
+
+        def batches_for(epoch: int) -> list[Batch]:
+            return epoch_batches(train_ex, batching=tp.batching, batch_size=tp.batch_size, max_seq_len=tp.max_seq_len,
+                                 seed=tp.seed, epoch=epoch, pad_id=pad_id, packed_rows=rows)
+
+        return cls(train_ex, train_stats, val_ex, val_stats, val_batches, tp.batching, batches_for, causal_loss_sums,
+                   tp=tp, tokenizer=tokenizer)
+
+    def val_scores(self, model: Any, acc: Any, val_loss: float, val_convs: list[Conversation]) -> dict[str, float]:
+        tp = self.tp
+        assert tp is not None
+        out = {"val/perplexity": math.exp(min(val_loss, 50.0))}
+        if tp.bleu_samples:  # the one answer-quality path (chatforge.runtime.quality)
+            scores = model_answer_scores(acc.unwrap_model(model), self.tokenizer, val_convs, samples_per_lang=tp.bleu_samples,
+                                         max_new_tokens=tp.bleu_max_new_tokens, seed=tp.seed)
+            out.update({f"val/{k}": v for k, v in scores.items()})
+        return out
+
+
+@dataclass
+class ClassifierTraining(FamilyTraining):
+    """Intent classification on an encoder; length-grouped batches; val accuracy; calibration and
+    per-intent responses when done."""
+
+    @classmethod
+    def build(cls, tp: TrainParams, tokenizer: Any, train_convs: list[Conversation], val_sample: list[Conversation],
+              *, labels: list[str]) -> ClassifierTraining:
+        from chatforge.modeling.data import length_groups
+
+        pad_id = tokenizer.pad_token_id
+        train_ex, train_stats = clf.classifier_examples(train_convs, tokenizer, labels=labels, mode=tp.classifier_input,
+                                                        max_seq_len=tp.max_seq_len)
+        val_ex, val_stats = clf.classifier_examples(val_sample, tokenizer, labels=labels, mode=tp.classifier_input,
+                                                    max_seq_len=tp.max_seq_len)
+        val_batches = [clf.collate_classifier(b, pad_id=pad_id) for b in _chunks(sorted(val_ex, key=lambda e: len(e.input_ids)), tp.batch_size)]
+
+        def batches_for(epoch: int) -> list[Batch]:
+            groups = length_groups(train_ex, batch_size=tp.batch_size, seed=tp.seed * 1_000_003 + epoch)
+            return [clf.collate_classifier(g, pad_id=pad_id) for g in groups]
+
+        return cls(train_ex, train_stats, val_ex, val_stats, val_batches, "length_group", batches_for,
+                   classifier_loss_sums, labels)
+
+    @staticmethod
+    def label_names(train_convs: list[Conversation]) -> list[str] | None:
+        return clf.label_names(train_convs)
+
+    def val_scores(self, model: Any, acc: Any, val_loss: float, val_convs: list[Conversation]) -> dict[str, float]:
+        return {"val/accuracy": _accuracy(model, self.val_batches, acc)}
+
+    def finish(self, model: Any, acc: Any, metrics: dict[str, Any], tp: TrainParams) -> dict[str, Any]:
+        return _calibrate(model, self.val_batches, acc, tp.calibrate, metrics)
+
+    def responses(self, given: dict[str, dict[str, str]] | None, train_convs: list[Conversation],
+                  metrics: dict[str, Any]) -> dict[str, dict[str, str]] | None:
+        """train.responses_path's, else learned from the train split; intents without one are counted
+        (metrics intents_without_response) and logged: serving answers them with its fallback."""
+        responses = given if given is not None else clf.learn_responses(train_convs)
+        missing = [name for name in self.labels if name not in responses]
+        metrics["intents_without_response"] = len(missing)
+        if missing:
+            log.warning("no response for intents %s: serving answers them with its fallback", missing)
+        return responses
+
+
+# model.family -> how its data, loss and val scores are built (train() looks it up once)
+FAMILIES: dict[str, type[FamilyTraining]] = {"causal_lm": CausalLMTraining, "classifier": ClassifierTraining}
+
+
 # ------------------------------------------------------------------------------------- train
 def train(
     *,
@@ -322,38 +454,18 @@ def train(
     set_seed(tp.seed)
     torch.use_deterministic_algorithms(not torch.cuda.is_available(), warn_only=True)
 
-    # --- data
+    # --- data: the family is chosen once; everything below is the same loop for both
     train_convs, val_convs = conversations(train_turns), conversations(val_turns)
-    labels = clf.label_names(train_convs) if family == "classifier" else None
+    chosen = FAMILIES[family]
+    labels = chosen.label_names(train_convs)
     model, tokenizer = load_for_training(mp, tp, base_dir, labels=labels)
-    pad_id = tokenizer.pad_token_id
-    if family == "causal_lm":
-        train_ex, train_stats = tokenize_conversations(train_convs, tokenizer, max_seq_len=tp.max_seq_len, overlong=tp.overlong)
-        val_ex, val_stats = tokenize_conversations(
-            _sample(val_convs, tp.eval_max_conversations, tp.seed), tokenizer, max_seq_len=tp.max_seq_len, overlong="truncate"
-        )
-        rows = pack(train_ex, max_seq_len=tp.max_seq_len) if tp.batching == "pack" else None
-        val_batches = [collate_packed(r, pad_id=pad_id) for r in _chunks(pack(val_ex, max_seq_len=tp.max_seq_len), tp.batch_size)]
-    else:
-        train_ex, train_stats = clf.classifier_examples(train_convs, tokenizer, labels=labels or [], mode=tp.classifier_input, max_seq_len=tp.max_seq_len)
-        val_ex, val_stats = clf.classifier_examples(
-            _sample(val_convs, tp.eval_max_conversations, tp.seed), tokenizer, labels=labels or [], mode=tp.classifier_input, max_seq_len=tp.max_seq_len
-        )
-        rows = None
-        val_batches = [clf.collate_classifier(b, pad_id=pad_id) for b in _chunks(sorted(val_ex, key=lambda e: len(e.input_ids)), tp.batch_size)]
+    fam = chosen.build(tp, tokenizer, train_convs, _sample(val_convs, tp.eval_max_conversations, tp.seed),
+                       labels=labels or [])
+    train_ex, train_stats, val_batches, batches_for = fam.train_ex, fam.train_stats, fam.val_batches, fam.batches_for
     if not train_ex:
         raise TrainError(f"no train example is left after tokenization ({train_stats.as_metrics('train')}); check train.overlong / max_seq_len.")
-    if not val_ex:
-        raise TrainError(f"no val example is left after tokenization ({val_stats.as_metrics('val')}).")
-
-    def batches_for(epoch: int) -> list[dict[str, torch.Tensor]]:
-        if family == "classifier":
-            from chatforge.modeling.data import length_groups
-
-            groups = length_groups(train_ex, batch_size=tp.batch_size, seed=tp.seed * 1_000_003 + epoch)
-            return [clf.collate_classifier(g, pad_id=pad_id) for g in groups]
-        return epoch_batches(train_ex, batching=tp.batching, batch_size=tp.batch_size, max_seq_len=tp.max_seq_len,
-                             seed=tp.seed, epoch=epoch, pad_id=pad_id, packed_rows=rows)
+    if not fam.val_ex:
+        raise TrainError(f"no val example is left after tokenization ({fam.val_stats.as_metrics('val')}).")
 
     per_step = tp.grad_accum_steps * world
     steps_per_epoch = len(batches_for(0)) // per_step
@@ -390,19 +502,9 @@ def train(
         log.info("resuming from step %d (%s)", state["step"], ckpt)
     live = _open_live(live_dir, state["history"]) if live_dir and acc.is_main_process else None
 
-    loss_fn = causal_loss_sums if family == "causal_lm" else classifier_loss_sums
-
     def evaluate() -> dict[str, float]:
-        out = {"val/loss": evaluate_loss(model, val_batches, family=family, device=acc.device, autocast=acc.autocast)}
-        if family == "causal_lm":
-            out["val/perplexity"] = math.exp(min(out["val/loss"], 50.0))
-            if tp.bleu_samples:  # the one answer-quality path (chatforge.modeling.quality)
-                scores = model_answer_scores(acc.unwrap_model(model), tokenizer, val_convs, samples_per_lang=tp.bleu_samples,
-                                             max_new_tokens=tp.bleu_max_new_tokens, seed=tp.seed)
-                out.update({f"val/{k}": v for k, v in scores.items()})
-        else:
-            out["val/accuracy"] = _accuracy(model, val_batches, acc)
-        return out
+        val_loss = evaluate_loss(model, val_batches, family=family, device=acc.device, autocast=acc.autocast)
+        return {"val/loss": val_loss, **fam.val_scores(model, acc, val_loss, val_convs)}
 
     if tp.eval_base and state["step"] == 0:
         # the untouched base on the same val sample: what the fine-tune has to beat
@@ -413,7 +515,7 @@ def train(
     stopped_early = False
     step_seconds, trained_tokens = 0.0, 0  # this run's optimizer-step time and non-padding tokens
     log.info("training %s: %d steps (%d per epoch), %d train examples, %d processes, %s batching",
-             family, total_steps, steps_per_epoch, len(train_ex), world, tp.batching if family == "causal_lm" else "length_group")
+             family, total_steps, steps_per_epoch, len(train_ex), world, fam.batching)
 
     def step_groups() -> Iterator[tuple[int, int, list[dict[str, torch.Tensor]]]]:
         epoch, pos = state["epoch"], state["position"]
@@ -449,7 +551,7 @@ def train(
         for batch in group[rank::world]:
             batch = {k: v.to(acc.device) for k, v in batch.items()}
             with acc.autocast():
-                loss, nll = loss_fn(model, batch, label_smoothing=tp.label_smoothing)
+                loss, nll = fam.loss_sums(model, batch, label_smoothing=tp.label_smoothing)
             acc.backward(loss * (world / max(1, n_targets)))
             nll_sum += nll.float()
         if world > 1:
@@ -516,17 +618,12 @@ def train(
         "train_loss": state["history"][-1]["train/loss"] if state["history"] else None,
         **{k.replace("/", "_"): v for k, v in last.items() if k.startswith("val/")},
         **{"base_" + k.replace("/", "_"): v for k, v in state["base_eval"].items()},
-        **train_stats.as_metrics("train"), **val_stats.as_metrics("val"),
+        **train_stats.as_metrics("train"), **fam.val_stats.as_metrics("val"),
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
     }
-    details: dict[str, Any] = {"steps": state["step"], "unfreeze_events": state["unfreeze_events"]}
-    if family == "classifier":
-        details.update(_calibrate(model, val_batches, acc, tp.calibrate, metrics))
-        responses = responses if responses is not None else clf.learn_responses(train_convs)
-        missing = [name for name in labels or [] if name not in responses]
-        metrics["intents_without_response"] = len(missing)
-        if missing:
-            log.warning("no response for intents %s: serving answers them with its fallback", missing)
+    details: dict[str, Any] = {"steps": state["step"], "unfreeze_events": state["unfreeze_events"],
+                               **fam.finish(model, acc, metrics, tp)}
+    responses = fam.responses(responses, train_convs, metrics)
     for p in model.parameters():
         p.requires_grad_(True)
     timing = {"train_seconds": step_seconds, "trained_tokens": trained_tokens,
@@ -619,6 +716,17 @@ def _log_live(live: Any, record: dict[str, float]) -> None:
         if key not in ("step", "epoch"):
             live.log_metric(key, value)
     live.next_step()
+
+
+def index_exchanges(index_data: Path | None, *, family: str) -> list[Conversation] | None:
+    """The exchanges retrieval in the loop answers from, for a causal LM with `index_data` (the
+    train split parquet): its original conversations, carried in the teacher folder
+    (`retrieval.jsonl`, written by runtime.folder.publish_folder); None otherwise."""
+    if index_data is None or family != "causal_lm":
+        return None
+    exchanges = conversations(pl.read_parquet(index_data).filter(pl.col("method") == "original"))
+    log.info("retrieval in the loop: %d train conversations", len(exchanges))
+    return exchanges
 
 
 def clear_checkpoints(folder: Path) -> None:

@@ -22,7 +22,10 @@ import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
+
+if TYPE_CHECKING:
+    from chatforge.params import BackTranslationParams
 
 log = logging.getLogger(__name__)
 
@@ -292,3 +295,19 @@ def load_translator(
     cls = Seq2SeqTranslator if kind == "seq2seq" else CausalLMTranslator
     log.info("translator %s (%s, fingerprint %s)", name, kind, fingerprint)
     return cls(model, tokenizer, fingerprint=fingerprint, options=options)
+
+
+def back_translator(bt: BackTranslationParams, *, built: Path, cache: Path) -> Translator | None:
+    """The translator augment's back-translation uses (None when it is off or its ratio is 0):
+    augment.back_translation.translator when set, else the folder the translator stage `built`;
+    behind a content-hash cache in `cache`/translations.sqlite when bt.cache. Raises
+    TranslatorLoadError saying what to configure."""
+    if not (bt.enabled and bt.ratio > 0):
+        return None
+    options = DecodeOptions(batch_size=bt.batch_size, num_beams=bt.num_beams, max_new_tokens=bt.max_new_tokens,
+                            no_repeat_ngram_size=bt.no_repeat_ngram_size)
+    translator: Translator = load_translator(bt.translator or built, kind=bt.kind, options=options,
+                                             trust_remote_code=bt.trust_remote_code)
+    if bt.cache:
+        translator = CachedTranslator(translator, TranslationCache(cache / "translations.sqlite"))
+    return translator

@@ -244,3 +244,60 @@ def save_translator(model, tokenizer, folder: Path, *, details: dict) -> None:
                 "params_sha256": details.get("params_sha256"), "details": details}
     (folder / "chatforge.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=2, sort_keys=True) + "\n",
                                            encoding="utf-8")
+
+
+def unused_reason(*, enabled: bool, translator: str | None) -> str | None:
+    """Why augment reads no translator this stage would build (augment.back_translation.`enabled`
+    false, or its `translator` names its own model), or None when it does. The stage then records
+    the reason instead of training: enabling back-translation changes these params, so the stage
+    reruns and trains then."""
+    if not enabled:
+        return "augment.back_translation.enabled is false"
+    if translator:
+        return "augment.back_translation.translator names its own model"
+    return None
+
+
+@dataclass
+class BuiltTranslator:
+    model: object
+    tokenizer: object
+    data: ParallelPairs  # every pair read, with the rejected-line counts
+    heldout: pl.DataFrame  # columns zh, en: the pairs kept out of training, for `score_translator`
+    stats: dict  # training metrics (or nothing for a copied model) + "source": "trained" or the pretrained name
+    details: dict  # what the folder's chatforge.json records: stats, parent, data and params hashes
+
+
+def build_translator(pairs: Sequence[Path | str], params: TranslatorParams) -> BuiltTranslator:
+    """Read the parallel TSVs `pairs`, hold out translator.heldout_fraction (at most max_heldout),
+    and train the compact zh<->en model on the rest, or copy translator.pretrained in. Raises
+    ParallelDataError naming the file/line or the setting that cannot be used."""
+    import json
+
+    data = read_parallel(pairs, max_pairs=params.max_pairs)
+    train, heldout = split_heldout(data.pairs, fraction=params.heldout_fraction, max_heldout=params.max_heldout,
+                                   seed=params.seed)
+    if params.pretrained:
+        model, tokenizer = fetch_pretrained(params.pretrained, kind=params.kind, trust_remote_code=params.trust_remote_code)
+        stats: dict = {"source": params.pretrained}
+    else:
+        trained = train_translator(train, params)
+        model, tokenizer, stats = trained.model, trained.tokenizer, {**trained.metrics, "source": "trained"}
+    data_sha = hashlib.sha256(data.pairs.write_csv().encode()).hexdigest()
+    params_sha = hashlib.sha256(json.dumps(params.model_dump(), sort_keys=True).encode()).hexdigest()
+    details = {**stats, "parent": stats["source"], "data_sha256": data_sha, "params_sha256": params_sha}
+    return BuiltTranslator(model, tokenizer, data, heldout, stats, details)
+
+
+def score_translator(folder: Path, built: BuiltTranslator, params: TranslatorParams) -> dict[str, float | int]:
+    """The stage's metrics: training stats, held-out BLEU/chrF both ways (scored through the loading
+    path augment uses, chatforge.modeling.translate.load_translator, with translator.eval_num_beams),
+    pair counts and rejected lines per reason."""
+    from chatforge.modeling.translate import DecodeOptions, load_translator
+
+    translator = load_translator(folder, kind=params.kind, options=DecodeOptions(num_beams=params.eval_num_beams),
+                                 trust_remote_code=params.trust_remote_code)
+    scores = bleu_scores(translator, built.heldout)
+    return {**{k: v for k, v in built.stats.items() if k != "source"}, **scores, "pairs": built.data.pairs.height,
+            "heldout_pairs": built.heldout.height,
+            **{f"rejected_lines_{k}": v for k, v in sorted(built.data.rejected.items())}}

@@ -40,8 +40,10 @@ from typing import Any, Literal
 
 import numpy as np
 
+from chatforge.data.clean import unfilled_pii
 from chatforge.params import ServeHybrid
 from chatforge.runtime.conversation import Conversation
+from chatforge.runtime.fallback import falls_back
 from chatforge.runtime.index import read_index
 
 Source = Literal["model", "retrieval", "fallback"]
@@ -269,17 +271,6 @@ class RetrievalInTheLoop:
         return best
 
 
-def unfilled_pii(text: str, prompt: Sequence[dict[str, str]]) -> bool:
-    """True when `text` shows a PII mask tag of clean (chatforge.data.clean.PII_TAGS: `<PHONE>`,
-    `<EMAIL>`, `<ID>`, `<CARD>`) that no message of the dialogue holds. Trained on masked data, a
-    model answers "电话是<PHONE>。" where the answer needs a number it does not have; the tag must
-    never reach a user (read on CrossWOZ: 16 of 150 served answers)."""
-    from chatforge.data.clean import PII_TAGS
-
-    said = " ".join(m.get("content", "") for m in prompt)
-    return any(tag in text and tag not in said for tag in PII_TAGS)
-
-
 def _placeholders(text: str) -> list[str]:
     from chatforge.runtime.slots import PLACEHOLDER
 
@@ -293,7 +284,7 @@ def served_answer(text: str, confidence: float, *, threshold: float, prompt: lis
     retrieval candidate, else `fallback` (an unconfident answer) or the answer (a confident one). A
     nan confidence (not generated) counts as confident. An answer showing a PII mask tag the
     dialogue never held (`unfilled_pii`) counts as unconfident."""
-    confident = not confidence < threshold and not unfilled_pii(text, prompt)
+    confident = not falls_back(confidence, threshold) and not unfilled_pii(text, prompt)
     if loop is None:
         return (text, "model") if confident else (fallback, "fallback")
     if confident and loop.settings.min_agreement <= 0:

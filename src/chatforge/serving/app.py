@@ -1,28 +1,27 @@
 """The OpenAI-compatible chat service: `create_app(config)` builds one FastAPI app.
 
 A request goes: (guard: header size, API key and rate limit, body size, valid JSON and Unicode)
--> bounds and unsupported features -> persona and variant (A/B by user hash) -> input filter ->
-cache -> model -> output filter -> confidence threshold -> store (PII masked) -> response.
-Every error leaves in the OpenAI error shape {"error": {"message", "type", "code", "param"}}
-with a message saying what to change and `param` naming the public field; no stack trace ever
-reaches a client.
+-> screen input (serving/screen.py: bounds, unsupported features, input filter) -> settings
+(serving/settings.py: persona and variant, A/B by user hash, generation config) -> cache
+(serving/cache.py) -> decode (the model; serving/decode.py when streaming) -> judge (output
+filter, then serving/judge.py: answer or fall back, chatforge.runtime.fallback) -> record
+(serving/record.py: store, PII masked) -> response. `ChatService` holds what one app instance
+needs and composes the steps. Every error leaves in the OpenAI error shape {"error": {"message",
+"type", "code", "param"}} with a message saying what to change and `param` naming the public
+field; no stack trace ever reaches a client.
 
-Streaming sends the answer as server-sent-event chunks (one per token, with its log-probability
-when asked) only after the safety filter and the confidence threshold have seen the whole answer
-(both need it), so a stream never shows text that is then withdrawn.
+A stream never shows text that is then withdrawn: the confidence rule decides on the first
+serve.confidence_tokens tokens before any text is sent, and text the output filter could still
+claim is held back (serving/decode.py).
 """
 
 from __future__ import annotations
 
 import logging
-import queue
-import re
 import threading
 import time
-import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -34,44 +33,28 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chatforge.data.lang import detect_lang
-from chatforge.metrics import answer_confidence
 from chatforge.params import ServeVariant
 from chatforge.runtime.backends import Answer, ModelBackend
-from chatforge.runtime.decode import GenerationConfig
-from chatforge.serving.ab import assign_variant
 from chatforge.serving.auth import KeyRing, read_keys
-from chatforge.serving.backends import PromptError, open_backend
-from chatforge.serving.cache import AnswerCache, LRUCache, RedisCache, cache_key
+from chatforge.serving.backends import open_backend
+from chatforge.serving.cache import AnswerCache, CacheStep, LRUCache, RedisCache
 from chatforge.serving.config import ServeConfig
+from chatforge.serving.decode import DecodeStep
 from chatforge.serving.errors import APIError, error_body
 from chatforge.serving.filters import SensitiveFilter
 from chatforge.serving.guard import RequestGuard
+from chatforge.serving.judge import JudgeStep
 from chatforge.serving.metrics import ServeMetrics
 from chatforge.serving.privacy import pii_masker
 from chatforge.serving.ratelimit import KeyRateLimiter
-from chatforge.serving.store import (
-    FeedbackForbidden,
-    correction_review,
-    open_store,
-    purge_expired,
-    record_conversation,
-    record_feedback,
-)
-from chatforge.serving.wire import (
-    ChatCompletionRequest,
-    Completion,
-    FeedbackRequest,
-    LiveStream,
-    chunks,
-    public_param,
-    shown_field,
-)
+from chatforge.serving.record import RecordStep
+from chatforge.serving.settings import SettingsStep, Turn
+from chatforge.serving.store import open_store, purge_expired
+from chatforge.serving.wire import ChatCompletionRequest, Completion, FeedbackRequest, public_param, shown_field
 
 log = logging.getLogger("chatforge.serving")
 
 STATIC = Path(__file__).parent / "static"
-BASE_MODEL = "chatforge"  # the A/B-routed model name; a variant name pins that variant
-UNSUPPORTED = "unsupported_value"
 
 
 class RedactQuery(logging.Filter):
@@ -91,69 +74,15 @@ def _redact_access_log() -> None:
         access.addFilter(RedactQuery())
 
 
-@dataclass
-class Turn:
-    """One request after every check (ChatService.prepare), before the model answers it."""
-
-    req: ChatCompletionRequest
-    key_id: str | None
-    started: float  # perf_counter at arrival
-    variant: str
-    backend: ModelBackend
-    persona: str | None
-    messages: list[dict[str, str]]  # after the input filter and the persona's system prompt
-    lang: str
-    input_action: str
-    terms: set[str] = field(default_factory=set)
-    gen: GenerationConfig = field(default_factory=GenerationConfig)
-    cache_key: str = ""
-    cacheable: bool = False
-
-
-_OPEN_WORD = re.compile(r"[A-Za-z0-9]+$")
-
-
-def _open_word(text: str) -> str:
-    """A latin word at the very end of streamed text may still grow ("as" -> "assess"): the
-    filter judges it only once it is closed."""
-    m = _OPEN_WORD.search(text)
-    return m.group(0) if m else ""
-
-
 # --------------------------------------------------------------------------------------- app
-def unsupported_fields(req: ChatCompletionRequest) -> list[tuple[str, str]]:
-    """(field, why) for each request field this server does not honour as asked, in a fixed order:
-    OpenAI fields beyond their neutral value (a penalty of 0, an empty logit_bias, text-only
-    modalities, the default service tier are honoured exactly), then fields OpenAI does not define."""
-    out = []
-    for name in ("frequency_penalty", "presence_penalty"):
-        if getattr(req, name):
-            out.append((name, "repetition penalties are not applied by this server; omit it or send 0"))
-    if req.logit_bias:
-        out.append(("logit_bias", "token biases are not applied by this server; omit it or send {}"))
-    if req.modalities is not None and [m for m in req.modalities if m != "text"]:
-        out.append(("modalities", "this model answers in text only; omit modalities or send [\"text\"]"))
-    if req.audio is not None:
-        out.append(("audio", "this model answers in text only; omit audio"))
-    if req.functions:
-        out.append(("functions", "function calling is not supported by this model; omit functions"))
-    if req.function_call not in (None, "none", "auto"):
-        out.append(("function_call", "function calling is not supported by this model; omit function_call"))
-    if req.metadata:
-        out.append(("metadata", "this server does not store request metadata; omit it"))
-    if req.service_tier not in (None, "auto", "default"):
-        out.append(("service_tier", "this server has one service tier; omit service_tier or send 'auto'"))
-    for name in ("reasoning_effort", "prediction", "web_search_options"):
-        if getattr(req, name) is not None:
-            out.append((name, "not supported by this model; omit it"))
-    for name in sorted(req.model_extra or {}):
-        out.append((shown_field(name), "unknown field: not an OpenAI chat completion field this server takes (README, "
-                           "\"OpenAI request fields\"); remove it"))
-    return out
 
 
-class ChatService:
-    """Everything one app instance holds: models, cache, store, filter, keys, limits, metrics."""
+class ChatService(SettingsStep, CacheStep, DecodeStep, JudgeStep, RecordStep):
+    """Everything one app instance holds (models, cache, store, filter, keys, limits, metrics) and
+    the steps of a request, one module each: screen input (serving/screen.py) -> settings
+    (serving/settings.py: `prepare`) -> cache (serving/cache.py) -> decode (serving/decode.py,
+    streaming; `answer` here for the whole answer) -> judge (serving/judge.py: answer or fall back)
+    -> record (serving/record.py: the completion, metrics, store; feedback)."""
 
     def __init__(self, config: ServeConfig, backends: dict[str, ModelBackend] | None = None) -> None:
         p = self.params = config.params
@@ -222,301 +151,7 @@ class ChatService:
         return open_backend(variant.model, backend=variant.backend, max_batch_size=p.batch.max_batch_size,
                             max_wait_ms=p.batch.max_wait_ms, providers=self.config.providers, hybrid=p.hybrid)
 
-    def _cache_failed(self, op: str) -> None:
-        self.metrics.cache_errors.labels(op=op).inc()
-        self.metrics.cache_up.set(0)
-
-    # -- request checks
-    def authenticate(self, headers: Mapping[str, str]) -> str | None:
-        """The API key's id from `Authorization: Bearer <key>` (lower-case header names), after the
-        per-key rate limit; None without auth. Raises APIError 401 / 429."""
-        if not self.config.require_auth:
-            return None
-        header = headers.get("authorization", "")
-        scheme, _, key = header.partition(" ")
-        if not header:
-            raise APIError(
-                401,
-                "missing API key: send the header 'Authorization: Bearer <key>' "
-                "(create a key with `chatforge keys add NAME`)",
-                code="missing_api_key",
-            )
-        if scheme.lower() != "bearer" or not key.strip():
-            raise APIError(
-                401, "malformed Authorization header: expected 'Bearer <key>'", code="invalid_api_key"
-            )
-        record = self.keys.lookup(key.strip()) if self.keys else None
-        if record is None:
-            raise APIError(
-                401, "invalid API key: it is not in this server's keys file", code="invalid_api_key"
-            )
-        wait_s = self.limiter.acquire(record.id)
-        if wait_s > 0:
-            rl = self.params.rate_limit
-            raise APIError(
-                429,
-                f"rate limit exceeded for this API key ({rl.requests_per_minute:g} requests per minute, "
-                f"burst {rl.burst}); retry in {wait_s:.1f} s",
-                type="rate_limit_error",
-                code="rate_limit_exceeded",
-                headers={"Retry-After": str(max(1, round(wait_s + 0.5)))},
-            )
-        return record.id
-
-    def model_names(self) -> list[str]:
-        return [BASE_MODEL, *(f"{BASE_MODEL}:{p}" for p in self.params.personas), *self.backends]
-
-    def resolve(self, req: ChatCompletionRequest) -> tuple[str | None, str | None]:
-        """(pinned variant or None for A/B, persona) from the model name and the persona field."""
-        base, _, suffix = req.model.partition(":")
-        if base != BASE_MODEL and base not in self.backends:
-            raise APIError(
-                404,
-                f"model {req.model!r} not found; available models: {', '.join(self.model_names())}",
-                code="model_not_found",
-                param="model",
-            )
-        if suffix and req.persona and suffix != req.persona:
-            raise APIError(
-                400,
-                f"persona given twice and differently: model suffix {suffix!r}, persona {req.persona!r}",
-                param="persona",
-            )
-        persona = suffix or req.persona
-        if persona is not None and persona not in self.params.personas:
-            valid = ", ".join(self.params.personas) or "(none configured in serve.personas)"
-            raise APIError(
-                400,
-                f"unknown persona {persona!r}; valid personas: {valid}",
-                code="unknown_persona",
-                param="persona",
-            )
-        return (base if base != BASE_MODEL else None), persona
-
-    @staticmethod
-    def check_supported(req: ChatCompletionRequest) -> None:
-        """Refuse, naming the field, what this model cannot do; a client never gets a quiet default."""
-        for i, m in enumerate(req.messages):
-            if m.role in ("tool", "function"):
-                raise APIError(
-                    400,
-                    f"messages.{i}.role = {m.role!r}: tool results are not supported by this model (it "
-                    "cannot call tools); send the conversation without tool calls and their results",
-                    code=UNSUPPORTED,
-                    param=f"messages.{i}.role",
-                )
-            for name in ("tool_calls", "function_call"):
-                if getattr(m, name):
-                    raise APIError(
-                        400,
-                        f"messages.{i}.{name}: tool calls are not supported by this model; send the "
-                        "conversation without them",
-                        code=UNSUPPORTED,
-                        param=f"messages.{i}.{name}",
-                    )
-            if m.content is None:
-                raise APIError(400, f"messages.{i}.content: required for role {m.role!r}",
-                               code="missing_required_parameter", param=f"messages.{i}.content")
-        if req.tools:
-            raise APIError(400, "tools are not supported by this model (it cannot call functions); "
-                           "omit `tools`", code=UNSUPPORTED, param="tools")
-        choice = req.tool_choice
-        if choice is not None and choice not in ("none", "auto"):
-            shown = choice if isinstance(choice, str) else "a named function"
-            raise APIError(400, f"tool_choice {shown!r} is not supported by this model (it cannot call "
-                           "tools); omit tool_choice or send 'none'", code=UNSUPPORTED, param="tool_choice")
-        fmt = req.response_format
-        if fmt is not None and fmt.get("type", "text") != "text":
-            kind = str(fmt.get("type"))[:40]
-            raise APIError(
-                400,
-                f"response_format type {kind!r} is not supported by this model (no constrained JSON "
-                "decoding); omit response_format or send {'type': 'text'}",
-                code=UNSUPPORTED,
-                param="response_format",
-            )
-        for name, reason in unsupported_fields(req):
-            raise APIError(400, f"{name}: {reason}", code=UNSUPPORTED, param=name)
-        if req.top_logprobs is not None and not req.logprobs:
-            raise APIError(400, "top_logprobs needs logprobs: true", code="invalid_value",
-                           param="top_logprobs")
-
-    def check_bounds(self, req: ChatCompletionRequest) -> int:
-        lim = self.params.limits
-        if len(req.messages) > lim.max_messages:
-            raise APIError(
-                400,
-                f"too many messages: {len(req.messages)} > {lim.max_messages} "
-                "(serve.limits.max_messages); send a shorter history",
-                param="messages",
-            )
-        chars = sum(len(m.text()) for m in req.messages)
-        if chars > lim.max_chars:
-            raise APIError(
-                400,
-                f"messages too long: {chars} characters > {lim.max_chars} (serve.limits.max_chars)",
-                param="messages",
-            )
-        if not any(m.role == "user" for m in req.messages):
-            raise APIError(
-                400, "messages must contain at least one message with role 'user'", param="messages"
-            )
-        field = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
-        asked = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-        if asked is not None and asked > lim.max_tokens:
-            raise APIError(
-                400,
-                f"{field} = {asked} exceeds this server's limit of {lim.max_tokens} "
-                "(serve.limits.max_tokens)",
-                param=field,
-            )
-        stops = [req.stop] if isinstance(req.stop, str) else (req.stop or [])
-        if len(stops) > 4 or any(not s for s in stops):
-            raise APIError(400, "stop must be up to 4 non-empty strings", param="stop")
-        return asked or lim.default_max_tokens
-
-    @staticmethod
-    def fit_context(backend: ModelBackend, messages: list[dict[str, str]], max_new_tokens: int, *,
-                    asked: str | None) -> int:
-        """The request's answer budget after its prompt is rendered and measured, before it joins a batch.
-
-        A causal LM's prompt (chat template applied) plus its answer must fit the model's context
-        (config.max_position_embeddings): beyond it the model has no trained positions and attention
-        memory grows with the square of the length, so one long message could take the server's
-        memory. A prompt with no room left, or an asked max_tokens beyond the room, is a 400 naming
-        the sizes (OpenAI's `context_length_exceeded`; `asked` is the field the client used:
-        max_tokens or max_completion_tokens); an unasked default is lowered to the room.
-        A template that refuses the messages is a 400 naming `messages`. Classifiers (which
-        truncate their input) and upstream APIs are not measured here."""
-        measure = getattr(backend, "measure", None)
-        if measure is None:
-            return max_new_tokens
-        try:
-            prompt = int(measure(messages))
-        except PromptError as exc:
-            raise APIError(400, f"messages: this model's chat template refuses them ({exc}); send one system "
-                                "message, first, and alternate user and assistant turns", param="messages") from None
-        context = getattr(backend, "context_tokens", None)
-        if not context:
-            return max_new_tokens
-        room = context - prompt
-        if room < 1:
-            raise APIError(400, f"messages: the prompt is {prompt} tokens after the chat template and this model's "
-                                f"context is {context} tokens, which leaves no room for an answer; send a shorter "
-                                "history or message", code="context_length_exceeded", param="messages")
-        if max_new_tokens > room:
-            if asked:
-                raise APIError(400, f"{asked}: the prompt's {prompt} tokens plus {max_new_tokens} answer tokens "
-                                    f"exceed this model's context of {context} tokens; ask for at most {room} or send "
-                                    "a shorter history", code="context_length_exceeded", param=asked)
-            return room
-        return max_new_tokens
-
-    def _shown(self, backend: ModelBackend, text: str, max_tokens: int, finish: str) -> tuple[str, int, str]:
-        """A text the service shows instead of the model's (fallback, blocked message), cut to the
-        request's max_tokens: (text, its tokens, finish_reason) so usage counts what was received."""
-        ids = backend.token_ids(text)
-        if len(ids) <= max_tokens:
-            return text, len(ids), finish
-        return backend.detokenize(ids[:max_tokens]), max_tokens, "length" if finish == "stop" else finish
-
-    # -- the answer
-    def prepare(self, req: ChatCompletionRequest, key_id: str | None) -> Turn:
-        """Every check that can refuse a request (raises APIError), the variant, the messages after
-        the input filter and persona, the generation config and the cache key: all before any output."""
-        started = time.perf_counter()
-        self.check_supported(req)
-        max_new_tokens = self.check_bounds(req)
-        pinned, persona_name = self.resolve(req)
-        p = self.params
-        user = req.user or key_id or uuid.uuid4().hex
-        variant = pinned or assign_variant(user, self.weights, salt=p.ab_salt)
-        backend = self.backends[variant]
-        if req.logprobs and backend.family != "causal_lm":
-            raise APIError(
-                400,
-                f"logprobs are not available from variant {variant!r}: it is an intent classifier that "
-                "answers with canned text; omit logprobs or pin a causal LM variant",
-                code=UNSUPPORTED,
-                param="logprobs",
-            )
-        # `developer` is what current OpenAI clients send for instructions: the system role here
-        messages = [
-            {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages
-        ]
-        last_user = next(m["content"] for m in reversed(messages) if m["role"] == "user")
-        lang = detect_lang(last_user)
-
-        # every message the client sends is screened (system and earlier assistant turns too): all of
-        # it reaches the model and the store, and a stored history is what feedback export writes
-        input_action, terms = "none", set()
-        for m in messages:
-            result = self.filter.apply(m["content"])
-            if result.action != "none":
-                terms.update(result.terms)
-                m["content"] = result.text
-                input_action = "blocked" if "blocked" in (input_action, result.action) else result.action
-        if input_action != "none":
-            self.metrics.filter_actions.labels(stage="input", action=input_action).inc()
-
-        persona = p.personas.get(persona_name) if persona_name else None
-        if persona and persona.system_prompt and messages[0]["role"] != "system":
-            messages.insert(0, {"role": "system", "content": persona.system_prompt})
-        asked = ("max_completion_tokens" if req.max_completion_tokens is not None
-                 else "max_tokens" if req.max_tokens is not None else None)
-        max_new_tokens = self.fit_context(backend, messages, max_new_tokens, asked=asked)
-        temperature = (
-            req.temperature if req.temperature is not None else (persona.temperature if persona else 0.0)
-        )
-        top_p = req.top_p if req.top_p is not None else (persona.top_p if persona else 1.0)
-        stops = tuple([req.stop] if isinstance(req.stop, str) else (req.stop or []))
-        top_k = (req.top_logprobs or 0) if req.logprobs else 0
-        gen = GenerationConfig(
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            stop_strings=stops,
-            seed=req.seed,
-            top_logprobs=top_k,
-        )
-        key = cache_key(
-            fingerprint=backend.fingerprint,
-            messages=messages,
-            sampling={
-                "max_new_tokens": max_new_tokens,
-                "temperature": temperature,
-                "top_p": top_p,
-                "stop": list(stops),
-                "seed": req.seed,
-                "lang": lang,
-                "top_logprobs": top_k,
-            },
-            persona=persona_name,
-            filter_version=self.filter.version,
-        )
-        return Turn(req=req, key_id=key_id, started=started, variant=variant, backend=backend,
-                    persona=persona_name, messages=messages, lang=lang, input_action=input_action, terms=terms,
-                    gen=gen, cache_key=key, cacheable=temperature == 0.0 or p.cache.cache_sampled)
-
-    def _cached(self, t: Turn) -> Answer | None:
-        if not t.cacheable:
-            return None
-        hit = self.cache.get(t.cache_key)
-        if isinstance(self.cache, RedisCache):
-            self.metrics.cache_up.set(1 if self.cache.available else 0)
-        if hit is None:
-            self.metrics.cache_misses.inc()
-            return None
-        self.metrics.cache_hits.inc()
-        return Answer.from_json(hit)
-
-    def confidence(self, answer: Answer) -> float:
-        """The served confidence: metrics.answer_confidence over the first serve.confidence_tokens
-        token log-probabilities (a classifier's, or a logprob-less upstream's, own confidence)."""
-        if not answer.token_logprobs:
-            return answer.confidence
-        return answer_confidence(answer.token_logprobs, first=self.params.confidence_tokens)
-
+    # -- the whole answer at once (a stream: DecodeStep.stream)
     def complete(self, req: ChatCompletionRequest, key_id: str | None) -> Completion:
         return self.answer(self.prepare(req, key_id))
 
@@ -551,261 +186,6 @@ class ChatService:
             self.cache.set(t.cache_key, answer.to_json())
         return self.record(t, text=text, completion_tokens=n, finish=finish, answer=answer, cached=cached,
                            fallback=fallback, output_action=out.action, tokens=tokens)
-
-    def replaced(self, t: Turn, answer: Answer | None) -> tuple[str, int, str, bool] | None:
-        """What is shown instead of the model's answer (chatforge.runtime.hybrid.served_answer), or
-        None to show it: below serve.confidence_threshold, or confident but unlike every past answer to
-        similar questions (serve.hybrid.min_agreement), the past answer the model reranks best (when
-        the folder carries its exchanges and serve.hybrid is on; through the output filter like any
-        answer), else the fallback message for an unconfident answer. `answer` None: the stream was
-        judged unconfident on its first tokens. (text, completion tokens, finish reason, fallback?)."""
-        from chatforge.runtime.hybrid import served_answer
-
-        p = self.params
-        text, confidence = (answer.text, self.confidence(answer)) if answer is not None else ("", 0.0)
-        text, source = served_answer(text, confidence, threshold=p.confidence_threshold, prompt=t.messages,
-                                     lang=t.lang, loop=getattr(t.backend, "loop", None), fallback=p.fallback[t.lang])
-        if source == "model":
-            return None
-        if source == "retrieval":
-            out = self.filter.apply(text)
-            if out.action != "blocked":
-                self.metrics.retrieval_answers.labels(variant=t.variant).inc()
-                shown, n, finish = self._shown(t.backend, out.text, t.gen.max_new_tokens, "stop")
-                return shown, n, finish, False
-        shown, n, finish = self._shown(t.backend, p.fallback[t.lang], t.gen.max_new_tokens, "stop")
-        return shown, n, finish, True
-
-    def streams_live(self, t: Turn) -> bool:
-        """Whether this request's answer streams as it is decoded (a cache miss on a causal LM of
-        this server or an upstream; logprobs requests and cache hits send the finished answer in
-        chunks)."""
-        live_backend = hasattr(t.backend, "scheduler") or hasattr(t.backend, "stream")
-        # retrieval in the loop with the agreement check judges the whole answer before it is shown
-        loop = getattr(t.backend, "loop", None)
-        whole = loop is not None and loop.settings.min_agreement > 0
-        return (t.input_action != "blocked" and live_backend and not t.req.logprobs and not whole
-                and self.params.confidence_tokens is not None)
-
-    def stream(self, t: Turn, include_usage: bool, stop: threading.Event | None = None) -> Iterator[str]:
-        """Server-sent events for a prepared request. Live streaming: text is sent as tokens are
-        decoded, once the first serve.confidence_tokens tokens have decided between answer and
-        fallback; text that a stop string or a sensitive-word term could still claim is held back,
-        so nothing shown is ever withdrawn. A term found later ends the stream (content_filter).
-        Setting `stop` (the client went away) stops the decoding at the next token."""
-        if not self.streams_live(t):
-            yield from self.answer(t).sse(include_usage)
-            return
-        if (hit := self._cached(t)) is not None:
-            yield from self.answer(t, hit=hit).sse(include_usage)
-            return
-        yield from self._stream_live(t, include_usage, stop or threading.Event())
-
-    def _stream_live(self, t: Turn, include_usage: bool, stop_decoding: threading.Event) -> Iterator[str]:
-        p = self.params
-        events: queue.Queue[tuple[str, Any]] = queue.Queue()
-        future = self._decode(t, events, stop_decoding)
-        future.add_done_callback(lambda _f: events.put(("done", None)))
-        sse = LiveStream(id=f"chatcmpl-{uuid.uuid4().hex}", created=int(time.time()), model=t.req.model)
-        yield sse.role()
-        logprobs: list[float] = []
-        text, shown, sent = "", "", 0
-        decided, outcome, output_action = False, "answer", "none"
-        try:
-            while True:
-                kind, value = events.get()
-                if kind == "token":
-                    logprobs.append(value)
-                elif kind == "text":
-                    text += value
-                done = kind == "done"
-                if not decided and (done or len(logprobs) >= (p.confidence_tokens or 0)):
-                    decided = True
-                    if future.done() and future.exception() is not None:
-                        break
-                    # decided on the first tokens, or on the whole (short) answer once it is done
-                    judged = self.confidence(future.result()) if done else answer_confidence(
-                        logprobs, first=p.confidence_tokens)
-                    if judged < p.confidence_threshold:
-                        outcome = "fallback"
-                        break
-                if decided:
-                    stable = text if done else text[: len(text) - len(_open_word(text))]
-                    judged = self.filter.apply(stable)
-                    if judged.action == "blocked":
-                        outcome, output_action = "blocked", "blocked"
-                        t.terms.update(judged.terms)
-                        break
-                    if judged.action == "masked":
-                        output_action = "masked"
-                        t.terms.update(judged.terms)
-                    shown = judged.text
-                    safe = len(stable) if done else self.filter.pending_start(stable)
-                    if safe > sent:
-                        yield sse.delta(shown[sent:safe])
-                        if stop_decoding.is_set():  # resumed after the client left: that delta was not sent
-                            outcome = "abandoned"
-                            break
-                        sent = safe
-                if stop_decoding.is_set():  # the client went away (_relay): nothing more is sent
-                    outcome = "abandoned"
-                    break
-                if done:
-                    break
-        finally:
-            stop_decoding.set()  # the client went away, or the answer was decided against: stop decoding
-        if outcome == "abandoned":
-            # recorded with what the client was sent, under the id it already holds, so it can be rated
-            answer = future.result()
-            self.record(t, text=shown[:sent], completion_tokens=len(t.backend.token_ids(shown[:sent])),
-                        finish="abandoned", answer=answer, output_action=output_action, completion_id=sse.id,
-                        created=sse.created)
-            return
-        answer = future.result()
-        if output_action != "none":
-            self.metrics.filter_actions.labels(stage="output", action=output_action).inc()
-        fallback = outcome == "fallback"
-        if fallback:
-            text, n, finish, fallback = self.replaced(t, None) or ("", 0, "stop", True)
-            for piece in chunks(text):
-                yield sse.delta(piece)
-        elif outcome == "blocked":  # what was sent stays; the rest is withheld, as OpenAI's content_filter
-            text, n, finish = shown[:sent], len(t.backend.token_ids(shown[:sent])), "content_filter"
-        else:
-            text, n, finish = shown, answer.completion_tokens, answer.finish_reason
-            if t.cacheable:  # a whole answer, decoded to its end
-                self.cache.set(t.cache_key, answer.to_json())
-        completion = self.record(t, text=text, completion_tokens=n, finish=finish, answer=answer, fallback=fallback,
-                                 output_action=output_action, completion_id=sse.id, created=sse.created)
-        yield from sse.end(completion, include_usage)
-
-    def _decode(self, t: Turn, events: queue.Queue[tuple[str, Any]], stop: threading.Event) -> Future[Answer]:
-        """Start decoding `t`, putting ("token", logprob) and ("text", delta) on `events` as they
-        come; the Answer when done. A model of this server decodes on its DecodeScheduler; an
-        upstream's stream is read on a thread (closed when `stop` is set)."""
-        backend: Any = t.backend
-        if hasattr(backend, "scheduler"):
-            generation = backend.scheduler.submit(
-                t.messages, t.gen, on_text=lambda d: events.put(("text", d)),
-                on_token=lambda _t, lp: events.put(("token", lp)), cancelled=stop.is_set)
-            answer: Future[Answer] = Future()
-            generation.add_done_callback(lambda f: answer.set_exception(f.exception()) if f.exception()
-                                         else answer.set_result(backend.to_answer(f.result())))
-            return answer
-        upstream = backend.stream(t.messages, t.gen, lang=t.lang)  # raises before anything is sent
-
-        def pump() -> Answer:
-            received, logprobs = [], []
-            with upstream:
-                for delta, entries in upstream:
-                    for _, logprob, _ in entries:
-                        events.put(("token", logprob))
-                        logprobs.append(logprob)
-                    if delta:
-                        events.put(("text", delta))
-                        received.append(delta)
-                    if stop.is_set():  # what arrived so far, for the store; the rest is never read
-                        return Answer(text="".join(received), confidence=answer_confidence(logprobs),
-                                      finish_reason="stop", prompt_tokens=0, completion_tokens=len(logprobs),
-                                      token_logprobs=tuple(logprobs))
-                return upstream.answer
-
-        return self._pumps.submit(pump)
-
-    def record(self, t: Turn, *, text: str, completion_tokens: int, finish: str, answer: Answer | None,
-               cached: bool = False, fallback: bool = False, output_action: str = "none",
-               tokens: list[tuple[str, float, list[tuple[str, float]]]] | None = None,
-               completion_id: str | None = None, created: int | None = None) -> Completion:
-        """The Completion a client receives, counted in the metrics and stored (PII masked) unless
-        the request says `store: false`."""
-        if fallback:
-            self.metrics.fallbacks.labels(variant=t.variant).inc()
-        actions = (t.input_action, output_action)
-        completion = Completion(
-            id=completion_id or f"chatcmpl-{uuid.uuid4().hex}",
-            created=created or int(time.time()),
-            model=t.req.model,
-            text=text,
-            finish_reason=finish,
-            prompt_tokens=answer.prompt_tokens if answer else 0,
-            completion_tokens=completion_tokens,
-            variant=t.variant,
-            persona=t.persona,
-            confidence=self.confidence(answer) if answer else None,
-            fallback=fallback,
-            cached=cached,
-            filter_action="blocked" if "blocked" in actions else "masked" if "masked" in actions else "none",
-            want_logprobs=bool(t.req.logprobs),
-            tokens=tokens,
-        )
-        self.metrics.variant_requests.labels(variant=t.variant).inc()
-        self.metrics.tokens.labels(kind="prompt", variant=t.variant).inc(completion.prompt_tokens)
-        self.metrics.tokens.labels(kind="completion", variant=t.variant).inc(completion.completion_tokens)
-        if t.req.store is not False:  # store: false is honoured: nothing of the request is kept
-            try:
-                record_conversation(
-                    self.sessions,
-                    messages=t.messages,
-                    answer=text,
-                    mask=self.mask,
-                    id=completion.id,
-                    user=t.req.user,
-                    api_key_id=t.key_id,
-                    variant=t.variant,
-                    model_fingerprint=t.backend.fingerprint,
-                    persona=t.persona,
-                    lang=t.lang,
-                    intent=answer.intent if answer else None,
-                    latency_ms=(time.perf_counter() - t.started) * 1000,
-                    confidence=completion.confidence,
-                    fallback=fallback,
-                    input_filter=t.input_action,
-                    output_filter=output_action,
-                    filter_terms=",".join(sorted(t.terms)) or None,
-                    cached=cached,
-                    finish_reason=finish,
-                    prompt_tokens=completion.prompt_tokens,
-                    completion_tokens=completion.completion_tokens,
-                )
-            except Exception:  # the answer still goes out; the store failure is logged and counted
-                log.exception("could not record conversation %s", completion.id)
-                self.metrics.errors.labels(type="store").inc()
-        return completion
-
-    def feedback(self, req: FeedbackRequest, key_id: str | None) -> dict[str, Any]:
-        """Store a rating; only the key that created the completion may rate or correct it, and a
-        correction goes through the sensitive-word filter and waits for review before export."""
-        flagged = req.correction is not None and self.filter.apply(req.correction).action != "none"
-        try:
-            row = record_feedback(
-                self.sessions,
-                conversation_id=req.completion_id,
-                rating=req.rating,
-                correction=req.correction,
-                comment=req.comment,
-                api_key_id=key_id,
-                correction_flagged=flagged,
-                mask=self.mask,
-            )
-        except FeedbackForbidden:
-            raise APIError(
-                403,
-                "this completion was created with another API key: only the key that created a "
-                "completion may rate or correct it",
-                type="permission_error",
-                code="feedback_not_allowed",
-                param="completion_id",
-            ) from None
-        if row is None:
-            raise APIError(
-                404,
-                f"completion {req.completion_id!r} not found: send the `id` of a chat completion "
-                "this service returned",
-                code="completion_not_found",
-                param="completion_id",
-            )
-        return {"object": "feedback", "id": row, "completion_id": req.completion_id, "rating": req.rating,
-                "correction_review": correction_review(req.correction, flagged=flagged)}
 
 
 def create_app(config: ServeConfig, *, backends: dict[str, ModelBackend] | None = None) -> FastAPI:

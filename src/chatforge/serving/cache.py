@@ -16,7 +16,11 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from chatforge.runtime.backends import Answer
+    from chatforge.serving.settings import Turn
 
 log = logging.getLogger("chatforge.serving.cache")
 
@@ -161,4 +165,30 @@ class RedisCache:
             self._failed("set", exc)
 
 
-__all__ = ["AnswerCache", "LRUCache", "RedisCache", "cache_key"]
+__all__ = ["AnswerCache", "CacheStep", "LRUCache", "RedisCache", "cache_key"]
+
+
+class CacheStep:
+    """Step 3 of a chat request, the answer cache, for ChatService: a hit skips the model (the
+    judge still runs on it); Redis errors are counted and the service answers without a cache."""
+
+    cache: AnswerCache
+    metrics: Any  # chatforge.serving.metrics.ServeMetrics
+
+    def _cache_failed(self, op: str) -> None:
+        self.metrics.cache_errors.labels(op=op).inc()
+        self.metrics.cache_up.set(0)
+
+    def _cached(self, t: Turn) -> Answer | None:
+        if not t.cacheable:
+            return None
+        hit = self.cache.get(t.cache_key)
+        if isinstance(self.cache, RedisCache):
+            self.metrics.cache_up.set(1 if self.cache.available else 0)
+        if hit is None:
+            self.metrics.cache_misses.inc()
+            return None
+        self.metrics.cache_hits.inc()
+        from chatforge.runtime.backends import Answer  # torch-backed: loaded by the service anyway
+
+        return Answer.from_json(hit)

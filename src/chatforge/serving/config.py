@@ -61,9 +61,8 @@ def load_serve_config(
 ) -> ServeConfig:
     """Validate the serve section (raises ParamsError) and apply deployment overrides."""
     params = load_section("serve", path=Path(params_path))
-    assert isinstance(params, ServeParams)
     # ONNX variants run where the build checked them: quantize.providers (validated when opened)
-    providers = tuple(load_section("quantize", path=Path(params_path)).providers)  # type: ignore[attr-defined]
+    providers = tuple(load_section("quantize", path=Path(params_path)).providers)
     updates: dict[str, object] = {}
     if redis_url is not None:
         updates["redis_url"] = redis_url or None  # an empty string switches Redis off

@@ -12,8 +12,8 @@ import pytest
 import torch
 import yaml
 from gguf import GGMLQuantizationType, GGUFReader
-from tinymodels import TINY_CORPUS
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from tinymodels import TINY_CORPUS, write_tiny_causal_lm
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 from typer.testing import CliRunner
 
 from chatforge.cli import app
@@ -29,7 +29,7 @@ from chatforge.compress.gguf_export import (
 )
 from chatforge.io import sha256_tree
 from chatforge.modeling.tokenizer import train_bpe_tokenizer
-from chatforge.runtime.folder import Manifest, ModelFolderError, write_manifest
+from chatforge.runtime.folder import ModelFolderError
 
 CONVERSATIONS = [
     [{"role": "user", "content": "查询北京天气"}],
@@ -69,16 +69,8 @@ def tensor(reader: GGUFReader, name: str):
 
 
 def save_llama(folder: Path, tokenizer, *, tie: bool, intermediate: int = 128, seed: int = 1) -> Path:
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=intermediate, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=tie,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
-    )
-    torch.manual_seed(seed)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    write_manifest(folder, Manifest(family="causal_lm", variant="teacher", base="tiny"))
-    return folder
+    return write_tiny_causal_lm(folder, tokenizer=tokenizer, tie=tie, intermediate=intermediate, seed=seed,
+                                max_positions=256)
 
 
 @pytest.fixture(scope="module")

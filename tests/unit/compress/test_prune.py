@@ -173,19 +173,7 @@ def test_ratio_that_removes_no_mlp_channel_and_heads_on_an_encoder_are_refused()
 
 def _write_tiny_mha(folder: Path) -> Path:
     """A tiny LLaMA without GQA: 4 heads, 4 KV heads (what model.base: scratch builds)."""
-    import json
-
-    write_tiny_causal_lm(folder, layers=2)
-    from transformers import LlamaForCausalLM
-
-    config = json.loads((folder / "config.json").read_text())
-    config["num_key_value_heads"] = 4
-    (folder / "config.json").write_text(json.dumps(config))
-    torch.manual_seed(0)
-    from transformers import LlamaConfig
-
-    LlamaForCausalLM(LlamaConfig(**{k: v for k, v in config.items() if k not in ("architectures",)})).save_pretrained(folder)
-    return folder
+    return write_tiny_causal_lm(folder, layers=2, kv_heads=4)
 
 
 def test_gqa_heads_before_after_and_share_in_the_metrics(tmp_path: Path) -> None:

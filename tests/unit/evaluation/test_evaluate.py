@@ -15,7 +15,7 @@ from chatforge.params import EvaluateParams, ServeHybrid
 from chatforge.runtime import quality
 from chatforge.runtime.decode import load_generator
 from chatforge.runtime.quality import answer_samples
-from chatforge.serving.tiny import build_tiny_causal_lm, build_tiny_classifier
+from tinymodels import build_tiny_causal_lm, build_tiny_classifier
 
 torch.set_num_threads(1)
 
@@ -49,7 +49,24 @@ def test_samples_take_original_rows_and_skip_empty_references():
     assert sorted((s.conversation_id, s.reference) for s in samples) == [("a", "今日北京晴，15-25℃"), ("b", "It ships tomorrow.")]
     b = next(s for s in samples if s.conversation_id == "b")
     assert [m["content"] for m in b.prompt] == ["where is my order?", "", "order 12345"]
-    assert sc == {"references_empty_skipped": 1, "samples_zh": 1, "samples_en": 1}
+    assert sc == {"references_empty_skipped": 1, "references_pii_skipped": 0, "samples_zh": 1, "samples_en": 1}
+
+
+def test_samples_skip_references_showing_a_mask_tag_the_dialogue_never_held():
+    from chatforge.runtime.conversation import Conversation
+
+    def conv(cid, *turns):
+        return Conversation(cid, "zh", None, [{"role": r, "content": t} for r, t in turns])
+
+    convs = [
+        conv("p1", ("user", "这家餐馆的电话是多少？"), ("assistant", "电话是<PHONE>。"), ("user", "地址呢？"), ("assistant", "地址是西城区2号。")),
+        conv("p2", ("user", "我的电话是<PHONE>，请回电"), ("assistant", "已记录<PHONE>，稍后回电。")),
+    ]
+    samples, sc = answer_samples(convs, max_per_lang=None, seed=0)
+    # p1's first answer needs a number the dialogue never gave: skipped; p2's repeats the user's own (masked) number
+    assert sorted((s.conversation_id, s.reference) for s in samples) == [
+        ("p1", "地址是西城区2号。"), ("p2", "已记录<PHONE>，稍后回电。")]
+    assert sc == {"references_empty_skipped": 0, "references_pii_skipped": 1, "samples_zh": 2, "samples_en": 0}
 
 
 def test_empty_test_split_is_a_clear_error():

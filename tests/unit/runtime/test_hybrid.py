@@ -129,7 +129,7 @@ def test_a_confident_answer_unlike_every_past_answer_is_replaced(folder):
 
 
 def test_unfilled_pii_is_a_mask_tag_the_dialogue_never_held():
-    from chatforge.runtime.hybrid import unfilled_pii
+    from chatforge.data.clean import unfilled_pii
 
     asked = [{"role": "user", "content": "这个餐馆的电话是啥啊？"}]
     assert unfilled_pii("电话是<PHONE>。", asked) is True

@@ -15,7 +15,7 @@ from chatforge.params import ServeParams
 from chatforge.serving.app import create_app
 from chatforge.serving.backends import open_backend
 from chatforge.serving.config import ServeConfig
-from chatforge.serving.tiny import build_tiny_causal_lm
+from tinymodels import build_tiny_causal_lm
 
 # a Gemma/Qwen-style rule: one system message, and only first
 STRICT_TEMPLATE = (
