@@ -11,9 +11,11 @@ With the implied reward r(x, y) = log pi_theta(y|x) - log pi_ref(y|x) and the re
 
 and the batch loss is the mean over all examples of both kinds (NaN-ignoring). This module computes
 exactly what TRL's `KTOTrainer` computes for its default `loss_type="kto"`
-(trl/trainer/kto_trainer.py, `KTOTrainer._compute_loss`, which inlines what older releases called
-`kto_loss`); tests/unit/modeling/test_kto.py checks the values against TRL's own code on a committed
-fixture (tests/fixtures/kto/trl_reference.json, which names the TRL version and source commit).
+(trl/trainer/kto_trainer.py, `KTOTrainer._compute_loss`; until huggingface/trl#5999, commit
+3f6f7d28075ffa3107372feae39a870d9be1ee02, the same lines were the method `kto_loss`, which returned the
+unreduced losses that the caller then averaged with `losses.nanmean()`). tests/unit/modeling/test_kto.py
+checks the values against TRL's own code on a committed fixture (tests/fixtures/kto/trl_reference.json:
+TRL 1.16.0, and the git commits whose loss code is the same).
 
 The reference point: TRL pairs every prompt of a batch with another example's completion (the
 completions cycled by one: the last example's completion goes to the first prompt, see
