@@ -210,6 +210,46 @@ def feedback_export(
         typer.echo(held, err=True)
 
 
+@feedback_app.command("export-kto")
+def feedback_export_kto(
+    out: Annotated[Path, typer.Option(help="JSONL of KTO examples (prompt, completion, label); not a folder ingest reads.")] = Path(
+        "data/raw/feedback_kto/feedback_kto.jsonl"),
+    params: ParamsOpt = Path("params.yaml"),
+    database_url: DatabaseOpt = None,
+    include_unreviewed: Annotated[
+        bool, typer.Option("--include-unreviewed", help="Also export corrections not yet approved (never flagged or rejected ones).")
+    ] = False,
+) -> None:
+    """Write rated answers as KTO examples: thumbs-up and approved corrections desirable, thumbs-down undesirable.
+
+    Feedback that cannot become an example goes to <out stem>.rejects.jsonl with a reason.
+    """
+    from chatforge.io import write_jsonl
+    from chatforge.modeling.kto import default_weights
+    from chatforge.serving.feedback_export import describe_held_back, export_kto
+    from chatforge.serving.store import open_store
+
+    serve_params = _serve_params(params, database_url)
+    exported = export_kto(open_store(serve_params.database_url), include_unreviewed=include_unreviewed)
+    n = write_jsonl(exported.rows, out)
+    rejects_path = out.with_name(f"{out.stem}.rejects.jsonl")
+    write_jsonl(exported.rejects, rejects_path)
+    desirable = sum(row["label"] for row in exported.rows)
+    typer.echo(f"wrote {n} KTO examples ({desirable} desirable, {n - desirable} undesirable) to {out}")
+    if n:
+        weight_d, weight_u = default_weights(desirable, n - desirable)
+        typer.echo(f"weights that meet TRL's [1, 4/3] rule for these counts: desirable_weight={weight_d}, "
+                   f"undesirable_weight={weight_u}")
+    if exported.rejects:
+        typer.echo(f"rejected {len(exported.rejects)} feedback rows, reasons in {rejects_path}", err=True)
+    skipped = ", ".join(f"{count} {reason.replace('_', ' ')}" for reason, count in exported.skipped.items() if count)
+    if skipped:
+        typer.echo(f"no example from: {skipped}", err=True)
+    held = describe_held_back(exported.held_back)
+    if held:
+        typer.echo(held, err=True)
+
+
 def _preview(text: str, max_chars: int = 60) -> str:
     # user text on a reviewer's terminal: one line, no control characters (escape sequences)
     flat = " ".join("".join(c if c.isprintable() else " " for c in text).split())
