@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from chatforge.runtime.folder import MANIFEST_NAME, read_family, read_manifest
+from chatforge.runtime.folder import MANIFEST_NAME, load_torch, read_family, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -309,7 +309,6 @@ def export_gguf(
     import gguf
     import numpy as np
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from chatforge.io import atomic_path
 
@@ -317,8 +316,7 @@ def export_gguf(
         raise GgufExportError(f"--type {gguf_type!r}: choose one of {', '.join(GGUF_TYPES)}.")
     folder = Path(folder)
     check_exportable(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model, tokenizer, _ = load_torch(folder, family="causal_lm", dtype=torch.float32)
     config = model.config
     vocab = read_vocab(tokenizer, vocab_size=model.get_input_embeddings().weight.shape[0])
     heads = config.num_attention_heads

@@ -192,13 +192,11 @@ def _check(target: Path) -> None:
 
 def load_for_export(folder: Path, *, key: str = "quantize.source") -> tuple[Any, str]:
     """Load a float32 model from a pipeline folder with eager attention (traceable); return it and its family."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers import AutoConfig
 
-    from chatforge.runtime.folder import read_family
+    from chatforge.runtime.folder import load_torch, read_family
 
     family = read_family(folder, key=key)
-    config = AutoConfig.from_pretrained(folder)
-    _architecture(config, key=key)
-    cls = AutoModelForCausalLM if family == "causal_lm" else AutoModelForSequenceClassification
-    model = cls.from_pretrained(folder, dtype="float32", attn_implementation="eager").eval()
+    _architecture(AutoConfig.from_pretrained(folder), key=key)
+    model, _, _ = load_torch(folder, family=family, dtype="float32", attn_implementation="eager")
     return model, family

@@ -23,6 +23,7 @@ from chatforge.modeling.data import collate_padded
 from chatforge.modeling.schedule import cosine_with_floor
 from chatforge.runtime.conversation import IGNORE, Conversation, tokenize_conversations
 from chatforge.runtime.device import accelerator, to_device
+from chatforge.runtime.folder import load_torch
 
 
 class CompressError(ValueError):
@@ -30,11 +31,8 @@ class CompressError(ValueError):
 
 
 def load_model(folder: Path, family: str) -> tuple[Any, Any]:
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
-
-    cls = AutoModelForCausalLM if family == "causal_lm" else AutoModelForSequenceClassification
-    model = cls.from_pretrained(folder, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    """The folder's model in float32 (chatforge.runtime.folder.load_torch) and its tokenizer, padded with EOS."""
+    model, tokenizer, _ = load_torch(folder, family=family, dtype=torch.float32)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer

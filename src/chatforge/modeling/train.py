@@ -118,32 +118,26 @@ def check_inputs(
 
 # ----------------------------------------------------------------------------- model loading
 def load_for_training(mp: ModelParams, tp: TrainParams, base_dir: Path, *, labels: list[str] | None) -> tuple[Any, Any]:
-    from transformers import (
-        AutoConfig,
-        AutoModelForCausalLM,
-        AutoModelForSequenceClassification,
-        AutoTokenizer,
-    )
+    """The base folder in float32 (chatforge.runtime.folder.load_torch) with what training adds: the
+    dropout overrides, and for a classifier the label head (seeded by model.seed)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from chatforge.runtime.folder import load_torch
 
     tokenizer = AutoTokenizer.from_pretrained(base_dir, trust_remote_code=mp.trust_remote_code)
     config = AutoConfig.from_pretrained(base_dir, trust_remote_code=mp.trust_remote_code)
     overrides = dropout_overrides(config, hidden=tp.dropout, attention=tp.attention_dropout)
     for key, value in overrides.items():
         setattr(config, key, value)
-    if mp.family == "causal_lm":
-        model = AutoModelForCausalLM.from_pretrained(
-            base_dir, config=config, dtype=torch.float32, trust_remote_code=mp.trust_remote_code
-        )
-    else:
+    if mp.family != "causal_lm":
         assert labels is not None
         config.num_labels = len(labels)
         config.id2label = dict(enumerate(labels))
         config.label2id = {name: i for i, name in enumerate(labels)}
         config.problem_type = "single_label_classification"
         torch.manual_seed(mp.seed)  # the new classification head
-        model = AutoModelForSequenceClassification.from_pretrained(
-            base_dir, config=config, dtype=torch.float32, trust_remote_code=mp.trust_remote_code
-        )
+    model, tokenizer, _ = load_torch(base_dir, family=mp.family, tokenizer=tokenizer, config=config, dtype=torch.float32,
+                                     trust_remote_code=mp.trust_remote_code)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     return model, tokenizer

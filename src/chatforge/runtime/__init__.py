@@ -1,8 +1,9 @@
 """A built model folder and how to run it (../shared/DESIGN.md): what a stage publishes, evaluate
 measures and serving runs is the same folder opened by the same code.
 
-- folder.py: the folder itself: manifest (chatforge.json), family, checks, `ModelFolderError`, and
-  `publish_folder`, the one way a stage writes a model folder
+- folder.py: the folder itself: manifest (chatforge.json), family, checks, `ModelFolderError`,
+  `load_torch`, the one way a folder's weights become a torch model, and `publish_folder`, the one
+  way a stage writes a model folder
 - conversation.py: `Conversation` and tokenising chats (chat template, assistant-only labels)
 - slots.py: slot placeholders (order numbers, cities ...) encoded into prompts, decoded from answers
 - device.py: where models run (accelerator or CPU, ONNX Runtime execution providers)

@@ -23,7 +23,7 @@ import numpy as np
 
 from chatforge.runtime.decode import Backend, GenerationConfig
 from chatforge.runtime.device import onnx_session, place
-from chatforge.runtime.folder import MANIFEST_NAME, read_manifest
+from chatforge.runtime.folder import MANIFEST_NAME, load_torch, read_manifest
 
 log = logging.getLogger("chatforge.runtime.backends")
 
@@ -154,11 +154,9 @@ class ClassifierBackend(Tokens):
             self.model = None
             weights = onnx_path
         else:
-            from transformers import AutoModelForSequenceClassification
-
             weights = folder / "model.safetensors"
             self.onnx = None
-            self.model = place(AutoModelForSequenceClassification.from_pretrained(folder, dtype="float32").eval())
+            self.model = place(load_torch(folder, family=self.family, tokenizer=self.tokenizer)[0])
         h.update(weights.read_bytes())
         self.fingerprint = f"classifier:{h.hexdigest()[:16]}"
         self._lock = threading.Lock()

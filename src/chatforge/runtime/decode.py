@@ -22,7 +22,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from chatforge.metrics import answer_confidence
-from chatforge.runtime.folder import read_family
+from chatforge.runtime.folder import load_torch, read_family
 from chatforge.runtime.slots import SlotCodec, codec_for
 
 Backend = Literal["auto", "torch", "onnx", "onnx_int8"]
@@ -701,11 +701,9 @@ def load_generator(folder: Path | str, *, backend: Backend = "auto", providers: 
         raise FileNotFoundError(
             f"{folder}: no model.safetensors for backend='torch' (ONNX-only folders need backend onnx/onnx_int8)."
         )
-    from transformers import AutoModelForCausalLM
-
     from chatforge.runtime.device import place
 
-    model = place(AutoModelForCausalLM.from_pretrained(folder, dtype="float32"))
+    model = place(load_torch(folder, family=family, tokenizer=tokenizer)[0])
     where = "torch" if model.device.type == "cpu" else f"torch@{model.device.type}"  # the device is part of the cache key
     return TorchGenerator(model, tokenizer, fingerprint=_fingerprint(weights, where))
 

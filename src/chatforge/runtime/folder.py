@@ -5,9 +5,9 @@ chat template) plus this manifest. Classifier folders also carry `responses.json
 ({intent: {"zh": answer, "en": answer}}) and their labels in config.id2label.
 ONNX folders add model.onnx / model.int8.onnx next to the tokenizer.
 
-Every stage, evaluate and serving open a folder through `open_folder` / `read_family`, and a folder
-that is not a usable model folder raises one error, `ModelFolderError`, whose message says what is
-wrong and how to fix it. Every stage that builds a model (base, train, distill, prune, quantize)
+Every stage, evaluate and serving open a folder through `open_folder` / `read_family` and load
+its torch weights through `load_torch`; a folder that is not a usable model folder raises one error,
+`ModelFolderError`, whose message says what is wrong and how to fix it. Every stage that builds a model (base, train, distill, prune, quantize)
 writes it through `publish_folder`; a derived folder's manifest is `derived_manifest` of its parent.
 """
 
@@ -131,6 +131,32 @@ def read_family(folder: Path | str, *, key: str | None = None, plain_ok: bool = 
         return read_manifest(folder, key=key).family
     archs = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8")).get("architectures") or []
     return "causal_lm" if any(a.endswith("ForCausalLM") for a in archs) else "classifier"
+
+
+def load_torch(folder: Path | str, *, family: str | None = None, key: str | None = None, plain_ok: bool = False,
+               tokenizer: Any = None, dtype: Any = "float32", trust_remote_code: bool | None = None,
+               **load_kwargs: Any) -> tuple[Any, Any, str]:
+    """Load the model folder `folder` into torch: the one way a built folder becomes a torch model.
+
+    Returns (model, tokenizer, family). Without `family`, the folder is checked first and its
+    family read (`read_family(folder, key=key, plain_ok=plain_ok)`: ModelFolderError names what is
+    wrong); a caller that passes `family` has checked the folder itself. A causal_lm loads as
+    AutoModelForCausalLM, any other family as AutoModelForSequenceClassification, in `dtype`
+    (float32 unless told), in eval mode (as transformers leaves it; training callers switch to train
+    mode themselves). `tokenizer`: one the caller already loaded (else the folder's is loaded first,
+    before the weights); `trust_remote_code` (model.trust_remote_code) goes to both loads when given;
+    `load_kwargs` (config=, attn_implementation=, ...) go to the model's from_pretrained only."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    folder = Path(folder)
+    if family is None:
+        family = read_family(folder, key=key, plain_ok=plain_ok)
+    remote = {} if trust_remote_code is None else {"trust_remote_code": trust_remote_code}
+    if tokenizer is None:
+        tokenizer = AutoTokenizer.from_pretrained(folder, **remote)
+    cls = AutoModelForCausalLM if family == "causal_lm" else AutoModelForSequenceClassification
+    model = cls.from_pretrained(folder, dtype=dtype, **remote, **load_kwargs).eval()
+    return model, tokenizer, family
 
 
 def sections_sha256(*sections: Any) -> str:
