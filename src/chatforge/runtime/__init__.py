@@ -8,8 +8,9 @@ measures and serving runs is the same folder opened by the same code.
 - slots.py: slot placeholders (order numbers, cities ...) encoded into prompts, decoded from answers
 - device.py: where models run (accelerator or CPU, ONNX Runtime execution providers)
 - decode.py: decoding, torch and ONNX (`load_generator`, `Generator.logprobs`, `OnnxCausalLM`)
-- backends.py: `Answer` and the intent-classifier backend (`OnnxClassifier`)
-- quality.py: the one answer-quality path (samples, full answers, scores, perplexity, retention)
+- backends.py: the backend protocol and the intent-classifier backend (`OnnxClassifier`)
+- quality.py: `Answer`, the one answer type, and the one answer-quality path (samples, full answers,
+  scores, perplexity, retention)
   and the one latency definition (`request_latency`)
 - retrieval.py, index.py, encoder.py, hybrid.py: the retrieval baseline and retrieval in the loop
 """

@@ -1,4 +1,5 @@
-"""What evaluate and serving both answer with: the `Answer` a backend gives, and the intent
+"""What evaluate and serving both answer with: the backend protocol (whose `Answer` is
+chatforge.runtime.quality.Answer, the one answer type evaluate scores too), and the intent
 classifier backend (a causal LM answers through chatforge.runtime.decode; serving wraps it in its
 request batcher, chatforge.serving.backends.CausalLMBackend).
 
@@ -15,50 +16,17 @@ import json
 import logging
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from chatforge.runtime.decode import Backend, GenerationConfig
 from chatforge.runtime.device import onnx_session, place
 from chatforge.runtime.folder import MANIFEST_NAME, load_torch, read_manifest
+from chatforge.runtime.quality import Answer
 
 log = logging.getLogger("chatforge.runtime.backends")
-
-
-@dataclass(frozen=True)
-class Answer:
-    text: str
-    confidence: float
-    finish_reason: Literal["stop", "length"]
-    prompt_tokens: int
-    completion_tokens: int
-    intent: str | None = None
-    # per generated token: its text (they add up to `text`), log-probability and top alternatives;
-    # empty for a classifier, whose answer is not generated
-    token_texts: tuple[str, ...] = ()
-    token_logprobs: tuple[float, ...] = ()
-    top_logprobs: tuple[tuple[tuple[str, float], ...], ...] = ()
-
-    def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Answer:
-        data = dict(data)
-        data["token_texts"] = tuple(data.get("token_texts", ()))
-        data["token_logprobs"] = tuple(data.get("token_logprobs", ()))
-        data["top_logprobs"] = tuple(tuple((str(t), float(lp)) for t, lp in top) for top in data.get("top_logprobs", ()))
-        return cls(**data)
-
-    def tokens(self) -> list[tuple[str, float, list[tuple[str, float]]]] | None:
-        """(text, logprob, top alternatives) per token; None when the answer has no tokens."""
-        if not self.token_texts:
-            return None
-        tops = self.top_logprobs or tuple(() for _ in self.token_texts)
-        return [(t, lp, list(top)) for t, lp, top in zip(self.token_texts, self.token_logprobs, tops, strict=True)]
 
 
 class ModelBackend(Protocol):
@@ -190,4 +158,4 @@ class ClassifierBackend(Tokens):
         )
 
 
-__all__ = ["Answer", "ClassifierBackend", "ModelBackend", "OnnxClassifier", "Tokens"]
+__all__ = ["ClassifierBackend", "ModelBackend", "OnnxClassifier", "Tokens"]

@@ -16,7 +16,7 @@ import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
@@ -54,9 +54,39 @@ class Sample:
 
 @dataclass(frozen=True)
 class Answer:
+    """A model's answer: the one type evaluate scores (`generate_answers`) and serving returns
+    (chatforge.runtime.backends.ModelBackend.answer, the cache, the upstream client)."""
+
     text: str
-    finish_reason: str  # "stop" (EOS or stop string) | "length" (the limit cut it)
+    finish_reason: Literal["stop", "length"]  # "stop" (EOS or stop string) | "length" (the limit cut it)
     confidence: float = float("nan")  # metrics.answer_confidence of the generated tokens; nan: not generated
+    # token usage as serving reports it; 0 where it is not counted (evaluate's answers)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    intent: str | None = None  # a classifier's intent
+    # per generated token: its text (they add up to `text`), log-probability and top alternatives;
+    # empty for a classifier, whose answer is not generated
+    token_texts: tuple[str, ...] = ()
+    token_logprobs: tuple[float, ...] = ()
+    top_logprobs: tuple[tuple[tuple[str, float], ...], ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Answer:
+        data = dict(data)
+        data["token_texts"] = tuple(data.get("token_texts", ()))
+        data["token_logprobs"] = tuple(data.get("token_logprobs", ()))
+        data["top_logprobs"] = tuple(tuple((str(t), float(lp)) for t, lp in top) for top in data.get("top_logprobs", ()))
+        return cls(**data)
+
+    def tokens(self) -> list[tuple[str, float, list[tuple[str, float]]]] | None:
+        """(text, logprob, top alternatives) per token; None when the answer has no tokens."""
+        if not self.token_texts:
+            return None
+        tops = self.top_logprobs or tuple(() for _ in self.token_texts)
+        return [(t, lp, list(top)) for t, lp, top in zip(self.token_texts, self.token_logprobs, tops, strict=True)]
 
 
 def answer_samples(convs: Sequence[Conversation], *, max_per_lang: int | None, seed: int) -> tuple[list[Sample], dict[str, int]]:

@@ -34,7 +34,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chatforge.data.lang import detect_lang
 from chatforge.params import ServeVariant
-from chatforge.runtime.backends import Answer, ModelBackend
+from chatforge.runtime.backends import ModelBackend
+from chatforge.runtime.quality import Answer
 from chatforge.serving.auth import KeyRing, read_keys
 from chatforge.serving.backends import open_backend
 from chatforge.serving.cache import AnswerCache, CacheStep, LRUCache, RedisCache

@@ -1,6 +1,6 @@
 """Serving's model backends: a causal LM behind the request batcher, or a classifier, opened by family.
 
-Both answer a list of chat messages with an `Answer` (chatforge.runtime.backends) carrying a
+Both answer a list of chat messages with an `Answer` (chatforge.runtime.quality) carrying a
 confidence, so the service applies one threshold to either family:
 - causal LM: the geometric-mean token probability of the answer (Generation.confidence), computed
   under the model's own distribution whatever the sampling temperature;
@@ -16,9 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from chatforge.runtime.backends import Answer, ClassifierBackend, ModelBackend, Tokens
+from chatforge.runtime.backends import ClassifierBackend, ModelBackend, Tokens
 from chatforge.runtime.decode import Backend, GenerationConfig, load_generator
 from chatforge.runtime.folder import read_family
+from chatforge.runtime.quality import Answer
 
 
 class PromptError(ValueError):

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from chatforge.runtime.backends import Answer
+    from chatforge.runtime.quality import Answer
     from chatforge.serving.settings import Turn
 
 log = logging.getLogger("chatforge.serving.cache")
@@ -189,6 +189,6 @@ class CacheStep:
             self.metrics.cache_misses.inc()
             return None
         self.metrics.cache_hits.inc()
-        from chatforge.runtime.backends import Answer  # torch-backed: loaded by the service anyway
+        from chatforge.runtime.quality import Answer
 
         return Answer.from_json(hit)

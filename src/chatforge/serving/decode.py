@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from chatforge.metrics import answer_confidence
 from chatforge.params import ServeParams
 from chatforge.runtime.fallback import falls_back
-from chatforge.runtime.backends import Answer
+from chatforge.runtime.quality import Answer
 from chatforge.serving.cache import AnswerCache
 from chatforge.serving.filters import SensitiveFilter
 from chatforge.serving.metrics import ServeMetrics

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from chatforge.params import ServeParams
 from chatforge.runtime.fallback import confidence as fallback_confidence
-from chatforge.runtime.backends import Answer, ModelBackend
+from chatforge.runtime.backends import ModelBackend
+from chatforge.runtime.quality import Answer
 from chatforge.serving.filters import SensitiveFilter
 from chatforge.serving.metrics import ServeMetrics
 from chatforge.serving.settings import Turn

@@ -10,7 +10,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from chatforge.runtime.backends import Answer
+from chatforge.runtime.quality import Answer
 from chatforge.serving.errors import APIError
 from chatforge.serving.filters import SensitiveFilter
 from chatforge.serving.metrics import ServeMetrics

@@ -41,7 +41,7 @@ import httpx
 
 from chatforge.metrics import answer_confidence
 from chatforge.params import ServeUpstream
-from chatforge.runtime.backends import Answer
+from chatforge.runtime.quality import Answer
 from chatforge.runtime.decode import GenerationConfig
 from chatforge.serving.errors import APIError
 
