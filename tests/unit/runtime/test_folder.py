@@ -12,6 +12,7 @@ from chatforge.runtime.folder import (
     Manifest,
     ModelFolderError,
     derived_manifest,
+    load_torch,
     open_folder,
     publish_folder,
     read_family,
@@ -157,3 +158,28 @@ def test_publish_folder_is_atomic(tmp_path: Path) -> None:
                        tokenizer=_Fails("tokenizer.json"))
     assert (out / "model.safetensors").read_text(encoding="utf-8") == "v1"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["student"]  # no temporary sibling left behind
+
+
+def test_load_torch_picks_the_class_by_family_and_loads_float32_in_eval_mode(tiny_causal_lm: Path, tiny_classifier: Path) -> None:
+    import torch
+
+    model, tokenizer, family = load_torch(tiny_causal_lm)
+    assert family == "causal_lm" and type(model).__name__.endswith("ForCausalLM")
+    assert not model.training and next(model.parameters()).dtype == torch.float32
+    assert tokenizer.chat_template
+    model, given, family = load_torch(tiny_classifier, tokenizer=tokenizer)
+    assert family == "classifier" and type(model).__name__.endswith("ForSequenceClassification")
+    assert given is tokenizer  # a tokenizer the caller loaded is used as it is
+
+
+def test_load_torch_checks_the_folder_first(tmp_path: Path) -> None:
+    with pytest.raises(ModelFolderError, match=r"quantize\.source: model folder .* does not exist"):
+        load_torch(tmp_path / "missing", key="quantize.source")
+    with pytest.raises(ModelFolderError, match="no chatforge.json"):
+        load_torch(_plain(tmp_path / "plain"))  # a plain transformers folder only with plain_ok
+
+
+def _plain(root: Path) -> Path:
+    root.mkdir()
+    (root / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}), encoding="utf-8")
+    return root
