@@ -156,22 +156,12 @@ def kto_loss(
     if z0.numel() != 1:
         raise KTOError(f"kl has {z0.numel()} values: the reference point is one number per batch (kl_reference_point)")
 
-    chosen_idx = torch.nonzero(desirable, as_tuple=False).view(-1)
-    rejected_idx = torch.nonzero(~desirable, as_tuple=False).view(-1)
-    empty = policy_logps.new_empty((0,))
-
-    if chosen_idx.numel() != 0:
-        chosen_logratios = policy_logps.index_select(0, chosen_idx) - reference_logps.index_select(0, chosen_idx)
-        chosen_losses = 1 - F.sigmoid(beta * (chosen_logratios - z0))
-        chosen_rewards = beta * chosen_logratios.detach()
-    else:
-        chosen_losses, chosen_rewards = empty, empty
-    if rejected_idx.numel() != 0:
-        rejected_logratios = policy_logps.index_select(0, rejected_idx) - reference_logps.index_select(0, rejected_idx)
-        rejected_losses = 1 - F.sigmoid(beta * (z0 - rejected_logratios))
-        rejected_rewards = beta * rejected_logratios.detach()
-    else:
-        rejected_losses, rejected_rewards = empty, empty
+    # boolean indexing keeps the batch order and gives empty tensors for a kind the batch lacks
+    logratios = policy_logps - reference_logps
+    chosen_logratios, rejected_logratios = logratios[desirable], logratios[~desirable]
+    chosen_losses = 1 - F.sigmoid(beta * (chosen_logratios - z0))
+    rejected_losses = 1 - F.sigmoid(beta * (z0 - rejected_logratios))
+    chosen_rewards, rejected_rewards = beta * chosen_logratios.detach(), beta * rejected_logratios.detach()
     losses = torch.cat((desirable_weight * chosen_losses, undesirable_weight * rejected_losses), 0)
     return KTOLoss(loss=losses.nanmean(), chosen_rewards=chosen_rewards, rejected_rewards=rejected_rewards, kl=z0)
 

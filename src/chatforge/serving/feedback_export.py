@@ -19,6 +19,7 @@ desirable example of its text. The supervised export above is unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,22 @@ from chatforge.serving.store import Conversation, Feedback
 # review statuses a correction can be held back for, and "blocked_input": a conversation whose
 # messages the sensitive-word filter blocked (its history holds the term as sent) is never exported
 HELD_BACK_REASONS = ("held", "pending", "rejected", "blocked_input")
+
+
+def _judged(session: Session) -> Iterator[tuple[Conversation, Feedback]]:
+    """Each conversation with feedback, by id, with its latest current feedback row (the one it is
+    judged by; superseded ratings are history). Conversations whose feedback is all superseded are
+    left out."""
+    conversations = session.scalars(
+        select(Conversation)
+        .where(Conversation.feedback.any())
+        .options(selectinload(Conversation.messages), selectinload(Conversation.feedback))
+        .order_by(Conversation.id)
+    ).all()
+    for conv in conversations:
+        current = [f for f in conv.feedback if f.current]
+        if current:
+            yield conv, max(current, key=lambda f: f.id)
 
 
 @dataclass(frozen=True)
@@ -48,17 +65,7 @@ def export_feedback(sessions: sessionmaker[Session], *, include_unreviewed: bool
     rows = []
     held_back = dict.fromkeys(HELD_BACK_REASONS, 0)
     with sessions() as session:
-        conversations = session.scalars(
-            select(Conversation)
-            .where(Conversation.feedback.any())
-            .options(selectinload(Conversation.messages), selectinload(Conversation.feedback))
-            .order_by(Conversation.id)
-        ).all()
-        for conv in conversations:
-            current = [f for f in conv.feedback if f.current]
-            if not current:
-                continue
-            latest = max(current, key=lambda f: f.id)
+        for conv, latest in _judged(session):
             corrected = latest.correction is not None and latest.correction.strip() != ""
             if conv.input_filter == "blocked" and (corrected or latest.rating > 0):
                 held_back["blocked_input"] += 1  # its history holds a lexicon term verbatim (block mode)
@@ -163,17 +170,7 @@ def export_kto(sessions: sessionmaker[Session], *, include_unreviewed: bool = Fa
     held_back = dict.fromkeys(HELD_BACK_REASONS, 0)
     skipped = dict.fromkeys(KTO_SKIP_REASONS, 0)
     with sessions() as session:
-        conversations = session.scalars(
-            select(Conversation)
-            .where(Conversation.feedback.any())
-            .options(selectinload(Conversation.messages), selectinload(Conversation.feedback))
-            .order_by(Conversation.id)
-        ).all()
-        for conv in conversations:
-            current = [f for f in conv.feedback if f.current]
-            if not current:
-                continue
-            latest = max(current, key=lambda f: f.id)
+        for conv, latest in _judged(session):
 
             def reject(reason: str, conv: Conversation = conv, latest: Feedback = latest) -> None:
                 rejects.append({"conversation_id": conv.id, "feedback_id": latest.id, "reason": reason})
