@@ -107,7 +107,8 @@ def main() -> None:
     flat = {lang: [e for entries in by_kind.values() for e in entries] for lang, by_kind in gazetteer.items()}
     rows: dict[str, dict[str, Any]] = {}
     rows["retrieval"], _ = ev.evaluate_retrieval(train_split, samples, gazetteer=flat, questions=questions, judge=judge)
-    serving = ev.Serving(sp.confidence_threshold, sp.confidence_tokens, sp.hybrid, sp.fallback)
+    serving = ev.Serving(sp.confidence_threshold, sp.confidence_tokens, sp.hybrid, sp.fallback,
+                         ev.Sampling(sp.temperature, sp.top_p, sp.seed))
     served, _ = ev.evaluate_variant("teacher", out_dir, convs, samples, ep.model_copy(update={"latency_runs": 1}),
                                     serving=serving, gazetteer=flat, questions=questions, judge=judge)
     rows["served: model + retrieval in the loop"] = served

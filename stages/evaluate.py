@@ -40,7 +40,8 @@ def main(
         threshold = params.confidence_threshold or serve.confidence_threshold
         providers = onnx_providers(load_section("quantize").providers)  # ONNX variants: quantize.providers
     log = stage.start("evaluate")
-    serving = ev.Serving(threshold, serve.confidence_tokens, serve.hybrid, serve.fallback)
+    serving = ev.Serving(threshold, serve.confidence_tokens, serve.hybrid, serve.fallback,
+                         ev.Sampling(serve.temperature, serve.top_p, serve.seed))
     with stage.bad_input("evaluate", ev.EvaluationError, GazetteerError, ParaphraseError, ValueError):
         inputs = ev.read_inputs(test_path, train_path, gazetteers, paraphrases, params=params,
                                 slot_kinds=model.slots.kinds, fallbacks=serve.fallback.values())

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from chatforge.data.lang import detect_lang
-from chatforge.runtime.decode import GenerationConfig
+from chatforge.runtime.decode import GenerationConfig, conversation_seed
 
 
 @dataclass(frozen=True)
@@ -42,8 +42,13 @@ def chat_loop(
     persona: Persona | None = None,
     personas: dict[str, Persona] | None = None,
     served: Served | None = None,
+    seed: int = 0,
 ) -> list[dict[str, str]]:
     """Read user lines, write answers; returns the conversation (for tests and transcripts).
+
+    A sampled reply (temperature > 0, no seed in `config`) is seeded by the conversation so far and
+    `seed` (serve.seed), as `chatforge serve` seeds a request without one: the same conversation
+    gets the same reply in the terminal and over HTTP.
 
     With `served`, a causal LM's answer is shown as `chatforge serve` shows it
     (chatforge.runtime.hybrid.served_answer: the confidence threshold, retrieval in the loop, the
@@ -84,6 +89,9 @@ def chat_loop(
             continue
         messages.append({"role": "user", "content": line})
         prompt = system() + messages
+        turn = config
+        if config.temperature > 0 and config.seed is None:
+            turn = replace(config, seed=conversation_seed(prompt, seed))
         write("bot> ")
         generator = getattr(backend, "generator", None)
         if generator is not None and served is not None:  # causal LM as served: decided on the whole answer
@@ -91,7 +99,7 @@ def chat_loop(
             from chatforge.runtime.hybrid import served_answer
 
             lang = detect_lang(line)
-            gen = generator.generate(prompt, config)
+            gen = generator.generate(prompt, turn)
             confidence = answer_confidence(gen.token_logprobs, first=served.confidence_tokens)
             text, source = served_answer(gen.text, confidence, threshold=served.threshold, prompt=prompt, lang=lang,
                                          loop=getattr(backend, "loop", None), fallback=served.fallback[lang])
@@ -100,12 +108,12 @@ def chat_loop(
             messages.append({"role": "assistant", "content": text})
             continue
         if generator is not None:  # causal LM: print tokens as they come
-            for delta in generator.stream(prompt, config):
+            for delta in generator.stream(prompt, turn):
                 write(delta)
             text = generator.last.text if generator.last else ""
             confidence = generator.last.confidence if generator.last else 0.0
         else:
-            answer = backend.answer(prompt, config, lang=detect_lang(line))
+            answer = backend.answer(prompt, turn, lang=detect_lang(line))
             text, confidence = answer.text, answer.confidence
             write(text)
         write(f"\n     (confidence {confidence:.2f})\n")

@@ -38,8 +38,8 @@ def chat(
     model_dir: Annotated[Path, typer.Argument(help="Any variant folder the pipeline built (models/teacher, models/onnx, ...).")],
     backend: Annotated[str, typer.Option(help="auto | torch | onnx | onnx_int8 (auto prefers INT8 ONNX).")] = "auto",
     persona: Annotated[str | None, typer.Option(help="A persona preset from params.yaml serve.personas.")] = None,
-    temperature: Annotated[float, typer.Option(min=0.0, max=2.0, help="0 = greedy; persona presets use 0.7-1.2.")] = 0.0,
-    top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
+    temperature: Annotated[float | None, typer.Option(min=0.0, max=2.0, help="0 = greedy; default serve.temperature (0.7), seeded per conversation as serve does; persona presets use 0.7-1.2.")] = None,
+    top_p: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Default serve.top_p (0.9).")] = None,
     max_tokens: Annotated[int, typer.Option(min=1, max=2048)] = 128,
     params_path: Annotated[Path, typer.Option("--params", help="params.yaml with serve.personas.")] = Path("params.yaml"),
     raw: Annotated[bool, typer.Option("--raw", help="Stream the model's own tokens: no confidence threshold, no retrieval in the loop.")] = False,
@@ -59,6 +59,7 @@ def chat(
     hybrid, served = fields["hybrid"].get_default(call_default_factory=True), None
     rules = (fields["confidence_threshold"].default, fields["confidence_tokens"].default,
              fields["fallback"].get_default(call_default_factory=True))
+    sampling = (fields["temperature"].default, fields["top_p"].default, fields["seed"].default)
     if params_path.exists():
         from chatforge.params import ParamsError, load_section
 
@@ -66,6 +67,7 @@ def chat(
             serve = load_section("serve", path=params_path)
             presets = {n: Persona(n, p.temperature, p.top_p, p.system_prompt) for n, p in serve.personas.items()}
             hybrid, rules = serve.hybrid, (serve.confidence_threshold, serve.confidence_tokens, serve.fallback)
+            sampling = (serve.temperature, serve.top_p, serve.seed)
         except ParamsError as exc:
             typer.echo(str(exc), err=True)
             raise typer.Exit(2) from None
@@ -77,8 +79,8 @@ def chat(
     chosen = presets.get(persona) if persona else None
     config = GenerationConfig(
         max_new_tokens=max_tokens,
-        temperature=chosen.temperature if chosen else temperature,
-        top_p=chosen.top_p if chosen else top_p,
+        temperature=chosen.temperature if chosen else (sampling[0] if temperature is None else temperature),
+        top_p=chosen.top_p if chosen else (sampling[1] if top_p is None else top_p),
     )
     try:
         model = open_backend(model_dir, backend=backend, hybrid=None if raw else hybrid)  # type: ignore[arg-type]
@@ -95,7 +97,7 @@ def chat(
                 return
 
     chat_loop(model, lines(), lambda s: (sys.stdout.write(s), sys.stdout.flush()), config=config, persona=chosen,
-              personas=presets, served=served)
+              personas=presets, served=served, seed=sampling[2])
 
 # ---- serving (issue 7): serve, keys add, feedback export, ab report
 keys_app = typer.Typer(help="Manage the API keys `chatforge serve` accepts (stored hashed).", no_args_is_help=True)

@@ -32,8 +32,10 @@ from chatforge.runtime.folder import read_family
 from chatforge.runtime.quality import (
     LANGS,
     RETENTION_KEYS,
+    GREEDY,
     Answer,
     Sample,
+    Sampling,
     answer_quality,
     assistant_perplexity,
     calibration,
@@ -217,12 +219,14 @@ def sample_knobs(convs: Sequence[Conversation], params: EvaluateParams, sample_c
 class Serving:
     """How `chatforge serve` turns a generated answer into what the user reads (serve.*): the
     confidence threshold over the first `confidence_tokens` tokens, retrieval in the loop
-    (`hybrid`), and the fallback message per language."""
+    (`hybrid`), and the fallback message per language; `sampling` is how its answers are decoded
+    (serve.temperature, serve.top_p, serve.seed: seeded per conversation)."""
 
     threshold: float
     confidence_tokens: int | None
     hybrid: ServeHybrid
     fallback: Mapping[str, str]
+    sampling: Sampling = GREEDY
 
 
 def serve_answers(generator: Any, folder: Path, prompts: Sequence[list[dict[str, str]]], langs: Sequence[str],
@@ -299,7 +303,7 @@ def evaluate_variant(
     ppl_convs = list(convs)[: params.max_ppl_conversations]
     scores, generated = answer_quality(generator, samples, max_new_tokens_cap=params.max_new_tokens,
                                        batch_size=params.batch_size, gazetteer=gazetteer, desc=f"{name} answers",
-                                       confidence_tokens=serving.confidence_tokens)
+                                       confidence_tokens=serving.confidence_tokens, sampling=serving.sampling)
     answers, sources = serve_answers(generator, folder, [s.prompt for s in samples], [s.lang for s in samples],
                                      generated, serving, desc=f"{name} served")
     below = calibration(samples, generated, threshold=serving.threshold, gazetteer=gazetteer)
@@ -322,7 +326,7 @@ def evaluate_variant(
         asked = [Sample(q.id, q.lang, q.intent, q.prompt, "") for q in questions]
         p_generated = generate_answers(generator, asked, max_new_tokens=int(scores["max_new_tokens"]),
                                        batch_size=params.batch_size, desc=f"{name} paraphrases",
-                                       confidence_tokens=serving.confidence_tokens)
+                                       confidence_tokens=serving.confidence_tokens, sampling=serving.sampling)
         p_answers, p_sources = serve_answers(generator, folder, [q.prompt for q in questions],
                                              [q.lang for q in questions], p_generated, serving, desc=f"{name} paraphrases served")
         out |= paraphrase_scores([a.text for a in p_answers], questions, judge)

@@ -14,7 +14,7 @@ an exported graph runs only through `OnnxCausalLM.forward`, so no other module f
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -50,6 +50,19 @@ class GenerationConfig:
             raise ValueError("stop_strings must not contain an empty string")
         if not 0 <= self.top_logprobs <= 20:
             raise ValueError(f"top_logprobs = {self.top_logprobs}: must be in [0, 20]")
+
+
+def conversation_seed(messages: Sequence[Mapping[str, str]], salt: int = 0) -> int:
+    """The sampling seed of a reply whose caller gives none: the first 8 bytes of the SHA-256 of
+    the conversation so far (each message's role and content, in order) and `salt` (serve.seed),
+    as an int in [0, 2**63). The same conversation always gets the same reply (reproducible,
+    cacheable, what evaluate measures is what serve shows); two conversations that differ anywhere
+    get independent draws, so a sampling temperature spreads answers over the closings, greetings
+    and phrasings the model has learnt instead of repeating its single most likely one."""
+    h = hashlib.sha256(str(int(salt)).encode())
+    for m in messages:
+        h.update(b"\x00" + str(m.get("role", "")).encode() + b"\x01" + str(m.get("content", "")).encode())
+    return int.from_bytes(h.digest()[:8], "big") >> 1
 
 
 @dataclass
@@ -716,5 +729,6 @@ __all__ = [
     "OnnxGenerator",
     "TorchGenerator",
     "choose_token",
+    "conversation_seed",
     "load_generator",
 ]

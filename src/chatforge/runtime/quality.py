@@ -15,7 +15,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, TypeVar
 
 import numpy as np
@@ -130,18 +130,41 @@ def answer_length_limit(tokenizer: Any, samples: Sequence[Sample], *, cap: int) 
     return max(1, min(cap, 2 * longest + 16))
 
 
-def generate_answers(generator: Any, samples: Sequence[Sample], *, max_new_tokens: int, batch_size: int = 8,
-                     desc: str = "generate", confidence_tokens: int | None = None) -> list[Answer]:
-    """Greedy answers through chatforge.runtime.decode (torch or ONNX), `batch_size` prompts per
-    batch; the same tokens as one at a time. Each answer's confidence is taken over its first
-    `confidence_tokens` tokens (None: all), as chatforge serve takes it."""
-    from chatforge.runtime.decode import GenerationConfig
+@dataclass(frozen=True)
+class Sampling:
+    """How answers are decoded (serve.temperature, serve.top_p, serve.seed): greedy at temperature
+    0, else temperature / top-p sampling seeded per conversation
+    (chatforge.runtime.decode.conversation_seed), the rule `chatforge serve` applies to a request
+    that sets no seed."""
 
-    config = GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.0)
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+
+
+GREEDY = Sampling()
+
+
+def generate_answers(generator: Any, samples: Sequence[Sample], *, max_new_tokens: int, batch_size: int = 8,
+                     desc: str = "generate", confidence_tokens: int | None = None,
+                     sampling: Sampling = GREEDY) -> list[Answer]:
+    """Answers through chatforge.runtime.decode (torch or ONNX), `batch_size` prompts per batch.
+    Greedy (the default): the same tokens as one at a time. With a sampling temperature, each
+    prompt samples with its own conversation seed, so an answer depends on its prompt only, as in
+    `chatforge serve`. Each answer's confidence is taken over its first `confidence_tokens` tokens
+    (None: all), as chatforge serve takes it."""
+    from chatforge.runtime.decode import BatchRequest, GenerationConfig, conversation_seed
+
+    config = GenerationConfig(max_new_tokens=max_new_tokens, temperature=sampling.temperature, top_p=sampling.top_p)
     chunks = [list(samples[i : i + batch_size]) for i in range(0, len(samples), batch_size)]
     out: list[Answer] = []
     for chunk in progress(chunks, total=len(chunks), desc=desc, every=max(1, len(chunks) // 10)):
-        gens = generator.generate_many([s.prompt for s in chunk], config, batch_size=batch_size)
+        if sampling.temperature == 0.0:
+            gens = generator.generate_many([s.prompt for s in chunk], config, batch_size=batch_size)
+        else:
+            gens = generator.generate_batch([
+                BatchRequest(list(s.prompt), replace(config, seed=conversation_seed(s.prompt, sampling.seed)))
+                for s in chunk])
         out += [Answer(g.text.strip(), g.finish_reason, g.confidence_over(confidence_tokens)) for g in gens]
     return out
 
@@ -219,12 +242,13 @@ def score_answers(samples: Sequence[Sample], answers: Sequence[Answer], *,
 
 def answer_quality(generator: Any, samples: Sequence[Sample], *, max_new_tokens_cap: int, batch_size: int = 8,
                    gazetteer: Mapping[str, Sequence[str]] | None = None, desc: str = "generate",
-                   confidence_tokens: int | None = None) -> tuple[dict[str, float], list[Answer]]:
-    """Generate full answers for `samples` and score them: (scores, answers). `max_new_tokens` is
-    in the scores, so a report says how long answers were allowed to be."""
+                   confidence_tokens: int | None = None,
+                   sampling: Sampling = GREEDY) -> tuple[dict[str, float], list[Answer]]:
+    """Generate full answers for `samples` (`generate_answers`) and score them: (scores, answers).
+    `max_new_tokens` is in the scores, so a report says how long answers were allowed to be."""
     limit = answer_length_limit(generator.tokenizer, samples, cap=max_new_tokens_cap)
     answers = generate_answers(generator, samples, max_new_tokens=limit, batch_size=batch_size, desc=desc,
-                               confidence_tokens=confidence_tokens)
+                               confidence_tokens=confidence_tokens, sampling=sampling)
     return {**score_answers(samples, answers, gazetteer=gazetteer), "max_new_tokens": float(limit)}, answers
 
 

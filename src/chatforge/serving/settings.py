@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from chatforge.data.lang import detect_lang
-from chatforge.runtime.decode import GenerationConfig
+from chatforge.runtime.decode import GenerationConfig, conversation_seed
 from chatforge.params import ServeParams
 from chatforge.serving.ab import assign_variant
 from chatforge.runtime.backends import ModelBackend
@@ -116,9 +116,11 @@ class SettingsStep(ScreenStep):
                  else "max_tokens" if req.max_tokens is not None else None)
         max_new_tokens = self.fit_context(backend, messages, max_new_tokens, asked=asked)
         temperature = (
-            req.temperature if req.temperature is not None else (persona.temperature if persona else 0.0)
+            req.temperature if req.temperature is not None else (persona.temperature if persona else p.temperature)
         )
-        top_p = req.top_p if req.top_p is not None else (persona.top_p if persona else 1.0)
+        top_p = req.top_p if req.top_p is not None else (persona.top_p if persona else p.top_p)
+        # a sampled reply without a request seed is seeded by the conversation: same conversation, same reply
+        seed = req.seed if req.seed is not None or temperature == 0.0 else conversation_seed(messages, p.seed)
         stops = tuple([req.stop] if isinstance(req.stop, str) else (req.stop or []))
         top_k = (req.top_logprobs or 0) if req.logprobs else 0
         gen = GenerationConfig(
@@ -126,7 +128,7 @@ class SettingsStep(ScreenStep):
             temperature=temperature,
             top_p=top_p,
             stop_strings=stops,
-            seed=req.seed,
+            seed=seed,
             top_logprobs=top_k,
         )
         key = cache_key(
@@ -137,7 +139,7 @@ class SettingsStep(ScreenStep):
                 "temperature": temperature,
                 "top_p": top_p,
                 "stop": list(stops),
-                "seed": req.seed,
+                "seed": seed,
                 "lang": lang,
                 "top_logprobs": top_k,
             },
@@ -146,4 +148,4 @@ class SettingsStep(ScreenStep):
         )
         return Turn(req=req, key_id=key_id, started=started, variant=variant, backend=backend,
                     persona=persona_name, messages=messages, lang=lang, input_action=input_action, terms=terms,
-                    gen=gen, cache_key=key, cacheable=temperature == 0.0 or p.cache.cache_sampled)
+                    gen=gen, cache_key=key, cacheable=True)

@@ -49,14 +49,33 @@ def test_greedy_repeat_is_a_cache_hit_with_the_same_answer(make_client, serve_pa
     assert "chatforge_cache_hits_total 1.0" in metrics and "chatforge_cache_misses_total 1.0" in metrics
 
 
-def test_sampled_requests_are_not_cached_unless_configured(make_client, serve_params):
-    req = {"model": "chatforge", "messages": HELLO, "temperature": 1.0, "seed": 3}
+def test_a_sampled_reply_is_seeded_by_its_conversation_so_it_repeats_and_is_cached(make_client, serve_params):
+    from chatforge.runtime.decode import conversation_seed
+
+    assert "temperature" not in serve_params  # the default decoding: serve.temperature 0.7, top_p 0.9, seed 0
+    ask = {"model": "chatforge", "messages": HELLO, "max_tokens": 12}
     client = make_client(serve_params)
-    client.post("/v1/chat/completions", json=req)
-    assert client.post("/v1/chat/completions", json=req).json()["chatforge"]["cached"] is False
-    client = make_client(serve_params | {"cache": {"cache_sampled": True}})
-    client.post("/v1/chat/completions", json=req)
-    assert client.post("/v1/chat/completions", json=req).json()["chatforge"]["cached"] is True
+    first = client.post("/v1/chat/completions", json=ask).json()
+    again = client.post("/v1/chat/completions", json=ask).json()
+    assert (first["chatforge"]["cached"], again["chatforge"]["cached"]) == (False, True)
+    text = first["choices"][0]["message"]["content"]
+    # a fresh service (cold cache) samples the same reply: the seed is the conversation's, serve.seed 0
+    fresh = make_client(serve_params)
+    assert fresh.post("/v1/chat/completions", json=ask).json()["choices"][0]["message"]["content"] == text
+    seeded = {**ask, "temperature": 0.7, "top_p": 0.9, "seed": conversation_seed(HELLO, 0)}
+    seeded_reply = fresh.post("/v1/chat/completions", json=seeded).json()
+    # the same sampling (seed included) is the same cache key: answered from the cache, the same text
+    assert seeded_reply["choices"][0]["message"]["content"] == text and seeded_reply["chatforge"]["cached"] is True
+    # another serve.seed draws other replies: over 8 conversations, not all equal to seed 0's
+    other = make_client(serve_params | {"seed": 1})
+    asks = [[{"role": "user", "content": f"where is order {n}?"}] for n in range(8)]
+    replies = [[c.post("/v1/chat/completions", json={**ask, "messages": m}).json()["choices"][0]["message"]["content"]
+                for m in asks] for c in (fresh, other)]
+    assert replies[0] != replies[1]
+    # a request's own seed is honoured (and cached under that seed)
+    own = {**ask, "seed": 3}
+    assert fresh.post("/v1/chat/completions", json=own).json()["chatforge"]["cached"] is False
+    assert fresh.post("/v1/chat/completions", json=own).json()["chatforge"]["cached"] is True
 
 
 def test_stream_sends_chunks_then_done_and_matches_the_plain_answer(make_client, serve_params):

@@ -207,7 +207,8 @@ def test_developer_role_is_the_system_role(make_client, params):
 def test_logprobs_plain_match_the_text_and_the_greedy_choice(make_client, params):
     client = make_client(params)
     body = client.post("/v1/chat/completions", json={
-        "model": "chatforge", "messages": HELLO, "logprobs": True, "top_logprobs": 3, "max_tokens": 8}).json()
+        "model": "chatforge", "messages": HELLO, "logprobs": True, "top_logprobs": 3, "max_tokens": 8,
+        "temperature": 0}).json()
     choice = body["choices"][0]
     content = choice["logprobs"]["content"]
     assert len(content) == body["usage"]["completion_tokens"]
