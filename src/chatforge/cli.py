@@ -352,6 +352,40 @@ def ab_report(
     typer.echo(format_report([counts.get(v, VariantStats(v, 0, 0, 0)) for v in order], alpha=alpha))
 
 
+# ---- issue 23: the promoted model (what is being served), kept across builds
+@app.command("promote")
+def promote_build(
+    params: Annotated[Path, typer.Option("--params", envvar="CHATFORGE_PARAMS",
+                                         help="params.yaml whose quantize.source names the float folder.")] = Path("params.yaml"),
+    model: Annotated[Path | None, typer.Option("--model", help="The float torch folder the served INT8 was quantized "
+                                                "from (default models/<quantize.source>).")] = None,
+    onnx: Annotated[Path, typer.Option("--onnx", help="The served ONNX folder.")] = Path("models/onnx"),
+    report: Annotated[Path, typer.Option("--report", help="The evaluate report that measured this build.")] = Path("reports/evaluate.json"),
+    to: Annotated[Path, typer.Option("--to", help="The promoted folder, replaced as a whole.")] = Path("models/served"),
+) -> None:
+    """Keep the current build as the served model: copy the float model, the ONNX folder and the evaluate
+    report into TO (models/served, outside DVC) with a promoted.json manifest, replacing what was promoted
+    before. The next build continues from it (train.init_from: served), its forgetting gates compare with
+    it, and TO/onnx stays servable as the previous variant of an A/B test."""
+    from chatforge.params import ParamsError, load_section
+    from chatforge.runtime.folder import ModelFolderError
+    from chatforge.runtime.promoted import MANIFEST_NAME, promote
+
+    try:
+        source = model if model is not None else Path("models") / load_section("quantize", path=params).source
+        done = promote(source, onnx, report, to)
+    except (ParamsError, ModelFolderError) as exc:
+        typer.echo(f"promote: {exc}", err=True)
+        raise typer.Exit(code=2) from None
+    m = done.manifest
+    typer.echo(f"promoted {source} + {onnx} ({m.served_variant}: BLEU zh {m.bleu_zh:.2f} / en {m.bleu_en:.2f}, "
+               f"slot carry {m.slot_carry:.4f}) to {done.root}:")
+    for path, what in ((done.model, f"float model, sha256 {m.model_sha256[:12]}..."),
+                       (done.onnx, f"ONNX, sha256 {m.onnx_sha256[:12]}..."), (done.report, f"copy of {report}"),
+                       (done.root / MANIFEST_NAME, "manifest")):
+        typer.echo(f"  {path}  ({what})")
+
+
 # ---- issue 4: try the translator behind back-translation ----
 @app.command("translate")
 def translate(
