@@ -361,6 +361,9 @@ class LoraOptions(Section):
 
 
 class TrainParams(Section):
+    # base: train from models/base | served: continue from the promoted model (models/served, written by
+    # `chatforge promote`): an incremental feedback round (dvc.yaml reads models/${train.init_from})
+    init_from: Literal["base", "served"] = "base"
     seed: int = 42  # data order, dropout, sampling of BLEU examples
     lr: float = Field(default=0.002, gt=0.0, le=1.0)  # peak learning rate, reached after warmup
     lr_min: float = Field(default=1e-05, ge=0.0)  # cosine floor (the schedule never goes below it)
@@ -519,6 +522,9 @@ class EvaluateGates(Section):
     # mode collapse: top-answer share per language <= max(collapse_floor, collapse_factor x the references' share)
     collapse_floor: float = Field(default=0.05, ge=0.0, le=1.0)
     collapse_factor: float = Field(default=2.0, ge=1.0)  # the bar is 1.5; lowered with the default build (params.yaml)
+    # forgetting: the new served model against the promoted one (evaluate --previous), on the test split
+    max_bleu_drop: float = Field(default=1.0, ge=0.0)  # BLEU points the served BLEU zh or en may lose
+    max_slot_carry_drop: float = Field(default=0.01, ge=0.0, le=1.0)  # slot carry (0-1) the served model may lose
 
     @model_validator(mode="after")
     def _band(self) -> EvaluateGates:
