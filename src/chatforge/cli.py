@@ -339,17 +339,40 @@ def store_purge(
 def ab_report(
     params: ParamsOpt = Path("params.yaml"),
     database_url: DatabaseOpt = None,
-    alpha: Annotated[float, typer.Option(min=0.0001, max=0.5, help="Significance level.")] = 0.05,
+    alpha: Annotated[float, typer.Option(min=0.0001, max=0.5, help="Significance level (both tests).")] = 0.05,
+    new: Annotated[str | None, typer.Option("--new", help="The variant that may replace the baseline (the first "
+                                            "variant); default: the last configured variant.")] = None,
+    min_rated: Annotated[int, typer.Option("--min-rated", min=1, help="Rated answers each variant needs before "
+                                           "deciding.")] = 100,
+    margin: Annotated[float, typer.Option("--margin", min=0.0, max=0.5, help="Non-inferiority margin: how much lower "
+                                          "(a difference of thumbs-up rates) the new variant may be.")] = 0.02,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the table, tests and decision as JSON.")] = False,
 ) -> None:
-    """Per-variant requests and satisfaction with 95% intervals, and whether the difference is significant."""
-    from chatforge.serving.ab import VariantStats, format_report
+    """Per-variant requests and satisfaction with 95% intervals, whether the difference is significant, and
+    the decision: replace (the new variant's thumbs-up rate is not worse than the baseline's by --margin or
+    more: one-sided non-inferiority z-test at --alpha), keep, or wait (fewer than --min-rated ratings)."""
+    import json
+
+    from chatforge.serving.ab import VariantStats, decide, format_decision, format_report, report_json
     from chatforge.serving.store import open_store, variant_feedback_counts
 
     serve_params = _serve_params(params, database_url)
     counts = {v: VariantStats(v, n, rated, pos) for v, n, rated, pos in variant_feedback_counts(open_store(serve_params.database_url))}
     # configured variants first, in params order (the first is the baseline), then any retired ones
-    order = [v.name for v in serve_params.variants] + sorted(set(counts) - {v.name for v in serve_params.variants})
-    typer.echo(format_report([counts.get(v, VariantStats(v, 0, 0, 0)) for v in order], alpha=alpha))
+    configured = [v.name for v in serve_params.variants]
+    stats = [counts.get(v, VariantStats(v, 0, 0, 0)) for v in configured + sorted(set(counts) - set(configured))]
+    # the default new variant is the last configured one (not a retired one listed after it); none when one is configured
+    target = new or (configured[-1] if len(configured) > 1 else None)
+    try:
+        decision = decide(stats if target else stats[:1], new=target, min_rated=min_rated, margin=margin, alpha=alpha)
+    except ValueError as exc:
+        typer.echo(f"ab report: {exc}", err=True)
+        raise typer.Exit(code=2) from None
+    if as_json:
+        typer.echo(json.dumps(report_json(stats, decision, alpha=alpha), indent=2, sort_keys=True))
+        return
+    typer.echo(format_report(stats, alpha=alpha))
+    typer.echo(format_decision(decision))
 
 
 # ---- issue 23: the promoted model (what is being served), kept across builds
