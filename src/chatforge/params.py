@@ -157,6 +157,8 @@ class SplitParams(Section):
     val_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
     test_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
     salt: str = "chatforge-split-v1"  # changing it reshuffles every conversation: do it deliberately
+    # sources that always go to train (users' feedback: val/test stay the same from round to round)
+    train_only_sources: list[str] = Field(default_factory=lambda: ["feedback"])
 
     @model_validator(mode="after")
     def _fractions(self) -> SplitParams:
