@@ -505,7 +505,7 @@ def export(
     from chatforge.compress import gguf_export as gx
     from chatforge.io import write_text
     from chatforge.modeling import model_card as mc
-    from chatforge.params import ServeLimits
+    from chatforge.params import ServeLimits, ServeParams
     from chatforge.runtime.folder import ModelFolderError
 
     types = list(dict.fromkeys(t.lower() for t in (gguf_types or ["q8_0"])))
@@ -520,9 +520,13 @@ def export(
     except (gx.GgufExportError, ModelFolderError) as exc:
         typer.echo(f"export: {exc}", err=True)
         raise typer.Exit(code=2) from None
-    # without a params file: what `chatforge serve` does without a persona (greedy, default answer length)
+    # without a persona: what `chatforge serve` does (serve.temperature / top_p, default answer length; without a
+    # params file, serve's defaults)
     serve_params = _serve_params(params, None) if params.exists() else None
     personas, limits = (serve_params.personas, serve_params.limits) if serve_params else ({}, ServeLimits())
+    fields = ServeParams.model_fields
+    sampling = ((serve_params.temperature, serve_params.top_p) if serve_params
+                else (fields["temperature"].default, fields["top_p"].default))
     chosen = None
     if persona is not None:
         chosen = personas.get(persona)
@@ -556,7 +560,7 @@ def export(
         typer.echo(f"wrote {target} ({gguf_type}, {written[-1].size_bytes / 1e6:.1f} MB{kept})")
     main_file = next((w for w in written if w.gguf_type == "q8_0"), written[0])
     options = gx.ModelfileOptions(
-        temperature=chosen.temperature if chosen else 0.0, top_p=chosen.top_p if chosen else 1.0,
+        temperature=chosen.temperature if chosen else sampling[0], top_p=chosen.top_p if chosen else sampling[1],
         num_predict=limits.default_max_tokens, num_ctx=int(plan.config.get("max_position_embeddings") or 0) or None,
         system=(chosen.system_prompt if chosen and chosen.system_prompt else plan.default_system),
     )

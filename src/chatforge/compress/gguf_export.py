@@ -61,8 +61,9 @@ class GgufFile:
 
 @dataclass(frozen=True)
 class ModelfileOptions:
-    """What the Modelfile sets beside FROM and TEMPLATE: sampling (temperature 0 = greedy, as
-    `chatforge serve` answers without a persona), answer length (tokens), context (tokens), system prompt."""
+    """What the Modelfile sets beside FROM and TEMPLATE: sampling (temperature 0 = greedy; `chatforge
+    export` writes serve.temperature / serve.top_p, or a persona's), answer length (tokens), context
+    (tokens), system prompt."""
 
     temperature: float = 0.0
     top_p: float = 1.0

@@ -52,8 +52,8 @@ TEMPLATE """{{- range .Messages }}<|im_start|>{{ .Role }}
 PARAMETER stop "<|im_end|>"
 PARAMETER stop "<|im_start|>"
 PARAMETER stop "<|endoftext|>"
-PARAMETER temperature 0
-PARAMETER top_p 1
+PARAMETER temperature 0.7
+PARAMETER top_p 0.9
 PARAMETER num_predict 128
 PARAMETER num_ctx 512
 '''
