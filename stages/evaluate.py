@@ -1,8 +1,8 @@
-"""Evaluate every variant the pipeline built, and the retrieval baseline, on the test split
-(`dvc repro evaluate`). Writes reports/evaluate.json (one block per variant + gates + summary; `dvc metrics diff` reads
-it) and a details file (full answers to the test prompts, confusion matrices) for the report
-stage. The served variant (serve.variants[0]) must beat the retrieval baseline on answers; a
-failed gate fails the stage unless evaluate.fail_on_gate is false.
+"""Evaluate every variant the pipeline built, and the retrieval baseline, on the test split (`dvc repro evaluate`).
+Writes reports/evaluate.json (one block per variant + gates + summary; `dvc metrics diff` reads it) and a details file
+(full answers to the test prompts, confusion matrices) for the report stage. The served variant (serve.variants[0])
+must beat the retrieval baseline on answers and keep the --previous served model's (a promoted folder: the forgetting
+gates); a failed gate fails the stage unless evaluate.fail_on_gate is false.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ def main(
     variant: Annotated[list[str], typer.Option(help="NAME=FOLDER of a variant (repeat).")],
     report: Annotated[list[str], typer.Option(help="NAME=JSON of an earlier stage's metrics (repeat).")] = [],  # noqa: B006
     paraphrases: Annotated[Path | None, typer.Option(help="Paraphrase set JSONL (new phrasings with intents).")] = None,
+    previous: Annotated[Path | None, typer.Option(help="The previous served model: a promoted folder, or models/base.")] = None,
     timings: stage.Timings = None,
 ) -> None:
     from chatforge.data.entities import GazetteerError
@@ -39,7 +40,7 @@ def main(
         params, serve, model = load_section("evaluate"), load_section("serve"), load_section("model")
         threshold = params.confidence_threshold or serve.confidence_threshold
         providers = onnx_providers(load_section("quantize").providers)  # ONNX variants: quantize.providers
-    log = stage.start("evaluate")
+    stage.start("evaluate")
     serving = ev.Serving(threshold, serve.confidence_tokens, serve.hybrid, serve.fallback)
     with stage.bad_input("evaluate", ev.EvaluationError, GazetteerError, ParaphraseError, ValueError):
         inputs = ev.read_inputs(test_path, train_path, gazetteers, paraphrases, params=params,
@@ -47,13 +48,12 @@ def main(
         folders, reports = ev.named_paths(variant), ev.read_reports(ev.named_paths(report))
     with stage.bad_input("evaluate", ev.EvaluationError, ModelFolderError):
         present, missing, skipped = ev.select_variants(folders, params.variants)
+        earlier = ev.read_previous(previous) if previous is not None else None
     done = ev.evaluate_all(inputs, present, reports, params=params, serving=serving, serve_model=serve.variants[0].model,
-                           providers=providers, missing=missing, skipped=skipped)
+                           providers=providers, missing=missing, skipped=skipped, previous=earlier)
     write_json(done.details, details_path)
     write_text(done.plot_csv, plot_path)
     stage.write_metrics(done.metrics, metrics_path, timings=timings)
-    for name, g in done.gates.items():
-        log.info("gate %s: %s (value %s, limit %s)", name, g["status"], g["value"], g["limit"])
     if params.fail_on_gate and (failures := ev.gate_failures(done.gates)):
         stage.fail("evaluate", "the build does not pass its answer gates (reports/evaluate.json):\n  " + "\n  ".join(failures)
                    + "\nTo record failures without failing the build, set evaluate.fail_on_gate: false in params.yaml.")

@@ -33,7 +33,7 @@ def main(
     turns = pl.read_parquet(stage.require(clean, "clean"))
     with stage.bad_input("split", SplitError):
         result = split_turns(turns, val_fraction=params.val_fraction, test_fraction=params.test_fraction,
-                             salt=params.salt)
+                             salt=params.salt, train_only_sources=tuple(params.train_only_sources))
     for split in ("val", "test"):
         if missing := intents_missing(result.metrics, split):
             log.warning("intents with no %s conversation (evaluate cannot score them): %s", split, ", ".join(missing))

@@ -341,17 +341,74 @@ def store_purge(
 def ab_report(
     params: ParamsOpt = Path("params.yaml"),
     database_url: DatabaseOpt = None,
-    alpha: Annotated[float, typer.Option(min=0.0001, max=0.5, help="Significance level.")] = 0.05,
+    alpha: Annotated[float, typer.Option(min=0.0001, max=0.5, help="Significance level (both tests).")] = 0.05,
+    new: Annotated[str | None, typer.Option("--new", help="The variant that may replace the baseline (the first "
+                                            "variant); default: the last configured variant.")] = None,
+    min_rated: Annotated[int, typer.Option("--min-rated", min=1, help="Rated answers each variant needs before "
+                                           "deciding.")] = 100,
+    margin: Annotated[float, typer.Option("--margin", min=0.0, max=0.5, help="Non-inferiority margin: how much lower "
+                                          "(a difference of thumbs-up rates) the new variant may be.")] = 0.02,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the table, tests and decision as JSON.")] = False,
 ) -> None:
-    """Per-variant requests and satisfaction with 95% intervals, and whether the difference is significant."""
-    from chatforge.serving.ab import VariantStats, format_report
+    """Per-variant requests and satisfaction with 95% intervals, whether the difference is significant, and
+    the decision: replace (the new variant's thumbs-up rate is not worse than the baseline's by --margin or
+    more: one-sided non-inferiority z-test at --alpha), keep, or wait (fewer than --min-rated ratings)."""
+    import json
+
+    from chatforge.serving.ab import VariantStats, decide, format_decision, format_report, report_json
     from chatforge.serving.store import open_store, variant_feedback_counts
 
     serve_params = _serve_params(params, database_url)
     counts = {v: VariantStats(v, n, rated, pos) for v, n, rated, pos in variant_feedback_counts(open_store(serve_params.database_url))}
     # configured variants first, in params order (the first is the baseline), then any retired ones
-    order = [v.name for v in serve_params.variants] + sorted(set(counts) - {v.name for v in serve_params.variants})
-    typer.echo(format_report([counts.get(v, VariantStats(v, 0, 0, 0)) for v in order], alpha=alpha))
+    configured = [v.name for v in serve_params.variants]
+    stats = [counts.get(v, VariantStats(v, 0, 0, 0)) for v in configured + sorted(set(counts) - set(configured))]
+    # the default new variant is the last configured one (not a retired one listed after it); none when one is configured
+    target = new or (configured[-1] if len(configured) > 1 else None)
+    try:
+        decision = decide(stats if target else stats[:1], new=target, min_rated=min_rated, margin=margin, alpha=alpha)
+    except ValueError as exc:
+        typer.echo(f"ab report: {exc}", err=True)
+        raise typer.Exit(code=2) from None
+    if as_json:
+        typer.echo(json.dumps(report_json(stats, decision, alpha=alpha), indent=2, sort_keys=True))
+        return
+    typer.echo(format_report(stats, alpha=alpha))
+    typer.echo(format_decision(decision))
+
+
+# ---- issue 23: the promoted model (what is being served), kept across builds
+@app.command("promote")
+def promote_build(
+    params: Annotated[Path, typer.Option("--params", envvar="CHATFORGE_PARAMS",
+                                         help="params.yaml whose quantize.source names the float folder.")] = Path("params.yaml"),
+    model: Annotated[Path | None, typer.Option("--model", help="The float torch folder the served INT8 was quantized "
+                                                "from (default models/<quantize.source>).")] = None,
+    onnx: Annotated[Path, typer.Option("--onnx", help="The served ONNX folder.")] = Path("models/onnx"),
+    report: Annotated[Path, typer.Option("--report", help="The evaluate report that measured this build.")] = Path("reports/evaluate.json"),
+    to: Annotated[Path, typer.Option("--to", help="The promoted folder, replaced as a whole.")] = Path("models/served"),
+) -> None:
+    """Keep the current build as the served model: copy the float model, the ONNX folder and the evaluate
+    report into TO (models/served, outside DVC) with a promoted.json manifest, replacing what was promoted
+    before. The next build continues from it (train.init_from: served), its forgetting gates compare with
+    it, and TO/onnx stays servable as the previous variant of an A/B test."""
+    from chatforge.params import ParamsError, load_section
+    from chatforge.runtime.folder import ModelFolderError
+    from chatforge.runtime.promoted import MANIFEST_NAME, promote
+
+    try:
+        source = model if model is not None else Path("models") / load_section("quantize", path=params).source
+        done = promote(source, onnx, report, to)
+    except (ParamsError, ModelFolderError) as exc:
+        typer.echo(f"promote: {exc}", err=True)
+        raise typer.Exit(code=2) from None
+    m = done.manifest
+    typer.echo(f"promoted {source} + {onnx} ({m.served_variant}: BLEU zh {m.bleu_zh:.2f} / en {m.bleu_en:.2f}, "
+               f"slot carry {m.slot_carry:.4f}) to {done.root}:")
+    for path, what in ((done.model, f"float model, sha256 {m.model_sha256[:12]}..."),
+                       (done.onnx, f"ONNX, sha256 {m.onnx_sha256[:12]}..."), (done.report, f"copy of {report}"),
+                       (done.root / MANIFEST_NAME, "manifest")):
+        typer.echo(f"  {path}  ({what})")
 
 
 # ---- issue 4: try the translator behind back-translation ----

@@ -157,6 +157,8 @@ class SplitParams(Section):
     val_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
     test_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
     salt: str = "chatforge-split-v1"  # changing it reshuffles every conversation: do it deliberately
+    # sources that always go to train (users' feedback: val/test stay the same from round to round)
+    train_only_sources: list[str] = Field(default_factory=lambda: ["feedback"])
 
     @model_validator(mode="after")
     def _fractions(self) -> SplitParams:
@@ -361,6 +363,9 @@ class LoraOptions(Section):
 
 
 class TrainParams(Section):
+    # base: train from models/base | served: continue from the promoted model (models/served, written by
+    # `chatforge promote`): an incremental feedback round (dvc.yaml reads models/${train.init_from})
+    init_from: Literal["base", "served"] = "base"
     seed: int = 42  # data order, dropout, sampling of BLEU examples
     lr: float = Field(default=0.002, gt=0.0, le=1.0)  # peak learning rate, reached after warmup
     lr_min: float = Field(default=1e-05, ge=0.0)  # cosine floor (the schedule never goes below it)
@@ -399,10 +404,8 @@ class TrainParams(Section):
     keep_checkpoints: int = Field(default=2, ge=1)
     num_processes: int = Field(default=1, ge=1, le=1024)  # > 1: DDP via `accelerate launch` (gloo on CPU)
     lora: LoraOptions = Field(default_factory=LoraOptions)
-    # incremental rebuild (issue 23): base trains models/base on the whole train data; served continues
-    # the promoted model (models/served, `chatforge promote`) on the feedback conversations plus a seeded
-    # replay sample of replay_ratio x as many other train conversations (chatforge.data.replay)
-    init_from: Literal["base", "served"] = "base"
+    # with init_from served: train on the feedback conversations plus a seeded replay sample of
+    # replay_ratio x as many other train conversations (chatforge.data.replay); ignored with base
     replay_ratio: float = Field(default=4.0, ge=0.0, le=1000.0)
     # classifier family
     classifier_input: Literal["first_user", "all_user"] = "first_user"  # text the intent is read from
@@ -550,6 +553,9 @@ class EvaluateGates(Section):
     # mode collapse: top-answer share per language <= max(collapse_floor, collapse_factor x the references' share)
     collapse_floor: float = Field(default=0.05, ge=0.0, le=1.0)
     collapse_factor: float = Field(default=2.0, ge=1.0)  # the bar is 1.5; lowered with the default build (params.yaml)
+    # forgetting: the new served model against the promoted one (evaluate --previous), on the test split
+    max_bleu_drop: float = Field(default=1.0, ge=0.0)  # BLEU points the served BLEU zh or en may lose
+    max_slot_carry_drop: float = Field(default=0.01, ge=0.0, le=1.0)  # slot carry (0-1) the served model may lose
 
     @model_validator(mode="after")
     def _band(self) -> EvaluateGates:

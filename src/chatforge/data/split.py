@@ -24,6 +24,11 @@ Only original rows (method == "original"; a null method counts as original) go t
 A conversation with any other method (an augmented or copied variant) goes to train, unless its
 origin_id hashes into val or test: then it is dropped and counted, because training on a variant of
 a held-out conversation would leak it.
+
+Sources named in `train_only_sources` (default: `feedback`, what `chatforge feedback export` writes)
+go to train whatever their hash: users' rated answers are new training data, and keeping them out of
+val and test keeps those splits unchanged from one feedback round to the next, so evaluate compares
+the new model with the one being served on the same turns (the forgetting gates).
 """
 
 from __future__ import annotations
@@ -74,9 +79,12 @@ def check_turns(turns: pl.DataFrame, *, what: str) -> None:
 
 
 def split_turns(
-    turns: pl.DataFrame, *, val_fraction: float, test_fraction: float, salt: str
+    turns: pl.DataFrame, *, val_fraction: float, test_fraction: float, salt: str,
+    train_only_sources: tuple[str, ...] = (),
 ) -> SplitResult:
-    """Assign every conversation (all of its rows) to train, val or test; see the module docstring."""
+    """Assign every conversation (all of its rows) to train, val or test; see the module docstring.
+    A conversation whose `source` is in `train_only_sources` always goes to train (counted in the
+    metrics as `train_only_conversations`)."""
     if val_fraction < 0 or test_fraction < 0 or val_fraction + test_fraction >= 1:
         raise SplitError(
             f"val_fraction={val_fraction} and test_fraction={test_fraction} must be >= 0 with a sum below 1."
@@ -87,6 +95,7 @@ def split_turns(
         .agg(
             (pl.col("method").fill_null("original") == "original").all().alias("original"),
             pl.col("origin_id").drop_nulls().sort().first().alias("origin_id"),
+            pl.col("source").is_in(list(train_only_sources)).any().alias("train_only"),
         )
         .join(conversation_intents(turns), on="conversation_id")
         .sort("conversation_id")
@@ -106,7 +115,9 @@ def split_turns(
         .otherwise(pl.lit("train"))
     )
     convs = convs.with_columns(u).with_columns(hashed.alias("hashed")).with_columns(
-        pl.when(pl.col("original"))
+        pl.when(pl.col("train_only"))
+        .then(pl.lit("train"))
+        .when(pl.col("original"))
         .then(pl.col("hashed"))
         .when(pl.col("origin_id").is_not_null() & (pl.col("hashed") != "train"))
         .then(pl.lit("drop"))
@@ -122,7 +133,9 @@ def split_turns(
             f"the train split is empty ({convs.height} conversation(s) all hashed into val/test). "
             "Add data or lower split.val_fraction / split.test_fraction."
         )
-    return SplitResult(splits=splits, metrics=_metrics(convs, splits, val_fraction, test_fraction))
+    metrics = _metrics(convs, splits, val_fraction, test_fraction)
+    metrics["train_only_conversations"] = int(convs["train_only"].sum())
+    return SplitResult(splits=splits, metrics=metrics)
 
 
 def _metrics(
@@ -136,9 +149,9 @@ def _metrics(
         counts = group["split"].value_counts()
         found = dict(zip(counts["split"].to_list(), counts["count"].to_list(), strict=True))
         per_intent[str(intent)] = {s: int(found.get(s, 0)) for s in SPLITS}
-    # deviation over original conversations only: those are the ones the hash places
+    # deviation over original conversations only: those are the ones the hash places (train-only sources are not)
     worst = (0.0, "", "")
-    originals = kept.filter(pl.col("original") & (pl.col("intent") != NO_INTENT))
+    originals = kept.filter(pl.col("original") & ~pl.col("train_only") & (pl.col("intent") != NO_INTENT))
     for (intent,), group in originals.sort("intent").group_by("intent", maintain_order=True):
         for s in SPLITS:
             dev = abs((group["split"] == s).sum() / group.height - targets[s])

@@ -7,7 +7,9 @@ on conversation intents with the same input rule the serving backend uses; wheth
 shown or falls back is chatforge.runtime.fallback's rule, the one serve applies.
 
 The stage script (stages/evaluate.py) reads its inputs with `read_inputs`, picks the variants with
-`select_variants` and runs `evaluate_all`: the retrieval baseline, every variant, the gates.
+`select_variants`, reads the previous served model with `read_previous` and runs `evaluate_all`:
+the retrieval baseline, every variant, the gates (the forgetting gates compare the new served
+model with the previous one).
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ from chatforge import metrics
 from chatforge.evaluation.paraphrase import IntentJudge, Question
 from chatforge.io import progress
 from chatforge.knobs import Reached
-from chatforge.params import EvaluateParams, ServeHybrid
+from chatforge.params import EvaluateGates, EvaluateParams, ServeHybrid
 from chatforge.runtime.conversation import Conversation, conversations
 from chatforge.runtime.folder import read_family
+from chatforge.runtime.promoted import ServedScores
 from chatforge.runtime.quality import (
     LANGS,
     RETENTION_KEYS,
@@ -421,7 +424,14 @@ def variants_csv(results: dict[str, dict[str, Any]]) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- gates
-def gate(value: float | None, *, ok: bool | None, limit: str, warn_only: bool = False) -> dict[str, Any]:
+def gate(value: float | None, *, ok: bool | None, limit: str, warn_only: bool = False,
+         applies: bool = True) -> dict[str, Any]:
+    """One gate's record: {value, limit, status}; status pass | fail | warn (a `warn_only` gate that
+    is missed) | missing (nothing to measure: never fails) | not_applicable (`applies` false: the
+    gate has no meaning for this build, e.g. forgetting on a fresh build; never fails, the limit
+    says why)."""
+    if not applies:
+        return {"value": None, "limit": limit, "status": "not_applicable"}
     status = "missing" if value is None or ok is None else ("pass" if ok else ("warn" if warn_only else "fail"))
     return {"value": value, "limit": limit, "status": status}
 
@@ -447,17 +457,22 @@ GATE_HINTS = {
     "int8_retention": "quantize.block_size, quantize.accuracy_level, quantize.keep_float; evaluate.gates.min_retention",
     "int8_size_reduction": "quantize.scheme, quantize.keep_float",
     "int8_accuracy_drop": "quantize.* ; evaluate.gates.max_int8_accuracy_drop",
+    "forgetting": "the round lost what the previous served model knew: replay more of the old training data, fewer "
+                  "steps or a lower lr for the round (train.*), or rebuild from the base (train.init_from: base); "
+                  "evaluate.gates.max_bleu_drop / max_slot_carry_drop raise the limit",
 }
 
 
 def compute_gates(variants: dict[str, dict[str, Any]], reports: dict[str, dict[str, Any]], params: EvaluateParams,
-                  *, served: str | None = None, references: Mapping[str, float] | None = None) -> dict[str, dict[str, Any]]:
-    """Every gate with its value, limit and status (pass | fail | warn | missing). Answer gates
-    compare the served variant with the retrieval baseline (BLEU on the test split, on-intent rate
-    on the paraphrase set) and bound its degenerate and top-answer shares (the collapse limit
-    scales with the `references`' own top-answer share, reference_scores); retention gates compare
-    each step of the chain (teacher -> [aligned ->] student -> pruned -> int8) with its parent on the models' own
-    answers (model_* keys)."""
+                  *, served: str | None = None, references: Mapping[str, float] | None = None,
+                  previous: Previous | None = None) -> dict[str, dict[str, Any]]:
+    """Every gate with its value, limit and status (pass | fail | warn | missing | not_applicable:
+    `gate`). Answer gates compare the served variant with the retrieval baseline (BLEU on the test
+    split, on-intent rate on the paraphrase set) and bound its degenerate and top-answer shares (the
+    collapse limit scales with the `references`' own top-answer share, reference_scores); with
+    `previous` (`read_previous`), the forgetting gates compare it with the previous served model
+    (`forgetting_gates`); retention gates compare each step of the chain (teacher -> [aligned ->]
+    student -> pruned -> int8) with its parent on the models' own answers (model_* keys)."""
     g = params.gates
     references = references or {}
     out: dict[str, dict[str, Any]] = {}
@@ -493,6 +508,8 @@ def compute_gates(variants: dict[str, dict[str, Any]], reports: dict[str, dict[s
         fallback = srv.get("fallback_rate")
         out["served_fallback_rate"] = gate(fallback, ok=None if _missing(fallback) else fallback <= g.max_fallback_rate,
                                            limit=f"<= {g.max_fallback_rate}")
+    if previous is not None:
+        out |= forgetting_gates(srv, previous, g)
     # val loss - train loss at the end of training (signed: val below train is no overfitting);
     # a proxy, so a warning: the answer gates decide
     gap = _first_number(reports.get("train", {}), ("val_gap", "train_val_gap"))
@@ -527,6 +544,100 @@ def compute_gates(variants: dict[str, dict[str, Any]], reports: dict[str, dict[s
         drop = parent["accuracy"] - int8["accuracy"]
         out["int8_accuracy_drop"] = gate(drop, ok=drop <= g.max_int8_accuracy_drop, limit=f"<= {g.max_int8_accuracy_drop}")
     return out
+
+
+# ------------------------------------------------------------------------------ forgetting (issue 23)
+FRESH_BUILD = "fresh build: nothing served before"
+# (served key, label in messages, the EvaluateGates field bounding its drop, digits shown)
+FORGETTING_KEYS = (("bleu_zh", "BLEU zh", "max_bleu_drop", 2), ("bleu_en", "BLEU en", "max_bleu_drop", 2),
+                   ("slot_carry", "slot carry", "max_slot_carry_drop", 4))
+
+
+@dataclass(frozen=True)
+class Previous:
+    """The model the new served one must not fall behind (evaluate --previous): the served scores
+    of a promoted folder (chatforge.runtime.promoted), or `scores` None and the `reason` the
+    forgetting gates do not apply (a fresh build)."""
+
+    folder: str
+    scores: ServedScores | None
+    reason: str = ""
+    samples_sha256: str | None = None  # the test samples the previous scores were measured on, when recorded
+
+
+def read_previous(folder: Path) -> Previous:
+    """The previous served model named by evaluate --previous (dvc.yaml: models/${train.init_from}).
+
+    A promoted folder (it has promoted.json; `chatforge promote` wrote it) gives the served BLEU zh /
+    en and slot carry of its evaluate.json (runtime.promoted.previous_scores); any other model folder
+    (models/base: a fresh build) gives no scores and the reason FRESH_BUILD. Raises EvaluationError
+    when `folder` does not exist, and PromotedError (a ModelFolderError) for a promoted folder that is
+    incomplete or whose evaluate.json lacks the served numbers; each message says how to fix it."""
+    import json
+
+    from chatforge.runtime.folder import SHOWN_CHARS
+    from chatforge.runtime.promoted import is_promoted, open_promoted, previous_scores
+
+    shown = str(folder) if len(str(folder)) <= SHOWN_CHARS else f"{str(folder)[:SHOWN_CHARS]}..."
+    if not folder.exists():
+        raise EvaluationError(
+            f"--previous {shown} does not exist: pass the promoted folder `chatforge promote` wrote (models/served, with "
+            "train.init_from: served) or models/base (a fresh build); fix the evaluate command in dvc.yaml."
+        )
+    if not is_promoted(folder):
+        return Previous(str(folder), None, f"{FRESH_BUILD}; {shown} is not a promoted folder")
+    report = open_promoted(folder).report
+    summary = json.loads(report.read_text(encoding="utf-8")).get("summary")
+    digest = summary.get("samples_sha256") if isinstance(summary, dict) else None
+    return Previous(str(folder), previous_scores(report), samples_sha256=digest if isinstance(digest, str) else None)
+
+
+def forgetting_gates(served: Mapping[str, Any], previous: Previous, g: EvaluateGates) -> dict[str, dict[str, Any]]:
+    """forgetting_bleu_zh, forgetting_bleu_en, forgetting_slot_carry: the drop of the new served
+    variant's score (`served`: its metrics) below the previous served model's (previous - new; BLEU
+    in points, slot carry as a share), which must stay <= evaluate.gates.max_bleu_drop /
+    max_slot_carry_drop (1e-9 slack for float rounding). not_applicable with the reason when
+    `previous` has no scores (a fresh build); missing when the new served variant has no such score."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, label, bound, digits in FORGETTING_KEYS:
+        limit = getattr(g, bound)
+        if previous.scores is None:
+            out[f"forgetting_{key}"] = gate(None, ok=None, limit=f"<= {limit} drop ({previous.reason})", applies=False)
+            continue
+        before, now = getattr(previous.scores, key), served.get(key)
+        drop = None if _missing(now) else before - now
+        shown = "?" if drop is None else f"{now:.{digits}f}"
+        out[f"forgetting_{key}"] = gate(drop, ok=None if drop is None else drop <= limit + 1e-9,
+                                        limit=f"<= {limit} drop below the previous served model ({label} "
+                                              f"{before:.{digits}f} -> {shown}; {previous.folder})")
+    return out
+
+
+def previous_block(served: Mapping[str, Any], previous: Previous, *, samples_sha256: str) -> dict[str, Any]:
+    """reports/evaluate.json's `previous`: the folder, whether the forgetting gates applied (else the
+    reason), the previous served scores, delta_<key> = new - previous (negative: a drop), and
+    whether both were measured on the same test samples (None when the previous report predates the
+    samples hash)."""
+    if previous.scores is None:
+        return {"folder": previous.folder, "applicable": False, "reason": previous.reason}
+    out: dict[str, Any] = {"folder": previous.folder, "applicable": True, "served_variant": previous.scores.variant,
+                           "same_test_samples": None if previous.samples_sha256 is None
+                           else previous.samples_sha256 == samples_sha256}
+    for key, _, _, _ in FORGETTING_KEYS:
+        before, now = getattr(previous.scores, key), served.get(key)
+        out[key] = before
+        out[f"delta_{key}"] = None if _missing(now) else now - before
+    return out
+
+
+def samples_sha256(samples: Sequence[Sample]) -> str:
+    """A hash of the test samples (conversation id, language, reference, in order): two reports with
+    the same hash scored the same test turns, so their numbers compare."""
+    import hashlib
+    import json
+
+    payload = json.dumps([[s.conversation_id, s.lang, s.reference] for s in samples], ensure_ascii=False)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
 def gate_failures(gates: Mapping[str, Mapping[str, Any]]) -> list[str]:
@@ -653,12 +764,15 @@ class Evaluation:
 
 def evaluate_all(inputs: EvaluateInputs, present: Mapping[str, Path], reports: dict[str, dict[str, Any]], *,
                  params: EvaluateParams, serving: Serving, serve_model: str | None, providers: Sequence[str] | None,
-                 missing: Sequence[str] = (), skipped: Mapping[str, str] | None = None) -> Evaluation:
+                 missing: Sequence[str] = (), skipped: Mapping[str, str] | None = None,
+                 previous: Previous | None = None) -> Evaluation:
     """Evaluate the retrieval baseline and every `present` variant, then the gates.
 
     The served variant (`serve_model`: serve.variants[0].model, `served_variant`) answers every
     sample; the others answer evaluate.other_samples_per_lang per language. `reports` are the
-    earlier stages' metrics (retention gates). `providers`: ONNX execution providers."""
+    earlier stages' metrics (retention gates). `providers`: ONNX execution providers. `previous`
+    (`read_previous`): the previous served model, for the forgetting gates and the metrics'
+    `previous` block (`previous_block`)."""
     from chatforge.io import sha256_tree
     from chatforge.knobs import report_knobs
 
@@ -680,8 +794,12 @@ def evaluate_all(inputs: EvaluateInputs, present: Mapping[str, Path], reports: d
                                                 judge=judge)
         details["variants"][name] = align_answers(extra, asked, samples[:20])
     references = reference_scores(samples)
-    gates = compute_gates(results, reports, params, served=served, references=references)
+    gates = compute_gates(results, reports, params, served=served, references=references, previous=previous)
+    for name, g in gates.items():
+        log.info("gate %s: %s (value %s, limit %s)", name, g["status"], g["value"], g["limit"])
+    digest = samples_sha256(samples)
     summary = {**inputs.counts, **inputs.sample_counts, **references, "served_variant": served or "none",
+               "samples_sha256": digest,
                "paraphrase_questions_zh": sum(q.lang == "zh" for q in questions),
                "paraphrase_questions_en": sum(q.lang == "en" for q in questions),
                "other_samples_zh": sum(s.lang == "zh" for s in others), "other_samples_en": sum(s.lang == "en" for s in others),
@@ -691,4 +809,9 @@ def evaluate_all(inputs: EvaluateInputs, present: Mapping[str, Path], reports: d
     # which folder each number is about: `chatforge export` trusts a row only for the folder with this hash
     models = {name: {"folder": str(folder), "sha256": sha256_tree(folder)} for name, folder in present.items()}
     out = {**results, "skipped": skipped, "gates": gates, "summary": summary, "knobs": knobs, "models": models}
+    if previous is not None:
+        out["previous"] = previous_block(results.get(served or "", {}), previous, samples_sha256=digest)
+        if out["previous"].get("same_test_samples") is False:
+            log.warning("the previous served model was measured on other test samples (the test split changed): "
+                        "the forgetting gates compare numbers from different samples")
     return Evaluation(out, details, variants_csv(results), gates)

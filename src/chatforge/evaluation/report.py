@@ -259,7 +259,8 @@ def paraphrase_section(details: Mapping[str, Any], *, per_lang: int = 5) -> str:
 
 
 def gates_table(gates: Mapping[str, Mapping[str, Any]]) -> str:
-    icon = {"pass": "✅ pass", "fail": "❌ fail", "warn": "⚠️ warn", "missing": "– not measured"}
+    icon = {"pass": "✅ pass", "fail": "❌ fail", "warn": "⚠️ warn", "missing": "– not measured",
+            "not_applicable": "– not applicable"}
     return table(["gate", "value", "limit", "result"], [[k, g.get("value"), g.get("limit"), icon.get(g.get("status"), g.get("status"))] for k, g in gates.items()])
 
 

@@ -88,6 +88,27 @@ def test_adding_conversations_never_moves_an_existing_one():
         assert not moved_in
 
 
+def test_feedback_goes_to_train_so_val_and_test_stay_the_same_after_a_round():
+    old = corpus({"weather": 60, "refund": 40})
+    rows = []
+    for k in range(50):
+        rows += [dict(r, source="feedback") for r in conversation(f"fb-{k:03d}", "refund")]
+    feedback = turns_of(rows)
+    hashed_out = [f"fb-{k:03d}" for k in range(50) if stable_unit(f"fb-{k:03d}", salt=SALT) < 0.3]
+    assert len(hashed_out) >= 5  # without the rule these would land in val / test
+    before = split_turns(old, val_fraction=0.1, test_fraction=0.2, salt=SALT, train_only_sources=("feedback",))
+    after = split_turns(pl.concat([old, feedback]), val_fraction=0.1, test_fraction=0.2, salt=SALT,
+                        train_only_sources=("feedback",))
+    for name in ("val", "test"):
+        assert after.splits[name].equals(before.splits[name])
+    assert set(after.splits["train"]["conversation_id"]) == set(before.splits["train"]["conversation_id"]) | {
+        f"fb-{k:03d}" for k in range(50)}
+    assert (after.metrics["train_only_conversations"], before.metrics["train_only_conversations"]) == (50, 0)
+    # without the rule, feedback is split by its hash like any other source
+    plain = split_turns(pl.concat([old, feedback]), val_fraction=0.1, test_fraction=0.2, salt=SALT)
+    assert {c for c in hashed_out if split_of(plain, c) != "train"} == set(hashed_out)
+
+
 def test_val_and_test_hold_original_rows_only_and_variants_follow_their_origin():
     originals = corpus({"weather": 60})
     ids = originals["conversation_id"].unique().sort().to_list()
