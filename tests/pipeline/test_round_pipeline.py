@@ -44,7 +44,11 @@ def test_a_feedback_round_continues_the_promoted_model(project: Project, tmp_pat
     # the build that gets served: its float model is the aligned teacher (not a distilled / pruned one,
     # which a round would have to compress again); promote keeps it as models/served
     project.set_param("quantize.source", "aligned")
+    project.set_param("evaluate.variants", ["base", "teacher", "aligned", "student", "pruned", "int8"])
     project.repro("evaluate")
+    # quantize records its source, so evaluate's int8 retention compares with the folder it was made from
+    assert _json(project, "reports/quantize.json")["source"] == "aligned"
+    assert "of aligned" in _json(project, "reports/evaluate.json")["gates"]["int8_retention"]["limit"]
     _cli(project, "promote")
     promoted = project.root / "models" / "served" / "model"
     assert json.loads((promoted / "chatforge.json").read_text(encoding="utf-8"))["variant"] == "aligned"
