@@ -17,7 +17,7 @@ from chatforge.params import load_section
 
 
 def main(
-    teacher_dir: Annotated[Path, typer.Argument(help="Teacher model folder (models/teacher).")],
+    teacher_dir: Annotated[Path, typer.Argument(help="Teacher model folder (models/aligned: the teacher after kto).")],
     train_data: Annotated[Path, typer.Argument(help="Train turns parquet.")],
     val_data: Annotated[Path, typer.Argument(help="Val turns parquet.")],
     out_dir: Annotated[Path, typer.Argument(help="Student folder to publish (models/student).")],

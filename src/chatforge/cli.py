@@ -214,8 +214,9 @@ def feedback_export(
 
 @feedback_app.command("export-kto")
 def feedback_export_kto(
-    out: Annotated[Path, typer.Option(help="JSONL of KTO examples (prompt, completion, label); not a folder ingest reads.")] = Path(
-        "data/raw/feedback_kto/feedback_kto.jsonl"),
+    out: Annotated[Path, typer.Option(help="JSONL of KTO examples (prompt, completion, label). The default is where the kto "
+                                           "stage reads (dvc.yaml: data/raw/preferences, every *.jsonl but *.rejects.jsonl); "
+                                           "ingest does not read it.")] = Path("data/raw/preferences/kto.jsonl"),
     params: ParamsOpt = Path("params.yaml"),
     database_url: DatabaseOpt = None,
     include_unreviewed: Annotated[
@@ -224,6 +225,7 @@ def feedback_export_kto(
 ) -> None:
     """Write rated answers as KTO examples: thumbs-up and approved corrections desirable, thumbs-down undesirable.
 
+    By default to data/raw/preferences/kto.jsonl, which the next `dvc repro` trains on (the kto stage).
     Feedback that cannot become an example goes to <out stem>.rejects.jsonl with a reason.
     """
     from chatforge.io import write_jsonl

@@ -404,6 +404,9 @@ class TrainParams(Section):
     keep_checkpoints: int = Field(default=2, ge=1)
     num_processes: int = Field(default=1, ge=1, le=1024)  # > 1: DDP via `accelerate launch` (gloo on CPU)
     lora: LoraOptions = Field(default_factory=LoraOptions)
+    # with init_from served: train on the feedback conversations plus a seeded replay sample of
+    # replay_ratio x as many other train conversations (chatforge.data.replay); ignored with base
+    replay_ratio: float = Field(default=4.0, ge=0.0, le=1000.0)
     # classifier family
     classifier_input: Literal["first_user", "all_user"] = "first_user"  # text the intent is read from
     responses_path: str | None = None  # JSON {intent: {zh, en}}; None: learnt from the train data
@@ -425,6 +428,32 @@ class TrainParams(Section):
 
 
 # ==== end section: train ====
+
+
+# ==== section: kto (issue 23) ====
+class KTOParams(Section):
+    """models/teacher -> models/aligned: KTO on the thumbs-up / thumbs-down rows of data/raw/preferences."""
+
+    beta: float = Field(default=0.1, gt=0.0, le=10.0)  # how far the policy may move from the reference (TRL 0.1)
+    # loss weights (TRL 1.0 each); null on both: TRL's imbalance rule from the row counts (modeling.kto.default_weights)
+    desirable_weight: float | None = Field(default=1.0, gt=0.0, le=100.0)
+    undesirable_weight: float | None = Field(default=1.0, gt=0.0, le=100.0)
+    steps: int = Field(default=100, ge=0)  # optimizer steps; 0: off (the input model is published unchanged)
+    lr: float = Field(default=5e-05, gt=0.0, le=1.0)  # AdamW peak; cosine decay to lr/100 over the steps
+    batch_size: int = Field(default=8, ge=2)  # examples per step (>= 2: the KL estimate pairs them)
+    max_seq_len: int = Field(default=256, ge=8)  # tokens of prompt + completion; the prompt's start is cut first
+    seed: int = 13  # batch order
+    min_rows: int = Field(default=10, ge=2)  # fewer usable rows than this: off (the input model unchanged)
+
+    @model_validator(mode="after")
+    def _weights_together(self) -> KTOParams:
+        if (self.desirable_weight is None) != (self.undesirable_weight is None):
+            raise ValueError("set desirable_weight and undesirable_weight both to numbers, or both to null "
+                             "(null: TRL's imbalance rule computes both from the row counts)")
+        return self
+
+
+# ==== end section: kto ====
 
 
 # ==== section: distill (issue 5) — replace this placeholder block with the real model ====
@@ -452,7 +481,7 @@ class DistillParams(Section):
 
 # ==== section: prune (issue 5) — replace this placeholder block with the real model ====
 class PruneParams(Section):
-    source: Literal["teacher", "student"] = "student"  # which model folder is pruned
+    source: Literal["teacher", "aligned", "student"] = "student"  # which model folder is pruned
     ratio: float = Field(default=0.2, gt=0.0, lt=1.0)  # share of MLP channels and attention heads removed
     heads: bool = False  # also remove attention heads (query heads within each KV group under GQA)
     criterion: Literal["magnitude", "taylor"] = "taylor"  # tp GroupTaylorImportance | GroupMagnitudeImportance
@@ -476,7 +505,7 @@ class PruneParams(Section):
 
 # ==== section: quantize (issue 5) — replace this placeholder block with the real model ====
 class QuantizeParams(Section):
-    source: Literal["teacher", "student", "pruned"] = "pruned"  # which model folder is exported
+    source: Literal["teacher", "aligned", "student", "pruned"] = "pruned"  # which model folder is exported
     scheme: Literal["weight_only", "dynamic", "dynamic_per_channel"] = "weight_only"  # see README, Compression
     block_size: int = Field(default=32, ge=16, le=256)  # weight_only: input channels per scale (power of 2)
     symmetric: bool = True  # weight_only: no zero points (smaller file)
@@ -537,7 +566,7 @@ class EvaluateGates(Section):
 
 
 class EvaluateParams(Section):
-    variants: list[Literal["base", "teacher", "student", "pruned", "int8"]] = Field(
+    variants: list[Literal["base", "teacher", "aligned", "student", "pruned", "int8"]] = Field(
         default_factory=lambda: ["base", "teacher", "student", "pruned", "int8"], min_length=1
     )
     max_samples_per_lang: int | None = Field(default=150, ge=1)  # test assistant turns per language (null: all)
@@ -734,6 +763,7 @@ SECTIONS: dict[str, type[Section]] = {
     "translator": TranslatorParams,
     "augment": AugmentParams,
     "train": TrainParams,
+    "kto": KTOParams,
     "distill": DistillParams,
     "prune": PruneParams,
     "quantize": QuantizeParams,
@@ -812,6 +842,8 @@ def load_section(name: Literal["augment"], *, path: Path = ...) -> AugmentParams
 @overload
 def load_section(name: Literal["train"], *, path: Path = ...) -> TrainParams: ...
 @overload
+def load_section(name: Literal["kto"], *, path: Path = ...) -> KTOParams: ...
+@overload
 def load_section(name: Literal["distill"], *, path: Path = ...) -> DistillParams: ...
 @overload
 def load_section(name: Literal["prune"], *, path: Path = ...) -> PruneParams: ...
@@ -865,6 +897,7 @@ __all__ = [
     "BalanceParams",
     "CleanParams",
     "IngestParams",
+    "KTOParams",
     "ParamsError",
     "Section",
     "Source",

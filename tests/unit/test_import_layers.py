@@ -32,6 +32,7 @@ STAGE_HOMES: dict[str, tuple[str, ...]] = {
     "base": ("modeling.base",),
     "translator": ("modeling.translator_train", "modeling.translate"),
     "train": ("modeling.train",),
+    "kto": ("modeling.preference",),
     "distill": ("modeling.distill",),
     "prune": ("compress.prune",),
     "quantize": ("compress.quantize", "compress.onnx_export"),

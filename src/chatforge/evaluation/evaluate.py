@@ -475,8 +475,8 @@ def compute_gates(variants: dict[str, dict[str, Any]], reports: dict[str, dict[s
     split, on-intent rate on the paraphrase set) and bound its degenerate and top-answer shares (the
     collapse limit scales with the `references`' own top-answer share, reference_scores); with
     `previous` (`read_previous`), the forgetting gates compare it with the previous served model
-    (`forgetting_gates`); retention gates compare each step of the chain (teacher -> student ->
-    pruned -> int8) with its parent on the models' own answers (model_* keys)."""
+    (`forgetting_gates`); retention gates compare each step of the chain (teacher -> [aligned ->]
+    student -> pruned -> int8) with its parent on the models' own answers (model_* keys)."""
     g = params.gates
     references = references or {}
     out: dict[str, dict[str, Any]] = {}
@@ -524,7 +524,9 @@ def compute_gates(variants: dict[str, dict[str, Any]], reports: dict[str, dict[s
     ok_ppl = None if ppl is None or _nan(ppl) else lo <= ppl <= hi
     out["teacher_perplexity_band"] = gate(ppl, ok=ok_ppl, limit=f"[{lo}, {hi}]", warn_only=True)
     q = reports.get("quantize", {})
-    chain = (("distill_retention", "teacher", "student"), ("prune_retention", _prune_source(reports), "pruned"),
+    # the student is distilled from models/aligned (the teacher after kto): its parent when evaluated
+    distilled_from = "aligned" if "aligned" in variants else "teacher"
+    chain = (("distill_retention", distilled_from, "student"), ("prune_retention", _prune_source(reports), "pruned"),
              ("int8_retention", _quantize_source(q), "int8"))
     for name, parent, child in chain:
         p, c = variants.get(parent, {}), variants.get(child, {})

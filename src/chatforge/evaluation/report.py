@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 STAGES = ("ingest", "clean", "split", "balance", "translator", "augment", "base", "train", "distill", "prune", "quantize", "evaluate")
-VARIANTS = ("retrieval", "base", "teacher", "student", "pruned", "int8")
+VARIANTS = ("retrieval", "base", "teacher", "aligned", "student", "pruned", "int8")
 PACKAGES = ("torch", "transformers", "accelerate", "polars", "dvc", "onnx", "onnxruntime", "torch-pruning", "sacrebleu", "peft")
 
 

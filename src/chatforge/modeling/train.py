@@ -75,11 +75,21 @@ class TrainOutcome:
 def check_inputs(
     mp: ModelParams, tp: TrainParams, *, base_dir: Path, train_turns: pl.DataFrame, val_turns: pl.DataFrame
 ) -> None:
-    """Everything that can be checked before a weight is loaded (each error names its key)."""
+    """Everything that can be checked before a weight is loaded (each error names its key).
+
+    `base_dir` is the folder training starts from: models/base, or with train.init_from: served the
+    promoted model's torch folder (chatforge.runtime.promoted.promoted_model), whose weights and
+    tokenizer are continued."""
     family = read_family(base_dir)  # ModelFolderError when base_dir is not a model folder
+    served = tp.init_from == "served"
     if family != mp.family:
+        fix = (f"promote a {mp.family} model, or set train.init_from: base" if served else "run `dvc repro base`")
+        raise TrainError(f"model.family is '{mp.family}' but {base_dir} was built as '{family}': {fix}.")
+    if served and not any(Path(base_dir).glob("*.safetensors")):
         raise TrainError(
-            f"model.family is '{mp.family}' but {base_dir} was built as '{family}': run `dvc repro base`."
+            f"train.init_from is served but the promoted model {base_dir} has no torch weights (*.safetensors): "
+            "an incremental round continues a float model folder; promote one (`chatforge promote`) or set "
+            "train.init_from: base."
         )
     config = json.loads((Path(base_dir) / "config.json").read_text(encoding="utf-8"))
     context = config.get("max_position_embeddings") or config.get("n_positions")
@@ -114,6 +124,31 @@ def check_inputs(
         intents = train_turns["intent"].drop_nulls().n_unique()
         if intents < 2:
             raise TrainError(f"the classifier needs at least 2 intents in the train data, found {intents}.")
+
+
+def starting_point(tp: TrainParams, model_dir: Path, train_turns: pl.DataFrame) -> tuple[Path, pl.DataFrame, dict[str, Any]]:
+    """(the folder training starts from, the turns it trains on, the round's metrics).
+
+    train.init_from base: `model_dir` (models/base) and every train turn, {} (unchanged behaviour).
+    train.init_from served, an incremental feedback round: `model_dir` is the promoted model's root
+    (models/served, `chatforge promote`), resolved by chatforge.runtime.promoted.promoted_model to the
+    torch folder whose weights and tokenizer are continued; the turns are every feedback conversation
+    plus a seeded replay sample of train.replay_ratio x as many others (chatforge.data.replay.replay_mix),
+    and the metrics its replay_* counts. Raises ModelFolderError (no promoted model) or TrainError (no
+    feedback conversation in the train data)."""
+    if tp.init_from == "base":
+        return model_dir, train_turns, {}
+    from chatforge.data.replay import ReplayError, replay_mix
+    from chatforge.runtime.promoted import promoted_model
+
+    folder = promoted_model(model_dir)
+    try:
+        mix = replay_mix(train_turns, ratio=tp.replay_ratio, seed=tp.seed)
+    except ReplayError as exc:
+        raise TrainError(str(exc)) from None
+    log.info("incremental round from %s: %d feedback + %d replay conversations", folder,
+             mix.metrics["replay_feedback_conversations"], mix.metrics["replay_conversations"])
+    return folder, mix.turns, dict(mix.metrics)
 
 
 # ----------------------------------------------------------------------------- model loading

@@ -201,6 +201,18 @@ def test_gates_on_known_numbers():
     assert gates["served_bleu_zh"]["status"] == "missing"  # no served variant: missing, which never fails
 
 
+def test_the_student_is_compared_with_aligned_when_it_is_evaluated():
+    # distill reads models/aligned (the teacher after kto): with that variant evaluated it is the parent
+    variants = {"teacher": {"bleu_zh": 70.0, "bleu_en": 60.0, "slot_carry": 1.0},
+                "aligned": {"bleu_zh": 50.0, "bleu_en": 60.0, "slot_carry": 1.0},
+                "student": {"bleu_zh": 47.5, "bleu_en": 60.0, "slot_carry": 1.0}}
+    gates = ev.compute_gates(variants, {}, EvaluateParams())
+    assert gates["distill_retention"]["value"] == pytest.approx(0.95) and "of aligned" in gates["distill_retention"]["limit"]
+    del variants["aligned"]
+    gates = ev.compute_gates(variants, {}, EvaluateParams())
+    assert gates["distill_retention"]["value"] == pytest.approx(47.5 / 70) and "of teacher" in gates["distill_retention"]["limit"]
+
+
 def test_served_variant_follows_serve_config(tmp_path):
     folders = {"teacher": tmp_path / "teacher", "pruned": tmp_path / "pruned", "int8": tmp_path / "onnx"}
     assert ev.served_variant(str(tmp_path / "onnx"), folders) == "int8"
