@@ -41,7 +41,8 @@ def main(
     with stage.bad_input("quantize", ModelFolderError, ExportError), atomic_path(out_dir) as tmp:
         knobs: list = []
         metrics = build_onnx_folder(source_dir, tmp, pl.read_parquet(test_data), params=params, knobs=knobs)
-    stage.write_metrics({**metrics, "knobs": report_knobs(knobs, log)}, metrics_path, timings=timings)
+    # source: the parent evaluate's int8_retention gate compares with (quantize.source)
+    stage.write_metrics({**metrics, "source": params.source, "knobs": report_knobs(knobs, log)}, metrics_path, timings=timings)
     log.info("int8 %.1f MB = %.1f%% of float; top-1 agreement %.3f", metrics["int8_mb"], 100 * metrics["size_ratio"],
              metrics["top1_agreement"])
     if params.enforce and not metrics["gate_ok"]:
