@@ -67,7 +67,6 @@ import json
 import math
 import os
 import random
-import re
 import shutil
 import socket
 import subprocess
@@ -83,6 +82,9 @@ import yaml
 
 from chatforge.data.split import stable_unit
 from chatforge.io import write_json
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling bench script
+from real_data import run_pipeline  # noqa: E402  (the timed `dvc repro` real_data.py runs)
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -367,22 +369,7 @@ def round_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def repro(dest: Path, *targets: str, single: bool = False) -> dict[str, float]:
     """`dvc repro [--single-item] TARGETS` in the copy, its output streamed; wall seconds per stage
     that ran (from dvc's "Running stage" lines). Exits on failure."""
-    cmd = [str(BIN / "dvc"), "repro", *(["--single-item"] if single else []), *targets]
-    proc = subprocess.Popen(cmd, cwd=dest, env=env_for(dest), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    times: dict[str, float] = {}
-    stage, started = None, time.perf_counter()
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        sys.stdout.write(line)
-        m = re.search(r"Running stage '([^']+)'", line)
-        if m:
-            now = time.perf_counter()
-            if stage:
-                times[stage] = round(now - started, 1)
-            stage, started = m.group(1), now
-    rc = proc.wait()
-    if stage:
-        times[stage] = round(time.perf_counter() - started, 1)
+    times, rc = run_pipeline(dest, *(["--single-item"] if single else []), *targets)
     if rc:
         sys.exit(f"feedback_loop: `dvc repro {' '.join(targets)}` failed (exit {rc}) in {dest}; "
                  "rerun with --keep DIR to read it")

@@ -118,11 +118,12 @@ def prepare(dest: Path, overrides: list[str]) -> dict[str, Any]:
     return params
 
 
-def run_pipeline(dest: Path) -> tuple[dict[str, float], int]:
-    """`dvc repro` in the copy, its output streamed; wall seconds per stage (from dvc's lines)."""
+def run_pipeline(dest: Path, *repro_args: str) -> tuple[dict[str, float], int]:
+    """`dvc repro [REPRO_ARGS]` in the copy, its output streamed; wall seconds per stage that ran
+    (from dvc's "Running stage" lines) and the exit code. bench/feedback_loop.py times its rounds with it."""
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
            "PYTHONPATH": str(dest / "src"), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([str(BIN / "dvc"), "repro"], cwd=dest, env=env, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([str(BIN / "dvc"), "repro", *repro_args], cwd=dest, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     times: dict[str, float] = {}
     stage, started = None, time.perf_counter()
