@@ -120,6 +120,9 @@ def test_ab_report_and_feedback_export_read_what_the_app_stored(
         "lm                      3      3        2        66.7%  [20.8%, 93.9%]",
         "clf                     2      1        1       100.0%  [20.7%, 100.0%]",
         "clf vs lm: z = +0.67, p = 0.5050 -> not significant at alpha = 0.05",  # (1/1 - 2/3) / 0.5
+        # (1/1 - 2/3 + 0.02) / sqrt(0 + (2/3)(1/3)/3): unpooled standard error under the margin
+        "non-inferiority (clf vs lm, margin 0.02): z = +1.30, one-sided p = 0.0971",
+        "decision: wait (more ratings needed per variant (each needs 100): lm 97 more (3 rated), clf 99 more (1 rated))",
     ]
 
     def answer(completion: dict[str, Any]) -> str:
