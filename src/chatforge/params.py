@@ -571,6 +571,9 @@ class EvaluateParams(Section):
     )
     max_samples_per_lang: int | None = Field(default=150, ge=1)  # test assistant turns per language (null: all)
     other_samples_per_lang: int | None = Field(default=None, ge=1)  # variants other than served/retrieval: first N of the same sample (null: all)
+    # paraphrase questions per language that every variant and retrieval answer, taken a question of
+    # each intent in turn in file order (evaluation.paraphrase.paraphrase_subset); null: all of them
+    max_paraphrases_per_lang: int | None = Field(default=None, ge=1)
     max_new_tokens: int = Field(default=256, ge=1, le=1024)  # cap on answer length (the limit is 2 x the longest reference + 16)
     batch_size: int = Field(default=16, ge=1)  # prompts decoded together for BLEU/chrF (latency stays batch 1)
     max_ppl_conversations: int = Field(default=40, ge=1)  # test conversations scored for perplexity

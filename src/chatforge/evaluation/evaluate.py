@@ -732,7 +732,7 @@ def read_inputs(test_path: Path, train_path: Path, gazetteers: Path, paraphrases
     EvaluationError (an empty test split ...), GazetteerError, ParaphraseError or ValueError, each
     naming the file or key to fix."""
     from chatforge.data.entities import read_gazetteers
-    from chatforge.evaluation.paraphrase import read_paraphrases
+    from chatforge.evaluation.paraphrase import paraphrase_subset, read_paraphrases
     from chatforge.runtime.quality import answer_samples
 
     kinds = [k for k in slot_kinds if k != "number"]
@@ -741,7 +741,11 @@ def read_inputs(test_path: Path, train_path: Path, gazetteers: Path, paraphrases
     convs, counts = test_conversations(pl.read_parquet(test_path))
     samples, sample_counts = answer_samples(convs, max_per_lang=params.max_samples_per_lang, seed=params.seed)
     train = pl.read_parquet(train_path)
-    questions = read_paraphrases(paraphrases) if paraphrases else []
+    every = read_paraphrases(paraphrases) if paraphrases else []
+    questions = paraphrase_subset(every, params.max_paraphrases_per_lang)
+    if len(questions) < len(every):
+        log.info("paraphrases: %d of %d questions (evaluate.max_paraphrases_per_lang %d, intents in turn)",
+                 len(questions), len(every), params.max_paraphrases_per_lang)
     judge = IntentJudge(conversations(train.filter(pl.col("method") == "original")),
                         fallbacks=fallbacks) if questions else None
     return EvaluateInputs(convs, counts, samples, sample_counts, train, gazetteer, questions, judge)

@@ -74,6 +74,29 @@ def read_paraphrases(path: Path) -> list[Question]:
     return out
 
 
+def paraphrase_subset(questions: Sequence[Question], per_lang: int | None) -> list[Question]:
+    """At most `per_lang` questions per language (None: all, in file order): each language's
+    intents take turns in the order they first appear, each giving its next question in file
+    order, so a small subset still covers as many intents as it can. The result keeps file order.
+    Deterministic: the same file and `per_lang` give the same questions."""
+    if per_lang is None:
+        return list(questions)
+    keep: set[int] = set()
+    for lang in ("zh", "en"):
+        queues: dict[str, list[int]] = {}
+        for i, q in enumerate(questions):
+            if q.lang == lang:
+                queues.setdefault(q.intent, []).append(i)
+        taken, depth = 0, 0
+        while taken < per_lang and any(depth < len(v) for v in queues.values()):
+            for v in queues.values():
+                if depth < len(v) and taken < per_lang:
+                    keep.add(v[depth])
+                    taken += 1
+            depth += 1
+    return [q for i, q in enumerate(questions) if i in keep]
+
+
 class IntentJudge:
     """Which intents an answer serves, by the rule in this module's docstring.
 

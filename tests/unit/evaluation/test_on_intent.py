@@ -3,10 +3,11 @@ compute by hand."""
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
-from chatforge.evaluation.paraphrase import IntentJudge, ParaphraseError, Question, read_paraphrases
+from chatforge.evaluation.paraphrase import IntentJudge, ParaphraseError, Question, paraphrase_subset, read_paraphrases
 from chatforge.runtime.conversation import Conversation
 
 BYE = "You're welcome, bye!"
@@ -95,3 +96,25 @@ def test_read_paraphrases_names_the_bad_line(tmp_path):
     assert read_paraphrases(path) == [Question("en-1", "en", "refund", "plain", "money back?")]
     with pytest.raises(ParaphraseError, match="not found"):
         read_paraphrases(tmp_path / "missing.jsonl")
+
+
+def _q(i: int, lang: str, intent: str) -> Question:
+    return Question(f"q{i}", lang, intent, "plain", f"question {i}")
+
+
+def test_paraphrase_subset_takes_one_question_per_intent_in_turn_keeping_file_order() -> None:
+    qs = [_q(0, "zh", "a"), _q(1, "zh", "a"), _q(2, "en", "a"), _q(3, "zh", "b"), _q(4, "zh", "a"),
+          _q(5, "zh", "c"), _q(6, "en", "b"), _q(7, "en", "a")]
+    # zh intents in order of first appearance: a (0, 1, 4), b (3), c (5); en: a (2, 7), b (6)
+    assert [q.id for q in paraphrase_subset(qs, 1)] == ["q0", "q2"]
+    assert [q.id for q in paraphrase_subset(qs, 2)] == ["q0", "q2", "q3", "q6"]
+    assert [q.id for q in paraphrase_subset(qs, 4)] == ["q0", "q1", "q2", "q3", "q5", "q6", "q7"]  # a's 2nd, then en runs out
+    assert paraphrase_subset(qs, 99) == qs and paraphrase_subset(qs, None) == qs
+
+
+def test_the_demo_set_capped_at_fourteen_holds_each_intent_once_per_language() -> None:
+    every = read_paraphrases(Path(__file__).resolve().parents[3] / "data" / "eval" / "demo_paraphrases.jsonl")
+    kept = paraphrase_subset(every, 14)
+    for lang in ("zh", "en"):
+        intents = [q.intent for q in kept if q.lang == lang]
+        assert len(intents) == 14 and len(set(intents)) == 14 == len({q.intent for q in every if q.lang == lang})
