@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-STAGES = ("ingest", "clean", "split", "balance", "translator", "augment", "base", "train", "distill", "prune", "quantize", "evaluate")
+STAGES = ("ingest", "clean", "split", "balance", "translator", "augment", "base", "train", "kto", "distill", "prune", "quantize", "evaluate")
 VARIANTS = ("retrieval", "base", "teacher", "aligned", "student", "pruned", "int8")
 PACKAGES = ("torch", "transformers", "accelerate", "polars", "dvc", "onnx", "onnxruntime", "torch-pruning", "sacrebleu", "peft")
 
@@ -371,9 +371,9 @@ def render(
     out += ["## Training", ""]
     if "curves" in figures:
         out += [f"![training curves]({figures['curves']})", ""]
-    for stage in ("translator", "train", "distill", "prune", "quantize"):
-        if stage in reports:
-            out += [f"### {stage}", "", key_values(reports[stage]), ""]
+    for stage in ("translator", "train", "kto", "distill", "prune", "quantize"):
+        if stage in reports:  # kto: preference training on the exported ratings (skipped, with the reason, without)
+            out += [f"### {stage}", "", key_values(reports[stage], exclude=("rejects",)), ""]
     out += ["## Variants (test split)", ""]
     if "variants" in figures:
         out += [f"![variant comparison]({figures['variants']})", ""]

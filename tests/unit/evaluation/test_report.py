@@ -83,3 +83,15 @@ def test_report_renders_a_partial_pipeline():
 def test_fmt_and_table():
     assert report.fmt(float("nan")) == "–" and report.fmt(1234567) == "1,234,567" and report.fmt(0.12345) == "0.123"
     assert report.table(["a", "b"], [[1, "x|y"]]) == "| a | b |\n|---|---|\n| 1 | x\\|y |"
+
+
+def test_the_kto_stage_has_its_section_with_counts_and_without_the_reject_rows():
+    kto = {"skipped": False, "desirable": 3, "undesirable": 2, "rejected": 1,
+           "rejects": [{"line": 4, "reason": "bad_label"}], "final_loss": 0.25}
+    text = report.render({"train": {"steps": 10}, "kto": kto, "distill": {"steps": 5}}, details={}, figures={},
+                         lock_path=Path("/nonexistent/dvc.lock"))
+    section = text[text.index("### kto"):text.index("### distill")]
+    assert text.index("### train") < text.index("### kto") < text.index("### distill")
+    assert "| desirable | 3 |" in section and "| undesirable | 2 |" in section and "| final_loss | 0.25 |" in section
+    assert "bad_label" not in section  # the reject rows stay in reports/kto.json; their count is shown
+    assert "| rejected | 1 |" in section
