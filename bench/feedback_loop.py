@@ -71,7 +71,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -84,7 +83,7 @@ from chatforge.data.split import stable_unit
 from chatforge.io import write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling bench script
-from real_data import run_pipeline  # noqa: E402  (the timed `dvc repro` real_data.py runs)
+from real_data import run_pipeline, work_dir  # noqa: E402  (the timed `dvc repro` real_data.py runs)
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -676,14 +675,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.rounds < 1 or args.round_steps < 1 or not 0 <= args.correct_share <= 1:
         ap.error("--rounds and --round-steps must be >= 1, --correct-share in [0, 1]")
-    if args.keep:
-        if args.keep.exists():
-            shutil.rmtree(args.keep)
-        args.keep.mkdir(parents=True)
-        work, cleanup = args.keep, None
-    else:
-        cleanup = tempfile.TemporaryDirectory(prefix="chatforge-feedback-")
-        work = Path(cleanup.name)
+    work, cleanup = work_dir(args.keep, "chatforge-feedback-")
     t0 = time.perf_counter()
 
     import polars as pl

@@ -118,6 +118,19 @@ def prepare(dest: Path, overrides: list[str]) -> dict[str, Any]:
     return params
 
 
+def work_dir(keep: Path | None, prefix: str, *, resume: bool = False) -> tuple[Path, Any]:
+    """The folder a benchmark works in and what removes it: `keep` emptied (kept as it is with
+    `resume`), else a new temporary directory (the second value; None for `keep`)."""
+    if keep is None:
+        cleanup = tempfile.TemporaryDirectory(prefix=prefix)
+        return Path(cleanup.name), cleanup
+    if not resume:
+        if keep.exists():
+            shutil.rmtree(keep)
+        keep.mkdir(parents=True)
+    return keep, None
+
+
 def run_pipeline(dest: Path, *repro_args: str) -> tuple[dict[str, float], int]:
     """`dvc repro [REPRO_ARGS]` in the copy, its output streamed; wall seconds per stage that ran
     (from dvc's "Running stage" lines) and the exit code. bench/feedback_loop.py times its rounds with it."""
@@ -177,16 +190,7 @@ def main() -> None:
     ap.add_argument("--resume", action="store_true", help="with --keep: go on with the kept copy's `dvc repro`")
     ap.add_argument("--out", type=Path, default=ROOT / "reports" / "bench" / "real_data.json")
     args = ap.parse_args()
-    if args.keep and args.resume:
-        dest, cleanup = args.keep, None
-    elif args.keep:
-        if args.keep.exists():
-            shutil.rmtree(args.keep)
-        args.keep.mkdir(parents=True)
-        dest, cleanup = args.keep, None
-    else:
-        cleanup = tempfile.TemporaryDirectory(prefix="chatforge-real-")
-        dest = Path(cleanup.name)
+    dest, cleanup = work_dir(args.keep, "chatforge-real-", resume=args.resume)
     if args.resume:  # a kept copy whose `dvc repro` stopped: run it on, same data and params
         params = yaml.safe_load((dest / "params.yaml").read_text(encoding="utf-8"))
     else:
